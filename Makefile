@@ -1,0 +1,62 @@
+# msir — the two commands of the quick start are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The CPU wheel of this exact version is found locally on the project's machines. A torch already
+# importable in the venv (for example a user's CUDA build) is never replaced.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.msir-installed
+export MSIR_TEST_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
+
+.PHONY: install test lint format demo browser clean-demo help
+
+help:
+	@echo "make demo   - build the demo collection and serve the web UI on http://127.0.0.1:8000"
+	@echo "make test   - lint + the whole test suite (CPU)"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Re-run the install whenever pyproject.toml changes; quick no-op otherwise.
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q --upgrade pip
+	@if $(PY) -c "import torch" 2>/dev/null; then \
+	  echo "torch already in $(VENV): $$($(PY) -c 'import torch; print(torch.__version__)') (kept)"; \
+	else \
+	  $(PIP) install -q "$(TORCH_SPEC)"; \
+	fi
+	$(PIP) install -q -e ".[dev]"
+	@touch $@
+
+install: $(STAMP)
+
+# Debian's chromium for the browser test; installed only when we are root and it is missing.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian chromium for the browser test"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "could not install chromium: the browser test will skip (or fail when CI=true)"; \
+	  else \
+	    echo "chromium missing and not root: the browser test will skip (install Debian's chromium to enable it)"; \
+	  fi; \
+	fi
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: install browser lint
+	$(VENV)/bin/pytest -q
+
+demo: install
+	$(PY) -m app.demo $(if $(DATA),--data "$(DATA)",)
+
+clean-demo:
+	rm -rf var/demo
