@@ -1,0 +1,42 @@
+"""msir models: architectures, preprocessing and the safe checkpoint format shared by every other package."""
+
+from models.checkpoint import (
+    CheckpointError,
+    CheckpointMeta,
+    LoadedCheckpoint,
+    load_checkpoint,
+    read_checkpoint_meta,
+    save_checkpoint,
+    sha256_file,
+)
+from models.output import ModelOutput
+from models.preprocessing import (
+    ImageDecodeError,
+    PreprocessSpec,
+    normalize,
+    open_image,
+    preprocess,
+    to_uint8,
+)
+from models.registry import UnknownModelError, available, build, options_of
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointMeta",
+    "ImageDecodeError",
+    "LoadedCheckpoint",
+    "ModelOutput",
+    "PreprocessSpec",
+    "UnknownModelError",
+    "available",
+    "build",
+    "load_checkpoint",
+    "normalize",
+    "open_image",
+    "options_of",
+    "preprocess",
+    "read_checkpoint_meta",
+    "save_checkpoint",
+    "sha256_file",
+    "to_uint8",
+]

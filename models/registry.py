@@ -1,0 +1,115 @@
+"""Model registry: ``build(name, ...)`` is the only way the rest of msir constructs a network."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+Builder = Callable[..., nn.Module]
+_REGISTRY: dict[str, Builder] = {}
+# Arguments every builder receives; anything else is a model-specific option.
+_COMMON = ("num_classes", "in_channels", "image_size")
+
+
+class UnknownModelError(KeyError, ValueError):
+    """Raised for a model name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would wrap the message in quotes
+        return str(self.args[0])
+
+
+def register(name: str) -> Callable[[Builder], Builder]:
+    """Register ``fn(num_classes, in_channels, image_size, **options) -> nn.Module`` under ``name``."""
+
+    def deco(fn: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"model name {name!r} registered twice")
+        params = inspect.signature(fn).parameters
+        missing = [p for p in _COMMON if p not in params]
+        if missing:
+            raise TypeError(f"builder for {name!r} must accept {missing}")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def available() -> list[str]:
+    """Sorted names accepted by :func:`build`."""
+    _ensure_loaded()
+    return sorted(_REGISTRY)
+
+
+def options_of(name: str) -> dict[str, Any]:
+    """The model-specific options of ``name`` with their defaults."""
+    fn = _lookup(name)
+    return {
+        p.name: p.default
+        for p in inspect.signature(fn).parameters.values()
+        if p.name not in _COMMON and p.kind is p.KEYWORD_ONLY
+    }
+
+
+def normalize_image_size(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """``32`` -> ``(32, 32)``; ``(h, w)`` kept. Raises on non-positive or malformed sizes."""
+    if isinstance(image_size, int):
+        size = (image_size, image_size)
+    else:
+        size = tuple(int(v) for v in image_size)  # type: ignore[assignment]
+    if len(size) != 2 or min(size) <= 0:
+        raise ValueError(f"image_size must be a positive int or (height, width), got {image_size!r}")
+    return size  # type: ignore[return-value]
+
+
+def build(
+    name: str,
+    num_classes: int,
+    in_channels: int = 3,
+    image_size: int | tuple[int, int] = 32,
+    **options: Any,
+) -> nn.Module:
+    """Build a registered model.
+
+    The returned module has ``embedding_dim``, ``num_classes`` and ``build_config`` (enough to rebuild it, which is
+    what checkpoints store). Unknown names and unknown options raise with the accepted values listed.
+    """
+    fn = _lookup(name)
+    accepted = options_of(name)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for model {name!r}; accepted options: {sorted(accepted) or 'none'}"
+        )
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if in_channels not in (1, 3):
+        raise ValueError(f"in_channels must be 1 or 3, got {in_channels}")
+    size = normalize_image_size(image_size)
+    model = fn(num_classes=num_classes, in_channels=in_channels, image_size=size, **options)
+    for attr in ("embedding_dim", "num_classes"):
+        if not hasattr(model, attr):
+            raise TypeError(f"model {name!r} does not define {attr}")
+    model.build_config = {
+        "name": name,
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "image_size": list(size),
+        "options": {**accepted, **options},
+    }
+    return model
+
+
+def _lookup(name: str) -> Builder:
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownModelError(f"unknown model {name!r}; available models: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def _ensure_loaded() -> None:
+    # Importing the family modules runs their @register decorators.
+    from models import cnn, mscfnet, resnet, vit  # noqa: F401
