@@ -1,0 +1,1 @@
+"""msir training: dataset readers, decode cache, trainer and evaluation."""
