@@ -159,7 +159,7 @@ def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{json_path}: not valid JSON ({exc})") from exc
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise CheckpointError(f"{json_path}: not an msir checkpoint (expected \"format\": \"{FORMAT}\")")
+        raise CheckpointError(f'{json_path}: not an msir checkpoint (expected "format": "{FORMAT}")')
     version = raw.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(

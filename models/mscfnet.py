@@ -7,6 +7,7 @@ Linear(classes). The 128-d hidden vector is the embedding.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -33,11 +34,10 @@ class MultiScaleConv(nn.Module):
 
     def fused_weight(self) -> tuple[Tensor, Tensor]:
         big = max(KERNELS)
-        weight = sum(
-            F.pad(conv.weight, [(big - k) // 2] * 4) for conv, k in zip(self.branches, KERNELS, strict=True)
-        )
-        bias = sum(conv.bias for conv in self.branches)  # type: ignore[misc]
-        return weight, bias  # type: ignore[return-value]
+        convs: list[nn.Conv2d] = list(self.branches)  # type: ignore[arg-type]
+        weight = torch.stack([F.pad(c.weight, [(big - k) // 2] * 4) for c, k in zip(convs, KERNELS, strict=True)])
+        bias = torch.stack([c.bias for c in convs if c.bias is not None])
+        return weight.sum(0), bias.sum(0)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.fused:

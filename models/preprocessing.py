@@ -176,10 +176,7 @@ def to_uint8(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     fill = tuple(round(m * 255) for m in spec.mean)
     img = resize_to(img, spec.image_size, spec.resize, fill)
     arr = np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy must not alias Pillow's buffer
-    if arr.ndim == 2:
-        arr = arr[None]
-    else:
-        arr = arr.transpose(2, 0, 1)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return np.ascontiguousarray(arr)
 
 

@@ -55,10 +55,7 @@ def options_of(name: str) -> dict[str, Any]:
 
 def normalize_image_size(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     """``32`` -> ``(32, 32)``; ``(h, w)`` kept. Raises on non-positive or malformed sizes."""
-    if isinstance(image_size, int):
-        size = (image_size, image_size)
-    else:
-        size = tuple(int(v) for v in image_size)  # type: ignore[assignment]
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(v) for v in image_size)
     if len(size) != 2 or min(size) <= 0:
         raise ValueError(f"image_size must be a positive int or (height, width), got {image_size!r}")
     return size  # type: ignore[return-value]
@@ -92,13 +89,14 @@ def build(
     for attr in ("embedding_dim", "num_classes"):
         if not hasattr(model, attr):
             raise TypeError(f"model {name!r} does not define {attr}")
-    model.build_config = {
+    build_config: dict[str, Any] = {
         "name": name,
         "num_classes": num_classes,
         "in_channels": in_channels,
         "image_size": list(size),
         "options": {**accepted, **options},
     }
+    model.build_config = build_config  # type: ignore[assignment]
     return model
 
 

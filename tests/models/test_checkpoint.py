@@ -25,9 +25,7 @@ SPEC = PreprocessSpec.for_dataset("cifar10", 16)
 
 def saved(tmp_path: Path) -> tuple[torch.nn.Module, Path]:
     model = small_model()
-    path = save_checkpoint(
-        tmp_path / "ckpt", model, class_names=CLASSES, preprocess=SPEC, metrics={"accuracy": 0.5}
-    )
+    path = save_checkpoint(tmp_path / "ckpt", model, class_names=CLASSES, preprocess=SPEC, metrics={"accuracy": 0.5})
     return model, path
 
 
@@ -121,7 +119,7 @@ def test_unknown_model_in_json_is_refused(tmp_path: Path) -> None:
     meta = json.loads(json_path.read_text())
     meta["model"]["name"] = "alexnet"
     json_path.write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match="cannot rebuild model.*unknown model 'alexnet'"):
+    with pytest.raises(CheckpointError, match=r"cannot rebuild model.*unknown model 'alexnet'"):
         load_checkpoint(path)
 
 
@@ -132,7 +130,9 @@ def test_save_refuses_inconsistent_metadata(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="channels"):
         save_checkpoint(tmp_path / "x", model, class_names=CLASSES, preprocess=PreprocessSpec.for_dataset("mnist", 16))
     with pytest.raises(CheckpointError, match="image_size"):
-        save_checkpoint(tmp_path / "x", model, class_names=CLASSES, preprocess=PreprocessSpec.for_dataset("cifar10", 32))
+        save_checkpoint(
+            tmp_path / "x", model, class_names=CLASSES, preprocess=PreprocessSpec.for_dataset("cifar10", 32)
+        )
     with pytest.raises(CheckpointError, match="build_config"):
         save_checkpoint(tmp_path / "x", torch.nn.Linear(2, 2), class_names=CLASSES, preprocess=SPEC)
     assert not list(tmp_path.iterdir())  # nothing half-written
