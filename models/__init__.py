@@ -12,7 +12,9 @@ from models.checkpoint import (
 from models.output import ModelOutput
 from models.preprocessing import (
     ImageDecodeError,
+    ImageTooLargeError,
     PreprocessSpec,
+    UnsupportedImageError,
     normalize,
     open_image,
     preprocess,
@@ -24,10 +26,12 @@ __all__ = [
     "CheckpointError",
     "CheckpointMeta",
     "ImageDecodeError",
+    "ImageTooLargeError",
     "LoadedCheckpoint",
     "ModelOutput",
     "PreprocessSpec",
     "UnknownModelError",
+    "UnsupportedImageError",
     "available",
     "build",
     "load_checkpoint",

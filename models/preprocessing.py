@@ -37,6 +37,14 @@ class ImageDecodeError(ValueError):
     """An input that is not a decodable image within limits; the message names the source and the reason."""
 
 
+class ImageTooLargeError(ImageDecodeError):
+    """More pixels than allowed (or a decompression bomb), decided from the header before decoding."""
+
+
+class UnsupportedImageError(ImageDecodeError):
+    """Bytes that no Pillow decoder recognises as an image format."""
+
+
 class PreprocessSpec(BaseModel):
     """How an image is turned into the model's input tensor (serialised into every checkpoint)."""
 
@@ -110,7 +118,7 @@ def open_image(source: ImageSource, max_pixels: int | None = None, name: str | N
             with Image.open(source) as img:
                 width, height = img.size
                 if max_pixels is not None and width * height > max_pixels:
-                    raise ImageDecodeError(
+                    raise ImageTooLargeError(
                         f"{label}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
                         f"{max_pixels:,} pixels"
                     )
@@ -120,9 +128,9 @@ def open_image(source: ImageSource, max_pixels: int | None = None, name: str | N
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"{label}: refused as a decompression bomb ({exc})") from exc
+        raise ImageTooLargeError(f"{label}: refused as a decompression bomb ({exc})") from exc
     except UnidentifiedImageError as exc:
-        raise ImageDecodeError(f"{label}: not an image format Pillow can decode") from exc
+        raise UnsupportedImageError(f"{label}: not an image format Pillow can decode") from exc
     except FileNotFoundError as exc:
         raise ImageDecodeError(f"{label}: file not found") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:

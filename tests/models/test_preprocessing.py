@@ -9,7 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from models import ImageDecodeError, PreprocessSpec, normalize, open_image, preprocess, to_uint8
+from models import (
+    ImageDecodeError,
+    ImageTooLargeError,
+    PreprocessSpec,
+    UnsupportedImageError,
+    normalize,
+    open_image,
+    preprocess,
+    to_uint8,
+)
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
@@ -83,7 +92,7 @@ def test_animated_gif_gives_first_frame() -> None:
 
 def test_pixel_limit_is_checked_before_decoding() -> None:
     data = encode(Image.new("L", (100, 100)))
-    with pytest.raises(ImageDecodeError, match="10,000 pixels exceeds the limit of 9,999"):
+    with pytest.raises(ImageTooLargeError, match="10,000 pixels exceeds the limit of 9,999"):
         open_image(data, max_pixels=9_999)
     assert open_image(data, max_pixels=10_000).size == (100, 100)
 
@@ -98,6 +107,11 @@ def test_pixel_limit_is_checked_before_decoding() -> None:
 def test_bad_bytes_are_named(data: bytes, reason: str) -> None:
     with pytest.raises(ImageDecodeError, match=reason):
         open_image(data, name="upload.jpg")
+
+
+def test_unknown_format_has_its_own_type() -> None:
+    with pytest.raises(UnsupportedImageError):
+        open_image(b"GIF89a but not really" * 3)
 
 
 def test_truncated_image_fails_at_open() -> None:
