@@ -7,9 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-POSTGRES_URL = os.environ.get(
-    "MSIR_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+POSTGRES_URL = os.environ.get("MSIR_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def in_ci() -> bool:

@@ -250,9 +250,7 @@ def write_isic(
         for _, image, dx in rows:
             hot = ["1.0" if d == dx else "0.0" for d in ISIC_DX]
             lines.append(",".join([image, *hot]))
-        (root / "ISIC2018_Task3_Training_GroundTruth.csv").write_text(
-            "\n".join(lines) + "\n", encoding="utf-8"
-        )
+        (root / "ISIC2018_Task3_Training_GroundTruth.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     else:
         raise ValueError(f"fmt must be 'ham' or 'onehot', got {fmt!r}")
     return root

@@ -185,9 +185,7 @@ def _load(folder: Path, reader: DatasetReader) -> CachedSplit:
     labels = np.load(folder / "labels.npy")
     n = len(meta["item_ids"])
     if images.shape[0] != n or labels.shape[0] != n or meta.get("format") != FORMAT_VERSION:
-        raise ValueError(
-            f"{folder}: inconsistent cache ({images.shape[0]} images, {labels.shape[0]} labels, {n} ids)"
-        )
+        raise ValueError(f"{folder}: inconsistent cache ({images.shape[0]} images, {labels.shape[0]} labels, {n} ids)")
     skipped = [SkipEntry(*entry) for entry in meta["skipped"]]
     for entry in skipped:
         # The failures are part of the run's record even when the decode itself was cached.
@@ -231,9 +229,7 @@ def cached_split(
             logger.warning("%s: unreadable cache, rebuilding (%s)", folder, exc)
             shutil.rmtree(folder, ignore_errors=True)
         else:
-            logger.info(
-                "%s %s: %s images from cache %s", reader.name, split or "(every split)", len(cached), folder
-            )
+            logger.info("%s %s: %s images from cache %s", reader.name, split or "(every split)", len(cached), folder)
             return cached
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache_dir / f".{folder.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"

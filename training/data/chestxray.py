@@ -111,9 +111,7 @@ class ChestXray14Reader(DatasetReader):
             elif not findings:
                 self.skipped.add(source, "empty Finding Labels", name)
             elif unknown:
-                self.skipped.add(
-                    source, "unknown label", f"{unknown} for {name}; expected {self.class_names}"
-                )
+                self.skipped.add(source, "unknown label", f"{unknown} for {name}; expected {self.class_names}")
             elif NO_FINDING in findings and len(findings) > 1:
                 self.skipped.add(source, "'No Finding' with findings", f"{findings} for {name}")
             elif name in seen:
@@ -161,10 +159,7 @@ class ChestXray14Reader(DatasetReader):
         if name in test:
             return "test"
         if name in train_val:
-            if (
-                val_fraction
-                and assign_split(patient, test_fraction=0.0, val_fraction=val_fraction, seed=seed) == "val"
-            ):
+            if val_fraction and assign_split(patient, test_fraction=0.0, val_fraction=val_fraction, seed=seed) == "val":
                 return "val"
             return "train"
         return None

@@ -69,9 +69,7 @@ def load_pickle(path: Path) -> dict[str, Any]:
     except DatasetError:
         raise
     except FileNotFoundError:
-        raise DatasetError(
-            f"{path}: file not found (expected an official CIFAR python-version batch)"
-        ) from None
+        raise DatasetError(f"{path}: file not found (expected an official CIFAR python-version batch)") from None
     except (
         pickle.UnpicklingError,
         EOFError,
@@ -96,28 +94,19 @@ def _text(value: Any) -> str:
 def _names(meta: dict[str, Any], key: str, path: Path) -> list[str]:
     names = meta.get(key)
     if not isinstance(names, list) or not names:
-        raise DatasetError(
-            f"{path}: expected a non-empty list {key!r} in the meta file, got {type(names).__name__}"
-        )
+        raise DatasetError(f"{path}: expected a non-empty list {key!r} in the meta file, got {type(names).__name__}")
     return [_text(n) for n in names]
 
 
 def _batch_arrays(batch: dict[str, Any], label_key: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
     data = batch.get("data")
-    if (
-        not isinstance(data, np.ndarray)
-        or data.dtype != np.uint8
-        or data.ndim != 2
-        or data.shape[1] != IMAGE_BYTES
-    ):
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != IMAGE_BYTES:
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise DatasetError(f"{path}: expected 'data' as a uint8 array of shape (N, {IMAGE_BYTES}), got {got}")
     labels = batch.get(label_key)
     if not isinstance(labels, list | np.ndarray) or len(labels) != data.shape[0]:
         n = len(labels) if isinstance(labels, list | np.ndarray) else type(labels).__name__
-        raise DatasetError(
-            f"{path}: expected {label_key!r} with {data.shape[0]} labels (one per row), got {n}"
-        )
+        raise DatasetError(f"{path}: expected {label_key!r} with {data.shape[0]} labels (one per row), got {n}")
     try:
         label_array = np.asarray(labels, dtype=np.int64)
     except (TypeError, ValueError) as exc:

@@ -148,9 +148,7 @@ class IsicReader(DatasetReader):
                 self.skipped.add(source, "missing image_id or lesion_id")
                 continue
             if dx not in dx_index:
-                self.skipped.add(
-                    source, "unknown label", f"dx={dx!r} for {image_id}; expected {sorted(dx_index)}"
-                )
+                self.skipped.add(source, "unknown label", f"dx={dx!r} for {image_id}; expected {sorted(dx_index)}")
                 continue
             split = assign_split(lesion_id, **self._split_args)  # type: ignore[arg-type]
             item = self._item(image_id, dx_index[dx], split, source)

@@ -59,9 +59,7 @@ class ManifestReader(DatasetReader):
         super().__init__(root, max_pixels=max_pixels)
         csv_path = find_manifest(self.root)
         if csv_path is None:
-            raise DatasetError(
-                f"{self.root}: expected a .csv manifest file or a folder holding {MANIFEST_NAME}"
-            )
+            raise DatasetError(f"{self.root}: expected a .csv manifest file or a folder holding {MANIFEST_NAME}")
         self.csv_path = csv_path
         base = csv_path.parent
         has_split = "split" in read_header(csv_path)
@@ -73,9 +71,7 @@ class ManifestReader(DatasetReader):
             source = f"{csv_path}:{row.line}"
             raw_path = row.values["path"]
             split = row.values.get("split", "") if has_split else "all"
-            labels = tuple(
-                dict.fromkeys(part.strip() for part in row.values["label"].split("|") if part.strip())
-            )
+            labels = tuple(dict.fromkeys(part.strip() for part in row.values["label"].split("|") if part.strip()))
             multi_label = multi_label or len(labels) > 1
             if not raw_path:
                 self.skipped.add(source, "empty path")
@@ -106,13 +102,9 @@ class ManifestReader(DatasetReader):
                 continue
             unknown = [label for label in labels if label not in index]
             if unknown:
-                self.skipped.add(
-                    source, "unknown label", f"{unknown} for {item_id}; expected {self.class_names}"
-                )
+                self.skipped.add(source, "unknown label", f"{unknown} for {item_id}; expected {self.class_names}")
                 continue
-            items.append(
-                Item(item_id, tuple(sorted(index[label] for label in labels)), split, str(path), path)
-            )
+            items.append(Item(item_id, tuple(sorted(index[label] for label in labels)), split, str(path), path))
         self._set_items(items)
 
     def data_files(self) -> list[Path]:

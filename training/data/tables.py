@@ -45,18 +45,14 @@ def read_rows(path: Path, required: Iterable[str]) -> Iterator[Row]:
             header = [cell.strip() for cell in next(reader, [])]
             missing = [c for c in required if c not in header]
             if missing:
-                raise DatasetError(
-                    f"{path}: missing column(s) {missing}; expected {list(required)}, got {header}"
-                )
+                raise DatasetError(f"{path}: missing column(s) {missing}; expected {list(required)}, got {header}")
             line = reader.line_num
             for cells in reader:
                 if any(cell.strip() for cell in cells):
                     yield Row(line + 1, {h: c.strip() for h, c in zip(header, cells, strict=False)})
                 line = reader.line_num
         except (UnicodeDecodeError, csv.Error) as exc:
-            raise DatasetError(
-                f"{path}: not a readable CSV file near line {reader.line_num} ({exc})"
-            ) from exc
+            raise DatasetError(f"{path}: not a readable CSV file near line {reader.line_num} ({exc})") from exc
 
 
 def index_images(dirs: Iterable[Path], *, key: str = "name") -> dict[str, Path]:

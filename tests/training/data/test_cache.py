@@ -55,13 +55,9 @@ def test_decodes_to_uint8_memmap_and_excludes_bad_items(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [cached.path.name]  # no temp folder left
 
 
-def test_second_call_hits_the_cache_and_replays_skips(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_second_call_hits_the_cache_and_replays_skips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = _folder_with_bad_files(tmp_path / "ds")
-    first = cached_split(
-        open_dataset("imagefolder", root), "all", SPEC, tmp_path / "cache", workers=0, progress=False
-    )
+    first = cached_split(open_dataset("imagefolder", root), "all", SPEC, tmp_path / "cache", workers=0, progress=False)
     monkeypatch.setattr(cache_module, "open_image", _no_decoding)
     monkeypatch.setattr(cache_module, "to_uint8", _no_decoding)
     reader = open_dataset("imagefolder", root)
@@ -111,9 +107,7 @@ def test_in_memory_cifar_rows_are_cached_exactly(tmp_path: Path) -> None:
 
 def test_process_pool_matches_in_process_decode(tmp_path: Path) -> None:
     root = _folder_with_bad_files(tmp_path / "ds")
-    serial = cached_split(
-        open_dataset("imagefolder", root), "all", SPEC, tmp_path / "c1", workers=0, progress=False
-    )
+    serial = cached_split(open_dataset("imagefolder", root), "all", SPEC, tmp_path / "c1", workers=0, progress=False)
     reader = open_dataset("imagefolder", root)
     pooled = cached_split(reader, "all", SPEC, tmp_path / "c2", workers=2, chunk_size=2, progress=True)
     assert pooled.item_ids == serial.item_ids
@@ -123,9 +117,7 @@ def test_process_pool_matches_in_process_decode(tmp_path: Path) -> None:
 
 def test_unreadable_cache_is_rebuilt(tmp_path: Path) -> None:
     root = write_image_folder(tmp_path / "ds", ["a"], n=2, split_dirs=False)
-    first = cached_split(
-        open_dataset("imagefolder", root), "all", SPEC, tmp_path / "cache", workers=0, progress=False
-    )
+    first = cached_split(open_dataset("imagefolder", root), "all", SPEC, tmp_path / "cache", workers=0, progress=False)
     images = first.path / "images.npy"
     del first
     images.write_bytes(images.read_bytes()[:100])

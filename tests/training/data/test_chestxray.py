@@ -50,9 +50,7 @@ def test_bad_rows_skipped_and_logged(tmp_path: Path) -> None:
         "'No Finding' with findings": 1,
     }
     missing = next(e for e in reader.skipped if e.reason == "image file missing")
-    assert (
-        missing.source == f"{root / 'Data_Entry_2017_v2020.csv'}:8" and missing.detail == "00000009_000.png"
-    )
+    assert missing.source == f"{root / 'Data_Entry_2017_v2020.csv'}:8" and missing.detail == "00000009_000.png"
     assert "Covid" in next(e.detail for e in reader.skipped if e.reason == "unknown label")
 
 
@@ -95,9 +93,7 @@ def test_structural_errors(tmp_path: Path) -> None:
     root = write_chestxray(tmp_path, patients=1)
     csv_path = root / "Data_Entry_2017_v2020.csv"
     csv_path.write_bytes(b"Image Index,Labels,Patient ID\r\n00000001_000.png,Mass,1\r\n")
-    with pytest.raises(
-        DatasetError, match=r"Data_Entry_2017_v2020.csv: missing column\(s\) \['Finding Labels'\]"
-    ):
+    with pytest.raises(DatasetError, match=r"Data_Entry_2017_v2020.csv: missing column\(s\) \['Finding Labels'\]"):
         open_dataset("chestxray14", root)
     csv_path.unlink()
     with pytest.raises(DatasetError, match="no Data_Entry_2017"):

@@ -117,9 +117,7 @@ def test_truncated_and_missing_batches(tmp_path: Path) -> None:
 def test_out_of_range_label_is_skipped_and_logged(tmp_path: Path) -> None:
     root = write_cifar10(tmp_path)
     data = np.zeros((3, 3072), np.uint8)
-    (root / "cifar-10-batches-py" / "test_batch").write_bytes(
-        py2_pickle({b"data": data, b"labels": [1, 10, 2]})
-    )
+    (root / "cifar-10-batches-py" / "test_batch").write_bytes(py2_pickle({b"data": data, b"labels": [1, 10, 2]}))
     reader = open_dataset("cifar10", root)
     assert [i.item_id for i in reader.items("test")] == ["test_batch#0", "test_batch#2"]
     assert reader.skipped.summary() == {"label out of range": 1}

@@ -44,9 +44,7 @@ def test_auto_detects_every_format(tmp_path: Path, writer: object, expected: str
 
 def test_nothing_detected_names_root_and_kinds_tried(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("x", encoding="utf-8")
-    with pytest.raises(
-        DatasetError, match=r"no known dataset format found; tried \['manifest', 'cifar10'"
-    ) as info:
+    with pytest.raises(DatasetError, match=r"no known dataset format found; tried \['manifest', 'cifar10'") as info:
         open_dataset("auto", tmp_path)
     assert str(tmp_path) in str(info.value) and "imagefolder" in str(info.value)
     with pytest.raises(DatasetError, match="no such file or folder"):
@@ -57,9 +55,7 @@ def test_unknown_kind_and_option(tmp_path: Path) -> None:
     root = write_image_folder(tmp_path / "folder", ["a"], n=1)
     with pytest.raises(ValueError, match=r"unknown dataset kind 'imagenet'; expected one of \['cifar10'"):
         open_dataset("imagenet", root)
-    with pytest.raises(
-        ValueError, match=r"unknown option\(s\) \['test_fraction'\] .* accepted: \['max_pixels'\]"
-    ):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['test_fraction'\] .* accepted: \['max_pixels'\]"):
         open_dataset("imagefolder", root, test_fraction=0.1)
     with pytest.raises(ValueError, match=r"accepted: \['max_pixels'\]"):
         open_dataset("mnist", write_idx(tmp_path / "m"), variant="fashion-mnist")
