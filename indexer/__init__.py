@@ -1,0 +1,25 @@
+"""msir indexer: image collections = SQL metadata (the truth, embeddings included) + a rebuildable FAISS index.
+
+``indexer.Collection`` is the API the ``msir-index`` CLI and the service use (contract: docs/architecture.md).
+"""
+
+from indexer.collection import Collection
+from indexer.embedder import Embedder
+from indexer.errors import CollectionError, ConsistencyError, DatabaseUnavailable
+from indexer.pipeline import BuildReport
+from indexer.records import AddReport, EmbedResult, Hit, ImageRecord, NewImage, VerifyReport
+
+__all__ = [
+    "AddReport",
+    "BuildReport",
+    "Collection",
+    "CollectionError",
+    "ConsistencyError",
+    "DatabaseUnavailable",
+    "EmbedResult",
+    "Embedder",
+    "Hit",
+    "ImageRecord",
+    "NewImage",
+    "VerifyReport",
+]

@@ -1,0 +1,341 @@
+"""``msir-index``: build, extend, check and query image collections.
+
+Exit codes: 0 ok, 1 ``verify`` found a mismatch, 2 usage or configuration error (a clear message, no traceback).
+Human output is rich tables on stdout; ``--json`` prints one JSON document instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from indexer import cli_output as out
+from indexer.collection import Collection
+from indexer.errors import CollectionError
+from indexer.faiss_index import DEFAULT_OPTIONS, INDEX_TYPES
+from indexer.manifest import Manifest
+from indexer.sources import Source, from_dataset, from_files, from_folder
+from models import CheckpointError, ImageDecodeError, open_image
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+console = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+USER_ERRORS = (CollectionError, CheckpointError, ImageDecodeError, OSError)
+
+Dir = Annotated[Path, typer.Argument(help="Collection folder (manifest.json, index.faiss, metadata.db).")]
+Db = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL (default: metadata.db in DIR).")]
+Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+Checkpoint = Annotated[Path | None, typer.Option("--checkpoint", "-c", help="Checkpoint (.safetensors + .json).")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=False)],
+    )
+    for noisy in ("alembic", "faiss.loader"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def guarded(fn: Callable[[], T]) -> T:
+    """Run a command body; user and configuration errors become a message and exit code 2."""
+    try:
+        return fn()
+    except USER_ERRORS as error:
+        fail(str(error))
+    except ValueError as error:  # DatasetError, bad option values
+        fail(str(error))
+
+
+def _default_workers() -> int:
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+def _source(
+    data: Path | None,
+    kind: str,
+    split: str | None,
+    folder: Path | None,
+    manifest: Path | None,
+    files: list[Path] | None,
+    limit: int | None,
+) -> Source:
+    given = [name for name, v in (("--data", data), ("--folder", folder), ("--manifest", manifest)) if v]
+    if files:
+        given.append("FILES")
+    if len(given) != 1:
+        fail(f"give exactly one image source (--data ROOT, --folder F, --manifest CSV or FILES), got {given or 'none'}")
+    if data is not None:
+        return from_dataset(data, kind, split, limit=limit)
+    if manifest is not None:
+        return from_dataset(manifest, "manifest", split, limit=limit)
+    if folder is not None:
+        return from_folder(folder, split=split, limit=limit)
+    return from_files((files or [])[:limit] if limit else files or [], split=split)
+
+
+def _index_options(
+    index: str,
+    nlist: int | None,
+    m: int | None,
+    nprobe: int | None,
+    hnsw_m: int | None,
+    ef_search: int | None,
+) -> dict[str, Any]:
+    if index not in INDEX_TYPES:
+        fail(f"--index {index!r} is not one of {list(INDEX_TYPES)}")
+    given = {"nlist": nlist, "m": m, "nprobe": nprobe, "M": hnsw_m, "ef_search": ef_search}
+    flags = {
+        "nlist": "--nlist",
+        "m": "--m",
+        "nprobe": "--nprobe",
+        "M": "--hnsw-m",
+        "ef_search": "--ef-search",
+    }
+    stray = [flags[k] for k, v in given.items() if v is not None and k not in DEFAULT_OPTIONS[index]]
+    if stray:
+        fail(f"{', '.join(stray)} do not apply to --index {index}")
+    return {k: v for k, v in given.items() if v is not None}
+
+
+@app.command()
+def build(
+    directory: Dir,
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Checkpoint (.safetensors + .json).")],
+    data: Annotated[Path | None, typer.Option(help="Dataset root (any format training.data reads).")] = None,
+    kind: Annotated[str, typer.Option(help="Dataset kind for --data (auto detects).")] = "auto",
+    split: Annotated[str | None, typer.Option(help="Only this split of --data/--manifest.")] = None,
+    folder: Annotated[Path | None, typer.Option(help="A folder of images (recursive, unlabelled).")] = None,
+    manifest: Annotated[Path | None, typer.Option(help="CSV manifest: path,label[,split].")] = None,
+    db: Db = None,
+    index: Annotated[str | None, typer.Option("--index", help="flat (default) | ivfpq | hnsw")] = None,
+    nlist: Annotated[int | None, typer.Option(help="ivfpq: inverted lists (default ~4 sqrt(N)).")] = None,
+    m: Annotated[int | None, typer.Option("--m", help="ivfpq: PQ sub-quantizers (divides dim).")] = None,
+    nprobe: Annotated[int | None, typer.Option(help="ivfpq: lists probed per query.")] = None,
+    hnsw_m: Annotated[int | None, typer.Option("--hnsw-m", help="hnsw: graph degree M.")] = None,
+    ef_search: Annotated[int | None, typer.Option("--ef-search", help="hnsw: efSearch.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass / transaction.")] = 256,
+    workers: Annotated[int | None, typer.Option(help="Decoding processes (0: in-process).")] = None,
+    device: Device = "auto",
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted build (always on: kept for clarity).")] = False,
+    limit: Annotated[int | None, typer.Option(help="Index at most N images of the source.")] = None,
+    save_every: Annotated[float, typer.Option(help="Seconds between index saves (rows are safe anyway).")] = 30.0,
+    json_out: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Create a collection (or continue one: items already stored are skipped) and index a source."""
+    _setup_logging(verbose)
+    options = _index_options(index or "flat", nlist, m, nprobe, hnsw_m, ef_search)
+    log = logging.getLogger(__name__)
+
+    def run() -> None:
+        source = _source(data, kind, split, folder, manifest, None, limit)
+        if Manifest.exists(directory):
+            existing = Manifest.load(directory).index.type
+            if index is not None and index != existing:
+                fail(f"{directory} already uses a {existing} index; `msir-index rebuild --index {index}` changes it")
+            col = Collection.open(directory, checkpoint, db, device)
+            log.info("%s exists: continuing (items already stored are skipped)", directory)
+        else:
+            if resume:
+                log.info("%s: nothing to resume, starting a new collection", directory)
+            col = Collection.create(directory, checkpoint, db, index or "flat", options, device)
+        col.save_interval_s = save_every
+        with col:
+            report = col.add_source(
+                source,
+                batch_size=batch_size,
+                workers=_default_workers() if workers is None else workers,
+                progress=not json_out,
+            )
+            out.build_report(console, report, col.ntotal, json_out)
+
+    guarded(run)
+
+
+@app.command()
+def add(
+    directory: Dir,
+    files: Annotated[list[Path] | None, typer.Argument(help="Image files.")] = None,
+    folder: Annotated[Path | None, typer.Option(help="A folder of images (recursive, unlabelled).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Dataset root.")] = None,
+    kind: Annotated[str, typer.Option(help="Dataset kind for --data.")] = "auto",
+    manifest: Annotated[Path | None, typer.Option(help="CSV manifest.")] = None,
+    split: Annotated[str | None, typer.Option(help="Split of the dataset / split recorded for files.")] = None,
+    checkpoint: Checkpoint = None,
+    db: Db = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass / transaction.")] = 256,
+    workers: Annotated[int | None, typer.Option(help="Decoding processes (0: in-process).")] = None,
+    device: Device = "auto",
+    json_out: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Add images to an existing collection (duplicates by content are reported, not indexed twice)."""
+    _setup_logging(verbose)
+
+    def run() -> None:
+        source = _source(data, kind, split, folder, manifest, files, None)
+        with Collection.open(directory, checkpoint, db, device) as col:
+            n_workers = _default_workers() if workers is None else workers
+            report = col.add_source(source, batch_size=batch_size, workers=n_workers, progress=not json_out)
+            out.build_report(console, report, col.ntotal, json_out)
+
+    guarded(run)
+
+
+@app.command()
+def remove(
+    directory: Dir,
+    ids: Annotated[list[int] | None, typer.Option("--id", help="Image id (repeatable).")] = None,
+    paths: Annotated[list[str] | None, typer.Option("--path", help="Image path or uri (repeatable).")] = None,
+    checkpoint: Checkpoint = None,
+    db: Db = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Remove images (database rows and vectors)."""
+    _setup_logging(verbose)
+    if not ids and not paths:
+        fail("give --id and/or --path")
+
+    def run() -> None:
+        with Collection.open(directory, checkpoint, db, "cpu") as col:
+            removed = (col.remove(ids) if ids else 0) + (col.remove_paths(paths) if paths else 0)
+            if json_out:
+                console.print_json(json.dumps({"removed": removed, "rows": col.store.count()}))
+            else:
+                console.print(f"removed {removed} image(s); {col.ntotal} remain")
+
+    guarded(run)
+
+
+@app.command()
+def rebuild(
+    directory: Dir,
+    index: Annotated[str | None, typer.Option("--index", help="Switch to this index type.")] = None,
+    nlist: Annotated[int | None, typer.Option(help="ivfpq: inverted lists.")] = None,
+    m: Annotated[int | None, typer.Option("--m", help="ivfpq: PQ sub-quantizers.")] = None,
+    nprobe: Annotated[int | None, typer.Option(help="ivfpq: lists probed per query.")] = None,
+    hnsw_m: Annotated[int | None, typer.Option("--hnsw-m", help="hnsw: graph degree M.")] = None,
+    ef_search: Annotated[int | None, typer.Option("--ef-search", help="hnsw: efSearch.")] = None,
+    checkpoint: Checkpoint = None,
+    db: Db = None,
+    verbose: Verbose = False,
+) -> None:
+    """Rebuild the FAISS index from the embeddings stored in the database (no image is decoded)."""
+    _setup_logging(verbose)
+
+    def run() -> None:
+        with Collection.open(directory, checkpoint, db, "cpu", strict=False) as col:
+            if index is not None or any(v is not None for v in (nlist, m, nprobe, hnsw_m, ef_search)):
+                kind = index or col.manifest.index.type
+                col.set_index_type(kind, _index_options(kind, nlist, m, nprobe, hnsw_m, ef_search))
+            col.rebuild()
+            console.print(f"rebuilt the {col.index_type} index of {directory}: {col.ntotal} vectors")
+
+    guarded(run)
+
+
+@app.command()
+def stats(directory: Dir, checkpoint: Checkpoint = None, db: Db = None, json_out: Json = False) -> None:
+    """Counts per split / label / source, index type and sizes."""
+    _setup_logging(False)
+
+    def run() -> None:
+        with Collection.open(directory, checkpoint, db, "cpu", strict=False) as col:
+            out.stats(console, col.stats(), col.problems, json_out)
+
+    guarded(run)
+
+
+@app.command()
+def verify(
+    directory: Dir,
+    checkpoint: Checkpoint = None,
+    db: Db = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Check database <-> index <-> manifest (ids, counts, dimension, checkpoint); exit 1 on any mismatch."""
+    _setup_logging(verbose)
+
+    def run() -> bool:
+        with Collection.open(directory, checkpoint, db, "cpu", strict=False) as col:
+            report = col.verify()
+        out.verify_report(console, directory, report, json_out)
+        return report.ok
+
+    if not guarded(run):
+        raise typer.Exit(1)
+
+
+@app.command()
+def search(
+    directory: Dir,
+    image: Annotated[Path, typer.Option("--image", help="Query image file.")],
+    k: Annotated[int, typer.Option("-k", help="Number of results.")] = 10,
+    label: Annotated[list[str] | None, typer.Option("--label", help="Keep images with this label.")] = None,
+    split: Annotated[str | None, typer.Option(help="Keep images of this split.")] = None,
+    checkpoint: Checkpoint = None,
+    db: Db = None,
+    device: Device = "auto",
+    json_out: Json = False,
+) -> None:
+    """The k images most similar to --image."""
+    _setup_logging(False)
+
+    def run() -> None:
+        with Collection.open(directory, checkpoint, db, device) as col:
+            query = col.embedder.embed_images([open_image(image, max_pixels=64_000_000)])
+            hits = col.search(query.embeddings, k, labels=label, split=split)[0]
+            out.hits(console, image, hits, json_out)
+
+    guarded(run)
+
+
+@app.command("eval")
+def evaluate(
+    directory: Dir,
+    query_split: Annotated[str, typer.Option(help="Queries: stored vectors of this split.")] = "test",
+    db_split: Annotated[str, typer.Option(help="Database: stored vectors of this split.")] = "train",
+    ks: Annotated[str, typer.Option(help="Comma-separated K values.")] = "1,5,10",
+    checkpoint: Checkpoint = None,
+    db: Db = None,
+    json_out: Json = False,
+) -> None:
+    """Retrieval metrics of the collection's stored embeddings (labels from the database)."""
+    _setup_logging(False)
+
+    def run() -> None:
+        from indexer.evaluate import evaluate_collection
+
+        try:
+            k_values = [int(v) for v in ks.split(",") if v.strip()]
+        except ValueError:
+            fail(f"--ks {ks!r}: expected comma-separated integers such as 1,5,10")
+        with Collection.open(directory, checkpoint, db, "cpu") as col:
+            metrics = evaluate_collection(col, query_split, db_split, k_values)
+        out.metrics(console, metrics, json_out)
+
+    guarded(run)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,115 @@
+"""``manifest.json``: what the FAISS index beside it was built from, so a mismatch is caught before a search.
+
+Written atomically after every index save. The checkpoint is identified by the sha256 of its weights (from the
+checkpoint JSON), not by its path: a moved checkpoint is fine, a retrained one is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from indexer.atomic import atomic_write_text
+from indexer.errors import CollectionError
+
+MANIFEST_FILE = "manifest.json"
+FORMAT = "msir-collection"
+FORMAT_VERSION = 1
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class CheckpointRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    path: str
+    sha256: str  # weights_sha256 recorded in the checkpoint JSON
+    model_name: str
+
+
+class IndexSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    params: dict[str, Any]
+    file: str = "index.faiss"
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+    collection_id: str
+    checkpoint: CheckpointRef
+    embedding_dim: int
+    metric: str = "inner_product"  # on L2-normalised embeddings, i.e. cosine similarity
+    index: IndexSpec
+    row_count: int
+    database: str | None  # None: metadata.db in the collection folder; otherwise the URL without password
+    created_at: str
+    updated_at: str
+
+    @classmethod
+    def new(
+        cls,
+        collection_id: str,
+        checkpoint: CheckpointRef,
+        embedding_dim: int,
+        index_type: str,
+        params: dict[str, Any],
+        database: str | None,
+    ) -> Manifest:
+        now = now_iso()
+        return cls(
+            collection_id=collection_id,
+            checkpoint=checkpoint,
+            embedding_dim=embedding_dim,
+            index=IndexSpec(type=index_type, params=params),
+            row_count=0,
+            database=database,
+            created_at=now,
+            updated_at=now,
+        )
+
+    @classmethod
+    def path_in(cls, directory: Path) -> Path:
+        return directory / MANIFEST_FILE
+
+    @classmethod
+    def exists(cls, directory: Path) -> bool:
+        return cls.path_in(directory).is_file()
+
+    @classmethod
+    def load(cls, directory: Path) -> Manifest:
+        path = cls.path_in(directory)
+        if not path.is_file():
+            raise CollectionError(
+                f"{directory}: not a collection ({MANIFEST_FILE} missing); create one with `msir-index build`"
+            )
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise CollectionError(f"{path}: unreadable manifest ({error})") from error
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise CollectionError(f'{path}: not an msir collection manifest (expected "format": "{FORMAT}")')
+        version = raw.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise CollectionError(
+                f"{path}: format_version {version!r} is newer than this msir understands ({FORMAT_VERSION}); "
+                f"upgrade msir"
+            )
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as error:
+            raise CollectionError(f"{path}: invalid manifest: {error}") from error
+
+    def save(self, directory: Path) -> None:
+        self.updated_at = now_iso()
+        atomic_write_text(self.path_in(directory), json.dumps(self.model_dump(mode="json"), indent=2) + "\n")

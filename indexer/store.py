@@ -1,0 +1,291 @@
+"""Every query the indexer makes against the metadata database, behind one small class.
+
+Each public method is one short transaction and turns connection failures into
+:class:`~indexer.errors.DatabaseUnavailable`. Embeddings travel as float32 little-endian bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from indexer.db import CollectionInfo, ImageRow, as_utc, db_errors, make_engine, migrate
+from indexer.records import ImageRecord
+
+logger = logging.getLogger(__name__)
+
+# Parameters per IN (...) query: far below SQLite's and PostgreSQL's limits.
+CHUNK = 2000
+RECORD_COLUMNS = (
+    ImageRow.id,
+    ImageRow.path,
+    ImageRow.uri,
+    ImageRow.sha256,
+    ImageRow.labels,
+    ImageRow.split,
+    ImageRow.width,
+    ImageRow.height,
+    ImageRow.source,
+    ImageRow.added_at,
+    ImageRow.user_metadata,
+)
+
+
+def to_bytes(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def from_bytes(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
+
+
+def _chunks(values: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _record(row: Any) -> ImageRecord:
+    return ImageRecord(
+        id=int(row.id),
+        path=Path(row.path) if row.path else None,
+        uri=row.uri,
+        sha256=row.sha256,
+        labels=list(row.labels or []),
+        split=row.split,
+        width=int(row.width),
+        height=int(row.height),
+        source=row.source,
+        added_at=as_utc(row.added_at),
+        metadata=dict(row.user_metadata or {}),
+    )
+
+
+VERSION_KEY = "data_version"
+
+
+class MetadataStore:
+    """The metadata database of one collection.
+
+    Every write transaction also increments ``collection_info.data_version``, so a process holding an index in
+    memory can tell that another process changed the database and resynchronise before writing.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.data_version = 0  # the value after this store's last write (or last read)
+
+    def read_data_version(self) -> int:
+        with db_errors(self.engine), self.session() as s:
+            row = s.get(CollectionInfo, VERSION_KEY)
+            return int(row.value) if row is not None else 0
+
+    def _bump(self, s: Session) -> None:
+        row = s.get(CollectionInfo, VERSION_KEY)
+        value = (int(row.value) if row is not None else 0) + 1
+        s.merge(CollectionInfo(key=VERSION_KEY, value=value))
+        self.data_version = value
+
+    @property
+    def display_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def migrate(self) -> str:
+        return migrate(self.engine)
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        with db_errors(self.engine), self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    # -- collection facts ---------------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        with db_errors(self.engine), self.session() as s:
+            return {row.key: row.value for row in s.scalars(select(CollectionInfo))}
+
+    def set_info(self, values: dict[str, Any]) -> None:
+        with db_errors(self.engine), self.session() as s, s.begin():
+            for key, value in values.items():
+                s.merge(CollectionInfo(key=key, value=value))
+
+    # -- counts and ids -----------------------------------------------------------------------------------
+    def count(self) -> int:
+        with db_errors(self.engine), self.session() as s:
+            return int(s.scalar(select(func.count()).select_from(ImageRow)) or 0)
+
+    def ids(self) -> np.ndarray:
+        """Every id, sorted, as int64."""
+        with db_errors(self.engine), self.session() as s:
+            found = s.scalars(select(ImageRow.id).order_by(ImageRow.id)).all()
+        return np.asarray(found, dtype=np.int64)
+
+    def existing_uris(self, uris: Sequence[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        with db_errors(self.engine), self.session() as s:
+            for part in _chunks(list(dict.fromkeys(uris))):
+                for row in s.execute(select(ImageRow.uri, ImageRow.id).where(ImageRow.uri.in_(part))):
+                    found.setdefault(row.uri, int(row.id))
+        return found
+
+    def ids_for_paths(self, paths: Sequence[str]) -> list[int]:
+        with db_errors(self.engine), self.session() as s:
+            out: list[int] = []
+            for part in _chunks(list(paths)):
+                cond = ImageRow.path.in_(part) | ImageRow.uri.in_(part)
+                out.extend(int(i) for i in s.scalars(select(ImageRow.id).where(cond)))
+        return sorted(set(out))
+
+    # -- writes -------------------------------------------------------------------------------------------
+    def insert_new(self, rows: list[dict[str, Any]]) -> tuple[list[int | None], dict[int, int]]:
+        """Insert ``rows`` (ImageRow fields, ``embedding`` as bytes) in ONE transaction, skipping duplicates.
+
+        Returns ``(ids, duplicate_of)``: ``ids[i]`` is the new id of row ``i`` or None when its sha256 is already
+        stored (or repeated earlier in ``rows``); ``duplicate_of[i]`` is then the id holding that content.
+        Callers serialise writers, so the check-then-insert cannot race.
+        """
+        ids: list[int | None] = [None] * len(rows)
+        duplicate_of: dict[int, int] = {}
+        with db_errors(self.engine), self.session() as s, s.begin():
+            shas = [row["sha256"] for row in rows]
+            existing: dict[str, int] = {}
+            for part in _chunks(list(dict.fromkeys(shas))):
+                for row in s.execute(select(ImageRow.sha256, ImageRow.id).where(ImageRow.sha256.in_(part))):
+                    existing[row.sha256] = int(row.id)
+            fresh: list[int] = []
+            first_in_batch: dict[str, int] = {}
+            for i, sha in enumerate(shas):
+                if sha in existing:
+                    duplicate_of[i] = existing[sha]
+                elif sha in first_in_batch:
+                    duplicate_of[i] = -1 - first_in_batch[sha]  # resolved below, once that row has an id
+                else:
+                    first_in_batch[sha] = i
+                    fresh.append(i)
+            if fresh:
+                stmt = insert(ImageRow).returning(ImageRow.id, sort_by_parameter_order=True)
+                new_ids = s.scalars(stmt, [rows[i] for i in fresh]).all()
+                for i, new_id in zip(fresh, new_ids, strict=True):
+                    ids[i] = int(new_id)
+                self._bump(s)
+        for i, target in list(duplicate_of.items()):
+            if target < 0:
+                duplicate_of[i] = ids[-1 - target]  # type: ignore[assignment]
+        return ids, duplicate_of
+
+    def delete(self, ids: Iterable[int]) -> list[int]:
+        """Delete rows; returns the ids that existed."""
+        wanted = sorted({int(i) for i in ids})
+        gone: list[int] = []
+        with db_errors(self.engine), self.session() as s, s.begin():
+            for part in _chunks(wanted):
+                gone.extend(int(i) for i in s.scalars(select(ImageRow.id).where(ImageRow.id.in_(part))))
+                s.execute(delete(ImageRow).where(ImageRow.id.in_(part)))
+            if gone:
+                self._bump(s)
+        return sorted(gone)
+
+    # -- reads --------------------------------------------------------------------------------------------
+    def get_many(self, ids: Iterable[int]) -> dict[int, ImageRecord]:
+        wanted = sorted({int(i) for i in ids})
+        out: dict[int, ImageRecord] = {}
+        with db_errors(self.engine), self.session() as s:
+            for part in _chunks(wanted):
+                for row in s.execute(select(*RECORD_COLUMNS).where(ImageRow.id.in_(part))):
+                    out[int(row.id)] = _record(row)
+        return out
+
+    def vectors(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
+        wanted = sorted({int(i) for i in ids})
+        out: dict[int, np.ndarray] = {}
+        with db_errors(self.engine), self.session() as s:
+            for part in _chunks(wanted):
+                for row in s.execute(select(ImageRow.id, ImageRow.embedding).where(ImageRow.id.in_(part))):
+                    out[int(row.id)] = from_bytes(row.embedding)
+        return out
+
+    def iter_embeddings(
+        self, *, after_id: int | None = None, ids: Sequence[int] | None = None, batch: int = 10_000
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(ids int64 [n], vectors float32 [n, D])`` batches in id order: every row, rows after ``after_id``,
+        or the given ``ids``. Paged by id so memory stays bounded on a million rows."""
+        if ids is not None:
+            wanted = sorted({int(i) for i in ids})
+            for part in _chunks(wanted, batch):
+                found = self.vectors(part)
+                keys = [i for i in part if i in found]
+                if keys:
+                    yield np.asarray(keys, dtype=np.int64), np.stack([found[i] for i in keys])
+            return
+        last = -1 if after_id is None else int(after_id)
+        while True:
+            with db_errors(self.engine), self.session() as s:
+                rows = s.execute(
+                    select(ImageRow.id, ImageRow.embedding).where(ImageRow.id > last).order_by(ImageRow.id).limit(batch)
+                ).all()
+            if not rows:
+                return
+            last = int(rows[-1].id)
+            yield (
+                np.asarray([r.id for r in rows], dtype=np.int64),
+                np.stack([from_bytes(r.embedding) for r in rows]),
+            )
+
+    def labelled_embeddings(self, split: str | None) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+        """``(ids, vectors, labels)`` of one split (every row when None), in id order."""
+        ids: list[int] = []
+        vecs: list[np.ndarray] = []
+        labels: list[list[str]] = []
+        with db_errors(self.engine), self.session() as s:
+            query = select(ImageRow.id, ImageRow.embedding, ImageRow.labels).order_by(ImageRow.id)
+            if split is not None:
+                query = query.where(ImageRow.split == split)
+            for row in s.execute(query.execution_options(yield_per=10_000)):
+                ids.append(int(row.id))
+                vecs.append(from_bytes(row.embedding))
+                labels.append(list(row.labels or []))
+        matrix = np.stack(vecs) if vecs else np.zeros((0, 0), np.float32)
+        return np.asarray(ids, dtype=np.int64), matrix, labels
+
+    def summary(self) -> dict[str, Any]:
+        """Counts per split, per label and per source (for stats)."""
+        splits: Counter[str] = Counter()
+        labels: Counter[str] = Counter()
+        sources: Counter[str] = Counter()
+        with db_errors(self.engine), self.session() as s:
+            for row in s.execute(
+                select(ImageRow.split, ImageRow.source, func.count()).group_by(ImageRow.split, ImageRow.source)
+            ):
+                splits[row[0] or "(none)"] += int(row[2])
+                sources[row[1]] += int(row[2])
+            query = select(ImageRow.labels).execution_options(yield_per=20_000)
+            for (row_labels,) in s.execute(query):
+                labels.update(row_labels or ["(unlabelled)"])
+        return {"splits": dict(splits), "labels": dict(labels.most_common()), "sources": dict(sources)}
+
+    def problems(self, dim: int) -> dict[str, list[int] | list[str]]:
+        """Rows whose embedding is not ``dim`` float32 values, and sha256 values stored twice."""
+        with db_errors(self.engine), self.session() as s:
+            bad = s.scalars(
+                select(ImageRow.id).where(func.length(ImageRow.embedding) != dim * 4).order_by(ImageRow.id)
+            ).all()
+            dups = s.scalars(
+                select(ImageRow.sha256).group_by(ImageRow.sha256).having(func.count() > 1).limit(100)
+            ).all()
+        return {"bad_embedding": [int(i) for i in bad], "duplicate_sha256": list(dups)}
+
+    def max_id(self) -> int:
+        with db_errors(self.engine), self.session() as s:
+            return int(s.scalar(select(func.max(ImageRow.id))) or 0)

@@ -1,0 +1,182 @@
+"""``msir-index``: results identical to the Python API, exit codes, user errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from indexer import Collection
+from indexer.cli import app
+from indexer.faiss_index import INDEX_FILE
+from models import open_image
+from tests.fixtures_formats import write_manifest
+from tests.indexer.conftest import write_images, write_labelled_folder
+
+runner = CliRunner()
+
+
+def run(*args: str | Path, code: int = 0) -> str:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == code, f"exit {result.exit_code}: {result.output}"
+    assert "Traceback" not in result.output
+    return result.stdout
+
+
+@pytest.fixture
+def built(tmp_path: Path, checkpoint: Path) -> Path:
+    root = write_labelled_folder(tmp_path / "data", 5)
+    directory = tmp_path / "col"
+    out = json.loads(
+        run(
+            "build",
+            directory,
+            "-c",
+            checkpoint,
+            "--data",
+            root,
+            "--workers",
+            "0",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "--json",
+        )
+    )
+    assert out["added"] == 30 and out["vectors"] == 30 and out["failed"] == 0
+    assert {s["stage"] for s in out["stages"]} >= {"reader (wait)", "embedder", "writer"}
+    return directory
+
+
+def test_search_json_matches_python_api(built: Path, tmp_path: Path) -> None:
+    query = next((tmp_path / "data" / "test" / "green").glob("*.png"))
+    out = json.loads(run("search", built, "--image", query, "-k", "7", "--device", "cpu", "--json"))
+    with Collection.open(built, device="cpu") as col:
+        emb = col.embedder.embed_images([open_image(query)]).embeddings
+        hits = col.search(emb, 7)[0]
+        filtered = col.search(emb, 4, split="train", labels=["red"])[0]
+    assert [h["id"] for h in out["hits"]] == [h.id for h in hits]
+    assert [h["score"] for h in out["hits"]] == [h.score for h in hits]
+    assert out["hits"][0]["uri"].endswith(str(query.relative_to(tmp_path / "data"))) and out["hits"][0]["score"] > 0.999
+    out = json.loads(
+        run(
+            "search",
+            built,
+            "--image",
+            query,
+            "-k",
+            "4",
+            "--split",
+            "train",
+            "--label",
+            "red",
+            "--device",
+            "cpu",
+            "--json",
+        )
+    )
+    assert [h["id"] for h in out["hits"]] == [h.id for h in filtered]
+    assert all(h["split"] == "train" and h["labels"] == ["red"] for h in out["hits"])
+    assert "nearest to" in run("search", built, "--image", query, "-k", "3", "--device", "cpu")
+
+
+def test_stats_eval_remove_verify(built: Path) -> None:
+    stats = json.loads(run("stats", built, "--json"))
+    assert stats["rows"] == 30 and stats["splits"] == {"train": 15, "test": 15} and stats["problems"] == []
+    metrics = json.loads(run("eval", built, "--ks", "1,5", "--json"))
+    assert metrics["num_queries"] == 15 and metrics["num_database"] == 15 and metrics["ks"] == [1, 5]
+    assert 0.0 <= metrics["precision_at_k"]["5"] <= 1.0
+    assert "retrieval" in run("eval", built)
+    assert json.loads(run("verify", built, "--json"))["ok"] is True
+    assert json.loads(run("remove", built, "--id", "1", "--id", "2", "--json")) == {"removed": 2, "rows": 28}
+    assert "ok" in run("verify", built)
+    run("rebuild", built, "--index", "hnsw", "--hnsw-m", "8")
+    assert json.loads(run("stats", built, "--json"))["index"]["type"] == "hnsw"
+    assert json.loads(run("verify", built, "--json"))["ok"] is True
+
+
+def test_verify_exits_1_on_mismatch_and_rebuild_repairs(built: Path) -> None:
+    index = faiss.read_index(str(built / INDEX_FILE))
+    index.remove_ids(np.asarray([5], dtype=np.int64))
+    faiss.write_index(index, str(built / INDEX_FILE))
+    report = json.loads(run("verify", built, "--json", code=1))
+    assert report["ok"] is False and report["orphan_rows"] == [5]
+    assert "orphan rows" in run("verify", built, code=1)
+    # Other commands refuse the inconsistent collection with a clear message (exit 2).
+    result = runner.invoke(app, ["search", str(built), "--image", str(next(built.parent.rglob("*.png")))])
+    assert result.exit_code == 2 and "msir-index rebuild" in result.output
+    run("rebuild", built)
+    assert json.loads(run("verify", built, "--json"))["ok"] is True
+
+
+def test_user_errors_exit_2(tmp_path: Path, checkpoint: Path, other_checkpoint: Path) -> None:
+    write_images(tmp_path / "imgs", 3)
+    directory = tmp_path / "col"
+    cases = [
+        (["build", directory, "-c", checkpoint], "exactly one image source"),
+        (["build", directory, "-c", checkpoint, "--folder", tmp_path / "imgs", "--data", tmp_path], "exactly one"),
+        (["build", directory, "-c", checkpoint, "--folder", tmp_path / "imgs", "--index", "lsh"], "lsh"),
+        (["build", directory, "-c", checkpoint, "--folder", tmp_path / "imgs", "--nlist", "4"], "--nlist"),
+        (["build", directory, "-c", tmp_path / "nope", "--folder", tmp_path / "imgs"], "nope"),
+        (["stats", tmp_path / "imgs"], "not a collection"),
+        (["remove", tmp_path / "imgs"], "--id"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output and "Traceback" not in result.output
+    run("build", directory, "-c", checkpoint, "--folder", tmp_path / "imgs", "--workers", "0", "--device", "cpu")
+    for args, message in [
+        (["add", directory, "-c", other_checkpoint, "--folder", tmp_path / "imgs"], "checkpoint mismatch"),
+        (["build", directory, "-c", checkpoint, "--folder", tmp_path / "imgs", "--index", "hnsw"], "rebuild"),
+        (["eval", directory], "no images"),
+    ]:
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 2 and message in result.output, result.output
+    # Re-running the build indexes nothing twice; `add FILES` reports duplicates.
+    out = json.loads(
+        run(
+            "build",
+            directory,
+            "-c",
+            checkpoint,
+            "--folder",
+            tmp_path / "imgs",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--resume",
+            "--json",
+        )
+    )
+    assert out["added"] == 0 and out["already_present"] == 3
+    out = json.loads(run("add", directory, *sorted((tmp_path / "imgs").iterdir()), "--device", "cpu", "--json"))
+    assert out["added"] == 0 and out["already_present"] == 3
+
+
+def test_multi_label_manifest_build_and_eval(tmp_path: Path, checkpoint: Path) -> None:
+    rows = [
+        ("a.png", "red|green", "train"),
+        ("b.png", "green", "train"),
+        ("c.png", "blue|red", "train"),
+        ("d.png", "", "train"),
+        ("e.png", "red", "test"),
+        ("f.png", "green|blue", "test"),
+    ]
+    csv_path = write_manifest(tmp_path / "m" / "manifest.csv", rows)
+    directory = tmp_path / "col"
+    out = json.loads(
+        run("build", directory, "-c", checkpoint, "--manifest", csv_path, "--workers", "0", "--device", "cpu", "--json")
+    )
+    assert out["added"] == 6
+    with Collection.open(directory, device="cpu") as col:
+        labels = {Path(r.uri).name: r.labels for r in col.get_many(range(1, 7)).values()}
+    assert sorted(labels["a.png"]) == ["green", "red"] and labels["d.png"] == []
+    metrics = json.loads(run("eval", directory, "--ks", "1,2", "--json"))
+    assert metrics["multi_label"] is True and metrics["num_queries"] == 2 and metrics["num_database"] == 4
