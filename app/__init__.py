@@ -1,0 +1,1 @@
+"""msir app package."""

@@ -1,0 +1,174 @@
+"""Micro-batching: concurrent embedding requests share one forward pass.
+
+Each request hands in one preprocessed ``uint8 [C, H, W]`` image and awaits its own row of the result. A single
+worker task collects requests into a batch of at most ``max_size`` and runs the model once, in a dedicated thread
+so the event loop never blocks. The first request of a batch waits at most ``max_wait_ms`` for others, and only
+while more requests are known to be on their way (:meth:`MicroBatcher.track`), so a lone client pays no wait.
+Requests that queue up while a batch runs form the next batch without any wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import anyio
+import anyio.to_thread
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# fn(batch uint8 [B, C, H, W]) -> (embeddings float32 [B, D], logits float32 [B, C])
+BatchFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class _Request:
+    image: np.ndarray
+    future: asyncio.Future[tuple[np.ndarray, np.ndarray]]
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+class BatcherClosed(RuntimeError):
+    """The batcher was stopped (server shutting down) before the request ran."""
+
+
+class MicroBatcher:
+    """Coalesce concurrent single-image embedding requests into batched forward passes."""
+
+    def __init__(
+        self,
+        fn: BatchFn,
+        max_size: int,
+        max_wait_ms: float,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        if max_size < 1:
+            raise ValueError(f"max_size must be >= 1, got {max_size}")
+        self.fn = fn
+        self.max_size = max_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.on_batch = on_batch  # (batch size, seconds in the model) -> metrics
+        self._queue: asyncio.Queue[_Request] | None = None
+        self._task: asyncio.Task[None] | None = None
+        # One thread: the model runs one batch at a time, with all of torch's intra-op threads.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="msir-model")
+        self._inflight = 0
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._run(), name="msir-microbatcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._queue is not None:
+            while not self._queue.empty():
+                request = self._queue.get_nowait()
+                if not request.future.done():
+                    request.future.set_exception(BatcherClosed("server is shutting down"))
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[None]:
+        """Mark a request that will call :meth:`embed` soon (while it decodes), so a batch waits for it."""
+        self._inflight += 1
+        try:
+            yield
+        finally:
+            self._inflight -= 1
+
+    async def embed(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Embedding and logits of one ``uint8 [C, H, W]`` image."""
+        if self._queue is None:
+            raise BatcherClosed("micro-batcher is not running")
+        future: asyncio.Future[tuple[np.ndarray, np.ndarray]] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Request(image, future))
+        return await future
+
+    async def _collect(self, queue: asyncio.Queue[_Request]) -> list[_Request]:
+        batch = [await queue.get()]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait_s
+        while len(batch) < self.max_size:
+            if not queue.empty():
+                batch.append(queue.get_nowait())
+                continue
+            # Wait only for requests known to be coming (tracked and not yet queued).
+            expected = self._inflight - len(batch)
+            remaining = deadline - loop.time()
+            if expected <= 0 or remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [r for r in await self._collect(self._queue) if not r.future.done()]
+            if not batch:
+                continue
+            images = np.stack([r.image for r in batch])
+            started = time.perf_counter()
+            try:
+                embeddings, logits = await loop.run_in_executor(self._executor, self.fn, images)
+            except asyncio.CancelledError:
+                for r in batch:
+                    if not r.future.done():
+                        r.future.set_exception(BatcherClosed("server is shutting down"))
+                raise
+            except Exception as exc:  # the model failed: every request of this batch gets the error
+                logger.exception("forward pass of a batch of %d failed", len(batch))
+                for r in batch:
+                    if not r.future.done():
+                        r.future.set_exception(exc)
+                continue
+            elapsed = time.perf_counter() - started
+            if self.on_batch is not None:
+                self.on_batch(len(batch), elapsed)
+            for i, r in enumerate(batch):
+                if not r.future.done():
+                    r.future.set_result((embeddings[i], logits[i]))
+
+
+class DirectEmbedder:
+    """The same interface without batching: each request runs its own forward pass in the blocking pool."""
+
+    def __init__(
+        self,
+        fn: BatchFn,
+        limiter: anyio.CapacityLimiter | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.fn = fn
+        self.limiter = limiter
+        self.on_batch = on_batch
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[None]:
+        yield
+
+    async def embed(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        started = time.perf_counter()
+        embeddings, logits = await anyio.to_thread.run_sync(self.fn, image[None], limiter=self.limiter)
+        if self.on_batch is not None:
+            self.on_batch(1, time.perf_counter() - started)
+        return embeddings[0], logits[0]

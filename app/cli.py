@@ -1,0 +1,100 @@
+"""``msir-serve``: run the service with uvicorn, configured by :class:`app.settings.Settings`.
+
+Options given here override the environment (they are written to ``MSIR_*`` variables so that every worker process
+reads the same settings). SIGTERM/SIGINT stop accepting connections, let in-flight requests finish (up to
+``MSIR_GRACEFUL_TIMEOUT_S``), close the collection and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+import uvicorn
+from pydantic import ValidationError
+
+from app.settings import Settings
+
+logger = logging.getLogger("app.cli")
+
+OVERRIDES = {
+    "collection_dir": "MSIR_COLLECTION_DIR",
+    "checkpoint": "MSIR_CHECKPOINT",
+    "database_url": "MSIR_DATABASE_URL",
+    "host": "MSIR_HOST",
+    "port": "MSIR_PORT",
+    "workers": "MSIR_WORKERS",
+    "device": "MSIR_DEVICE",
+    "log_level": "MSIR_LOG_LEVEL",
+}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="msir-serve",
+        description="Serve an msir collection over HTTP (settings: MSIR_* environment variables or .env).",
+    )
+    parser.add_argument("--collection-dir", help="collection directory (MSIR_COLLECTION_DIR)")
+    parser.add_argument("--checkpoint", help="checkpoint; default: the collection's (MSIR_CHECKPOINT)")
+    parser.add_argument("--database-url", help="metadata database URL (MSIR_DATABASE_URL)")
+    parser.add_argument("--host", help="listen address (MSIR_HOST)")
+    parser.add_argument("--port", type=int, help="listen port (MSIR_PORT)")
+    parser.add_argument("--workers", type=int, help="server processes (MSIR_WORKERS)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="model device (MSIR_DEVICE)")
+    parser.add_argument("--log-level", help="logging level (MSIR_LOG_LEVEL)")
+    return parser.parse_args(argv)
+
+
+def _after_graceful_shutdown(signum: int, frame: FrameType | None) -> None:
+    # uvicorn re-raises the signal it shut down for once it is done. By then the shutdown was graceful, so main()
+    # returns normally (exit status 0, callers such as app.demo carry on) instead of dying "killed by SIGTERM".
+    logger.debug("signal %d after a graceful shutdown", signum)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    for name, env in OVERRIDES.items():
+        value = getattr(args, name)
+        if value is not None:
+            os.environ[env] = str(value)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        sys.stderr.write(f"msir-serve: invalid settings:\n{exc}\n")
+        raise SystemExit(2) from exc
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    common: dict[str, object] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "timeout_graceful_shutdown": settings.graceful_timeout_s,
+        "access_log": settings.access_log,
+        "proxy_headers": True,
+    }
+    target: object
+    if settings.workers > 1:
+        # Several processes need an import string; each builds its app from the same environment.
+        target, common = "app.main:create_app", {**common, "factory": True, "workers": settings.workers}
+    else:
+        from app.main import create_app
+
+        target = create_app(settings)
+    previous = {sig: signal.signal(sig, _after_graceful_shutdown) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        uvicorn.run(target, **common)  # type: ignore[arg-type]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    logger.info("msir-serve stopped")
+
+
+if __name__ == "__main__":
+    main()

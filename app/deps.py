@@ -1,0 +1,84 @@
+"""Request dependencies: the service object, API key checks, ``k``."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from app.errors import ApiError
+from app.service import Service
+from app.settings import Settings
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The key set in MSIR_API_KEY.")
+_bearer = HTTPBearer(auto_error=False, description="The key set in MSIR_API_KEY, as a bearer token.")
+
+
+def get_service(request: Request) -> Service:
+    service: Service | None = getattr(request.app.state, "service", None)
+    if service is None:
+        raise ApiError(503, "not_ready", "the model and collection are still loading; retry shortly")
+    return service
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def _check_key(settings: Settings, header_key: str | None, bearer: HTTPAuthorizationCredentials | None) -> None:
+    if settings.api_key is None:
+        raise ApiError(
+            403,
+            "writes_disabled",
+            "this endpoint needs an API key, and the server has none configured: set MSIR_API_KEY on the server "
+            "to enable it (there is no default key)",
+        )
+    given = header_key if header_key else (bearer.credentials if bearer is not None else None)
+    if not given:
+        raise ApiError(
+            401,
+            "missing_api_key",
+            "API key required: send it as 'X-API-Key: <key>' or 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    expected = settings.api_key.get_secret_value()
+    if not secrets.compare_digest(given.encode(), expected.encode()):
+        raise ApiError(403, "invalid_api_key", "the API key sent is not the one configured (MSIR_API_KEY)")
+
+
+def require_write_key(
+    settings: Annotated[Settings, Depends(get_settings)],
+    header_key: Annotated[str | None, Depends(_api_key_header)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    _check_key(settings, header_key, bearer)
+
+
+def require_read_key(
+    settings: Annotated[Settings, Depends(get_settings)],
+    header_key: Annotated[str | None, Depends(_api_key_header)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    if settings.read_requires_key:
+        _check_key(settings, header_key, bearer)
+
+
+def resolve_k(k: int | None, settings: Settings, field: str = "k") -> int:
+    """``k`` or the default; 422 naming the field outside ``1..max_k``."""
+    if k is None:
+        return settings.default_k
+    if k < 1 or k > settings.max_k:
+        raise ApiError(
+            422,
+            "validation_error",
+            f"{field}={k} is out of range: expected an integer from 1 to {settings.max_k} (MSIR_MAX_K)",
+            details=[{"field": field, "message": f"must be between 1 and {settings.max_k}"}],
+        )
+    return k
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -1,0 +1,127 @@
+"""The FastAPI application: ``create_app(settings)``.
+
+The model and the collection are opened once, in the lifespan hook, and shared by every request; the collection
+runs reads concurrently and serialises writes itself (its own lock), so nothing here locks again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import anyio.to_thread
+import torch
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from app.errors import install_error_handlers
+from app.limits import BodyLimitMiddleware
+from app.metrics import Metrics, MetricsMiddleware
+from app.routes import classify, collection, health, images, search
+from app.service import Service
+from app.settings import Settings
+from indexer import Collection
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).with_name("static")
+
+
+def _version() -> str:
+    try:
+        return version("msir")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def open_collection(settings: Settings) -> Collection:
+    logger.info("opening collection %s (device=%s)", settings.collection_dir, settings.device)
+    return Collection.open(
+        settings.collection_dir,
+        checkpoint=settings.checkpoint,
+        database_url=settings.database_url.get_secret_value() if settings.database_url else None,
+        device=settings.device,
+    )
+
+
+@contextmanager
+def torch_threads(settings: Settings) -> Iterator[None]:
+    """Apply MSIR_TORCH_THREADS while serving and put the previous value back afterwards: it is process-wide, and
+    an app built in a test must not change the threads of the tests that follow. (FAISS's OpenMP setting is per
+    thread: the service applies MSIR_FAISS_THREADS in the threads that search.)"""
+    before = torch.get_num_threads()
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service; nothing heavy happens until the lifespan starts (model, index, database)."""
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        with torch_threads(settings):
+            async with _serving(app):
+                yield
+
+    @asynccontextmanager
+    async def _serving(app: FastAPI) -> AsyncIterator[None]:
+        col = await anyio.to_thread.run_sync(open_collection, settings)
+        service = Service(settings, col, metrics)
+        await service.start()
+        metrics.index_size.set(service.index_size())
+        app.state.service = service
+        logger.info(
+            "serving %d images, model %s, micro-batching %s",
+            service.index_size(),
+            col.embedder.meta.model_name,
+            f"max {settings.batch_max_size} / {settings.batch_max_wait_ms} ms" if settings.batching_enabled else "off",
+        )
+        try:
+            yield
+        finally:
+            app.state.service = None
+            await service.stop()
+            await anyio.to_thread.run_sync(col.close)
+            logger.info("collection closed")
+
+    app = FastAPI(
+        title="msir",
+        summary="Content-based image retrieval: similar images and class predictions.",
+        version=_version(),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.service = None
+    install_error_handlers(app)
+    for module in (search, images, classify, collection, health):
+        app.include_router(module.router)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    # Added innermost first: metrics (outermost) -> CORS -> body limit -> routes.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_upload_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+        )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app

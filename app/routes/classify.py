@@ -1,0 +1,36 @@
+"""POST /v1/classify: the classifier head's prediction for an uploaded image."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, UploadFile
+
+from app.deps import ServiceDep, require_read_key
+from app.routes import errors
+from app.schemas import ClassifyResponse, Timings
+from app.service import StageTimer
+
+router = APIRouter(prefix="/v1", tags=["classify"], dependencies=[Depends(require_read_key)])
+
+
+@router.post(
+    "/classify",
+    response_model=ClassifyResponse,
+    summary="Class probabilities of an uploaded image (softmax, or sigmoid per label when multi-label)",
+    responses=errors(401, 403, 413, 415, 422),
+)
+async def classify(
+    service: ServiceDep,
+    image: Annotated[UploadFile, File(description="The image to classify.")],
+) -> ClassifyResponse:
+    timer = StageTimer()
+    with service.model.track():
+        prepared = await service.prepare(image, "image", timer)
+        _, logits = await service.embed(prepared, timer)
+    service.observe(timer)
+    return ClassifyResponse(
+        predictions=service.predictions(logits, top=len(service.class_names)),
+        multi_label=service.multi_label,
+        timings=Timings(**timer.as_dict()),
+    )

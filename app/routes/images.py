@@ -1,0 +1,211 @@
+"""Stored images: the file, its thumbnail and its neighbours (reads)."""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+import time
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse
+from PIL import Image
+
+from app.deps import ServiceDep, require_read_key, require_write_key, resolve_k
+from app.errors import ApiError
+from app.routes import errors
+from app.schemas import AddImagesResponse, ImageInfo, SearchResponse, Timings
+from app.service import Service, StageTimer, image_info, neighbour
+from app.uploads import add_uploads
+from indexer import ImageRecord
+from models import ImageDecodeError
+
+logger = logging.getLogger(__name__)
+
+# Reads may need the key (MSIR_READ_REQUIRES_KEY); writes always do (their own dependency).
+router = APIRouter(prefix="/v1/images", tags=["images"])
+read = [Depends(require_read_key)]
+
+MAX_ID = 2**63 - 1  # FAISS and database ids are signed 64-bit
+ImageId = Annotated[int, PathParam(ge=0, le=MAX_ID, description="Image id (as returned by search).")]
+
+
+def file_headers(service: Service, etag: str) -> dict[str, str]:
+    # Ids are never reused, so a file under an id never changes; shared caches only when reads are public.
+    scope = "private" if service.settings.read_requires_key else "public"
+    return {"Cache-Control": f"{scope}, max-age=3600", "X-Content-Type-Options": "nosniff", "ETag": f'"{etag}"'}
+
+
+async def fetch_record(service: Service, image_id: int) -> ImageRecord:
+    record = await service.blocking(service.collection.get, image_id)
+    if record is None:
+        raise ApiError(404, "image_not_found", f"no image with id {image_id} in the collection")
+    return record
+
+
+def stored_file(service: Service, record: ImageRecord) -> Path:
+    """The image's file as recorded in the database row; never a path from the request."""
+    if record.path is None:
+        # No server path or source location in the message: clients only ever see ids and URLs.
+        raise ApiError(404, "file_not_stored", f"image {record.id} has no file of its own to serve")
+    path = Path(record.path)
+    if not path.is_absolute():
+        path = Path(service.settings.collection_dir) / path
+    if not path.is_file():
+        logger.warning("file of image %d is missing: %s", record.id, path)
+        raise ApiError(404, "file_missing", f"the file of image {record.id} is missing on the server")
+    return path
+
+
+def media_type_of(path: Path) -> str:
+    """Content type from the file's own header (Pillow), falling back to its suffix."""
+    try:
+        with Image.open(path) as img:
+            mime = Image.MIME.get(img.format or "")
+    except (OSError, ValueError):
+        mime = None
+    return mime or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+
+@router.get(
+    "/{image_id}",
+    response_class=FileResponse,
+    summary="The stored image file, with its content type",
+    dependencies=read,
+    responses={200: {"content": {"image/*": {}}}, **errors(401, 403, 404, 422, 503)},
+)
+async def get_image(service: ServiceDep, image_id: ImageId) -> FileResponse:
+    record = await fetch_record(service, image_id)
+    path = await service.blocking(stored_file, service, record)
+    media_type = await service.blocking(media_type_of, path)
+    return FileResponse(path, media_type=media_type, headers=file_headers(service, record.sha256))
+
+
+@router.get(
+    "/{image_id}/info",
+    response_model=ImageInfo,
+    summary="Metadata of a stored image",
+    dependencies=read,
+    responses=errors(401, 403, 404, 422, 503),
+)
+async def get_image_info(service: ServiceDep, image_id: ImageId) -> ImageInfo:
+    return image_info(await fetch_record(service, image_id))
+
+
+@router.get(
+    "/{image_id}/thumbnail",
+    response_class=FileResponse,
+    summary="A JPEG (or PNG, when transparent) thumbnail, cached on disk by content hash",
+    dependencies=read,
+    responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}, **errors(401, 403, 404, 422, 503)},
+)
+async def get_thumbnail(service: ServiceDep, image_id: ImageId) -> FileResponse:
+    record = await fetch_record(service, image_id)
+    hit = await service.blocking(service.thumbnails.cached, record.sha256)
+    if hit is None:
+        path = await service.blocking(stored_file, service, record)
+        try:
+            hit = await service.blocking(service.thumbnails.get, record.sha256, path)
+        except ImageDecodeError as exc:
+            logger.warning("cannot render thumbnail of image %d: %s", image_id, exc)
+            raise ApiError(404, "file_unreadable", f"the file of image {image_id} cannot be decoded") from exc
+    thumb, media_type = hit
+    return FileResponse(thumb, media_type=media_type, headers=file_headers(service, thumb.stem))
+
+
+@router.get(
+    "/{image_id}/neighbours",
+    response_model=SearchResponse,
+    summary="The images most similar to a stored image (itself excluded)",
+    dependencies=read,
+    responses=errors(401, 403, 404, 422, 503),
+)
+async def get_neighbours(
+    service: ServiceDep,
+    image_id: ImageId,
+    k: Annotated[int | None, Query(description="Neighbours to return (1..MSIR_MAX_K).")] = None,
+    label: Annotated[list[str] | None, Query(description="Only neighbours carrying one of these labels.")] = None,
+    split: Annotated[str | None, Query(description="Only neighbours from this split.")] = None,
+) -> SearchResponse:
+    k = resolve_k(k, service.settings)
+    labels = service.check_labels(label)
+    timer = StageTimer()
+    record = await fetch_record(service, image_id)
+    vector = await service.blocking(service.collection.vector, image_id)
+    timer.add("database", time.perf_counter() - timer.started)
+    if vector is None:
+        raise ApiError(404, "image_not_found", f"image {image_id} has no stored embedding")
+    hits = await service.search(vector, k, timer, labels=labels, split=split or None, exclude_ids={image_id})
+    service.observe(timer)
+    return SearchResponse(
+        k=k,
+        query=image_info(record),
+        neighbours=[neighbour(h) for h in hits],
+        predictions=None,
+        multi_label=service.multi_label,
+        knn_prediction=service.knn(hits),
+        timings=Timings(**timer.as_dict()),
+    )
+
+
+@router.post(
+    "",
+    response_model=AddImagesResponse,
+    status_code=201,
+    summary="Add images to the collection (API key)",
+    dependencies=[Depends(require_write_key)],
+    responses={
+        200: {"model": AddImagesResponse, "description": "Nothing new added: every image was a duplicate."},
+        **errors(401, 403, 413, 422, 503),
+    },
+)
+async def add_images(
+    service: ServiceDep,
+    response: Response,
+    images: Annotated[list[UploadFile], File(description="One or more image files (repeat the field).")],
+    labels: Annotated[
+        list[str] | None,
+        Form(description="Per image, in the same order: its class names separated by '|' (empty: none)."),
+    ] = None,
+    split: Annotated[
+        str | None, Form(max_length=64, description="Split recorded for every image (e.g. 'train').")
+    ] = None,
+    metadata: Annotated[
+        str | None,
+        Form(description="JSON object stored with every image, or a JSON list with one object per image."),
+    ] = None,
+) -> AddImagesResponse:
+    result = await add_uploads(service, images, labels, split, metadata)
+    service.forget_stats()
+    if not result.added and not result.duplicates:
+        raise ApiError(
+            422,
+            "no_images_added",
+            "none of the uploaded files could be added: "
+            + "; ".join(f"{f.filename}: {f.reason}" for f in result.failures),
+            details=[f.model_dump() for f in result.failures],
+        )
+    if not result.added:
+        response.status_code = 200
+    return result
+
+
+@router.delete(
+    "/{image_id}",
+    status_code=204,
+    summary="Remove an image from the collection (API key)",
+    dependencies=[Depends(require_write_key)],
+    responses=errors(401, 403, 404, 422, 503),
+)
+async def delete_image(service: ServiceDep, image_id: ImageId) -> Response:
+    record = await service.blocking(service.collection.get, image_id)
+    removed = await service.blocking(service.collection.remove, [image_id])
+    service.forget_stats()
+    if not removed:
+        raise ApiError(404, "image_not_found", f"no image with id {image_id} in the collection")
+    if record is not None:
+        await service.blocking(service.thumbnails.discard, record.sha256)
+    service.metrics.index_size.set(await service.blocking(service.index_size))
+    return Response(status_code=204)

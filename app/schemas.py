@@ -1,0 +1,203 @@
+"""Response models of the /v1 API (their examples feed the OpenAPI document at /docs)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable error code.", examples=["validation_error"])
+    message: str = Field(
+        description="What was wrong, naming the field or value.", examples=["form field 'image': required"]
+    )
+    details: Any | None = Field(None, description="Per-field problems for validation errors.")
+
+
+class ErrorResponse(BaseModel):
+    """Body of every 4xx/5xx answer."""
+
+    error: ErrorDetail
+
+
+class Timings(BaseModel):
+    """Milliseconds spent per stage of this request (stages that did not run are 0)."""
+
+    decode: float = Field(0.0, description="Reading the upload and decoding the image.", examples=[1.8])
+    preprocess: float = Field(0.0, description="Mode conversion and resizing to the model input.", examples=[0.3])
+    embed: float = Field(0.0, description="Model forward pass, including the micro-batch wait.", examples=[4.1])
+    search: float = Field(0.0, description="Nearest-neighbour search in the FAISS index.", examples=[0.9])
+    database: float = Field(0.0, description="Reading the neighbours' metadata rows.", examples=[1.2])
+    total: float = Field(0.0, description="Whole request as seen by the handler.", examples=[8.6])
+
+
+class ClassScore(BaseModel):
+    label: str = Field(examples=["cat"])
+    probability: float = Field(
+        description="Softmax probability (single-label) or sigmoid (multi-label).", examples=[0.83]
+    )
+
+
+class KnnPrediction(BaseModel):
+    """Vote of the neighbours' labels (training.evaluation.knn_predict)."""
+
+    labels: list[str] = Field(
+        description="Winning class (single-label) or labels carried by at least half (multi-label).",
+        examples=[["cat"]],
+    )
+    distribution: list[ClassScore] = Field(description="Share of the valid neighbours voting for each class.")
+    neighbours_used: int = Field(description="Neighbours with a known label that took part in the vote.")
+
+
+class Neighbour(BaseModel):
+    id: int = Field(examples=[4217])
+    score: float = Field(description="Cosine similarity (higher is more similar).", examples=[0.93])
+    labels: list[str] = Field(examples=[["cat"]])
+    split: str | None = Field(examples=["train"])
+    metadata: dict[str, Any] = Field(default_factory=dict, examples=[{"photographer": "ann"}])
+    image_url: str = Field(examples=["/v1/images/4217"])
+    thumbnail_url: str = Field(examples=["/v1/images/4217/thumbnail"])
+
+
+class ImageInfo(BaseModel):
+    """One stored image (no file system path: files are only reachable through image_url)."""
+
+    id: int = Field(examples=[4217])
+    labels: list[str] = Field(examples=[["cat"]])
+    split: str | None = Field(examples=["train"])
+    width: int | None = Field(examples=[32])
+    height: int | None = Field(examples=[32])
+    sha256: str = Field(examples=["9f2c…"])
+    source: str = Field(examples=["upload"])
+    added_at: datetime | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    image_url: str = Field(examples=["/v1/images/4217"])
+    thumbnail_url: str = Field(examples=["/v1/images/4217/thumbnail"])
+
+
+class SearchResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "k": 2,
+                    "neighbours": [
+                        {
+                            "id": 12,
+                            "score": 0.97,
+                            "labels": ["cat"],
+                            "split": "train",
+                            "metadata": {},
+                            "image_url": "/v1/images/12",
+                            "thumbnail_url": "/v1/images/12/thumbnail",
+                        }
+                    ],
+                    "predictions": [{"label": "cat", "probability": 0.81}],
+                    "knn_prediction": {
+                        "labels": ["cat"],
+                        "distribution": [{"label": "cat", "probability": 1.0}],
+                        "neighbours_used": 1,
+                    },
+                    "timings": {"decode": 1.1, "preprocess": 0.2, "embed": 3.0, "search": 0.4, "database": 0.9},
+                }
+            ]
+        }
+    )
+
+    k: int = Field(description="Number of neighbours asked for (fewer come back when filters leave fewer).")
+    query: ImageInfo | None = Field(None, description="The stored image searched from (neighbours endpoint).")
+    neighbours: list[Neighbour]
+    predictions: list[ClassScore] | None = Field(
+        None, description="Classifier head on the query; null when the query is a stored image."
+    )
+    multi_label: bool = False
+    knn_prediction: KnnPrediction | None = Field(None, description="Vote of the neighbours; null without any.")
+    timings: Timings
+
+
+class ClassifyResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "predictions": [{"label": "cat", "probability": 0.81}, {"label": "dog", "probability": 0.12}],
+                    "multi_label": False,
+                    "timings": {"decode": 1.0, "preprocess": 0.2, "embed": 2.9},
+                }
+            ]
+        }
+    )
+
+    predictions: list[ClassScore]
+    multi_label: bool
+    timings: Timings
+
+
+class AddedImage(BaseModel):
+    filename: str = Field(examples=["cat.png"])
+    id: int = Field(examples=[50001])
+
+
+class DuplicateImage(BaseModel):
+    filename: str = Field(examples=["cat-again.png"])
+    existing_id: int = Field(description="Id of the stored image with the same content.", examples=[50001])
+
+
+class FailedImage(BaseModel):
+    filename: str = Field(examples=["notes.txt"])
+    reason: str = Field(examples=["not an image format Pillow can decode"])
+
+
+class AddImagesResponse(BaseModel):
+    added: list[AddedImage]
+    duplicates: list[DuplicateImage]
+    failures: list[FailedImage]
+
+
+class CollectionInfo(BaseModel):
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "mscfnet2",
+                    "classes": ["airplane", "automobile"],
+                    "multi_label": False,
+                    "embedding_dim": 128,
+                    "index_type": "flat",
+                    "size": 50000,
+                    "image_size": [32, 32],
+                    "splits": {"train": 50000},
+                    "labels": {"airplane": 5000},
+                }
+            ]
+        },
+    )
+
+    model: str
+    checkpoint_sha256: str = Field(description="sha256 of the checkpoint weights.")
+    classes: list[str]
+    multi_label: bool
+    embedding_dim: int
+    index_type: str
+    size: int = Field(description="Images in the collection.")
+    image_size: list[int]
+    splits: dict[str, int] = Field(default_factory=dict, description="Images per split, when known.")
+    labels: dict[str, int] = Field(default_factory=dict, description="Images per label, when known.")
+    max_k: int
+    default_k: int
+    max_upload_bytes: int
+    writes_enabled: bool = Field(description="Whether an API key is configured (POST/DELETE /v1/images).")
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class Readiness(BaseModel):
+    status: str = Field(examples=["ready"])
+    checks: dict[str, str] = Field(
+        examples=[{"model": "ok", "index": "ok (50000 vectors)", "database": "ok"}],
+    )

@@ -1,0 +1,315 @@
+"""What the routes share: the open collection, the (micro-batched) model and the blocking-work pool.
+
+Routes stay thin: they parse and validate the request, call one of these methods and shape the response. Every
+blocking call (decoding, preprocessing, FAISS, the database, file reads) runs in a bounded thread pool; the model
+runs in the micro-batcher's own thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import faiss
+import numpy as np
+from fastapi import UploadFile
+
+from app.batching import DirectEmbedder, MicroBatcher
+from app.errors import ApiError
+from app.metrics import Metrics
+from app.schemas import ClassScore, CollectionInfo, ImageInfo, KnnPrediction, Neighbour
+from app.settings import Settings
+from app.sqltiming import SqlTimer
+from app.thumbnails import ThumbnailCache
+from indexer import Collection, Hit, ImageRecord
+from models import ImageDecodeError, ImageTooLargeError, PreprocessSpec, UnsupportedImageError, open_image, to_uint8
+from training.evaluation.knn import knn_predict
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+# /v1/collection counts labels over every row: cache them briefly (writes reset the cache).
+STATS_TTL_S = 30.0
+
+
+@dataclass
+class Prepared:
+    """A query image ready for the model, with the time each step took."""
+
+    array: np.ndarray  # uint8 [C, H, W]
+    sha256: str
+    started: float  # perf_counter when the worker thread picked the job up
+    decode_s: float
+    preprocess_s: float
+
+
+def _prepare(data: bytes, spec: PreprocessSpec, max_pixels: int, name: str) -> Prepared:
+    started = time.perf_counter()
+    image = open_image(data, max_pixels=max_pixels, name=name)
+    sha = hashlib.sha256(data).hexdigest()
+    decoded = time.perf_counter()
+    array = to_uint8(image, spec)
+    return Prepared(array, sha, started, decoded - started, time.perf_counter() - decoded)
+
+
+@dataclass
+class StageTimer:
+    """Milliseconds per stage of one request."""
+
+    started: float = field(default_factory=time.perf_counter)
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.stages[stage] = self.stages.get(stage, 0.0) + seconds * 1000.0
+
+    def as_dict(self) -> dict[str, float]:
+        out = {k: round(v, 3) for k, v in self.stages.items()}
+        out["total"] = round((time.perf_counter() - self.started) * 1000.0, 3)
+        return out
+
+
+def decode_error(exc: ImageDecodeError, field_name: str) -> ApiError:
+    """415 for formats Pillow cannot read, 413 for too many pixels, 422 for empty/corrupt/truncated images."""
+    message = f"form field '{field_name}': {exc}"
+    if isinstance(exc, UnsupportedImageError):
+        return ApiError(415, "unsupported_image", message)
+    if isinstance(exc, ImageTooLargeError):
+        return ApiError(413, "image_too_large", message)
+    return ApiError(422, "invalid_image", message)
+
+
+class Service:
+    def __init__(self, settings: Settings, collection: Collection, metrics: Metrics) -> None:
+        self.settings = settings
+        self.collection = collection
+        self.metrics = metrics
+        self.limiter = anyio.CapacityLimiter(settings.blocking_threads)
+        embedder = collection.embedder
+        self.class_names: list[str] = list(embedder.class_names)
+        self.multi_label: bool = bool(embedder.multi_label)
+        self.spec = embedder.spec
+        fn = self._forward
+        self.model: MicroBatcher | DirectEmbedder = (
+            MicroBatcher(fn, settings.batch_max_size, settings.batch_max_wait_ms, metrics.observe_batch)
+            if settings.batching_enabled
+            else DirectEmbedder(fn, self.limiter, metrics.observe_batch)
+        )
+        self._stats: tuple[float, dict[str, Any]] | None = None
+        self.db_timer = SqlTimer(collection.store.engine)
+        self.thumbnails = ThumbnailCache(
+            settings.resolved_thumbnail_dir(), settings.thumbnail_size, settings.max_pixels
+        )
+
+    def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        result = self.collection.embedder.embed_uint8(batch)
+        return np.asarray(result.embeddings, dtype=np.float32), np.asarray(result.logits, dtype=np.float32)
+
+    async def start(self) -> None:
+        await self.model.start()
+
+    async def stop(self) -> None:
+        await self.model.stop()
+        self.db_timer.close()
+
+    async def blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs), limiter=self.limiter)
+
+    # --- query images -------------------------------------------------------------------------------------
+
+    async def read_upload(self, upload: UploadFile, field_name: str) -> bytes:
+        # The body limit middleware already bounded the request; this is at most max_upload_bytes.
+        data = await upload.read()
+        if not data:
+            raise ApiError(422, "invalid_image", f"form field '{field_name}': empty file (0 bytes)")
+        return data
+
+    async def prepare(self, upload: UploadFile, field_name: str, timer: StageTimer) -> Prepared:
+        """Upload -> model input: decode (limits checked), hash and preprocess in one trip to a worker thread."""
+        started = time.perf_counter()
+        data = await self.read_upload(upload, field_name)
+        filename = upload.filename or field_name
+        try:
+            prepared = await self.blocking(_prepare, data, self.spec, self.settings.max_pixels, filename)
+        except ImageDecodeError as exc:
+            raise decode_error(exc, field_name) from exc
+        timer.add("decode", prepared.decode_s + (prepared.started - started))
+        timer.add("preprocess", prepared.preprocess_s)
+        return prepared
+
+    async def embed(self, prepared: Prepared, timer: StageTimer) -> tuple[np.ndarray, np.ndarray]:
+        started = time.perf_counter()
+        embedding, logits = await self.model.embed(prepared.array)
+        timer.add("embed", time.perf_counter() - started)
+        return embedding, logits
+
+    # --- search ----------------------------------------------------------------------------------------------
+
+    async def search(
+        self,
+        embedding: np.ndarray,
+        k: int,
+        timer: StageTimer,
+        *,
+        labels: list[str] | None = None,
+        split: str | None = None,
+        exclude_ids: set[int] | None = None,
+        exclude_sha256: set[str] | None = None,
+    ) -> list[Hit]:
+        hits, seconds, db_seconds = await self.blocking(
+            self._timed_search,
+            embedding[None].astype(np.float32, copy=False),
+            k,
+            labels=labels or None,
+            split=split,
+            exclude_ids=exclude_ids,
+            exclude_sha256=exclude_sha256,
+        )
+        # Collection.search reads the neighbours' rows itself: its SQL time is the "database" stage.
+        timer.add("search", max(seconds - db_seconds, 0.0))
+        timer.add("database", db_seconds)
+        return hits[0] if hits else []
+
+    def _timed_search(self, *args: Any, **kwargs: Any) -> tuple[list[list[Hit]], float, float]:
+        if self.settings.faiss_threads:
+            # OpenMP's thread count is a per-thread setting: set it in the thread that searches.
+            faiss.omp_set_num_threads(self.settings.faiss_threads)
+        return self.db_timer.timed(self.collection.search, *args, **kwargs)
+
+    def observe(self, timer: StageTimer) -> None:
+        for stage, ms in timer.stages.items():
+            self.metrics.stage.labels(stage).observe(ms / 1000.0)
+
+    # --- collection facts ------------------------------------------------------------------------------------
+
+    def index_size(self) -> int:
+        return int(self.collection.ntotal)
+
+    async def collection_info(self) -> CollectionInfo:
+        now = time.monotonic()
+        if self._stats is None or now - self._stats[0] > STATS_TTL_S:
+            self._stats = (now, await self.blocking(self.collection.stats))
+        stats = self._stats[1]
+        meta = self.collection.embedder.meta
+        return CollectionInfo(
+            model=meta.model_name,
+            checkpoint_sha256=meta.weights_sha256,
+            classes=self.class_names,
+            multi_label=self.multi_label,
+            embedding_dim=int(meta.embedding_dim),
+            index_type=str(self.collection.index_type),
+            size=int(stats.get("rows", self.index_size())),
+            image_size=list(self.spec.image_size),
+            splits=dict(stats.get("splits", {})),
+            labels=dict(stats.get("labels", {})),
+            max_k=self.settings.max_k,
+            default_k=self.settings.default_k,
+            max_upload_bytes=self.settings.max_upload_bytes,
+            writes_enabled=self.settings.api_key is not None,
+        )
+
+    def forget_stats(self) -> None:
+        self._stats = None
+
+    def check_labels(self, values: list[str] | None, field_name: str = "label") -> list[str] | None:
+        """Class names from repeated and/or ``|``-separated values; 422 naming any unknown one."""
+        if not values:
+            return None
+        labels = split_labels(values)
+        unknown = [v for v in labels if v not in self.class_names]
+        if unknown:
+            raise ApiError(
+                422,
+                "unknown_label",
+                f"{field_name}: unknown label(s) {unknown}; the collection's classes are {self.class_names}",
+                details=[{"field": field_name, "message": f"unknown label {v!r}"} for v in unknown],
+            )
+        return labels or None
+
+    # --- shaping ---------------------------------------------------------------------------------------------
+
+    def predictions(self, logits: np.ndarray, top: int = 5) -> list[ClassScore]:
+        z = logits.astype(np.float64)
+        if self.multi_label:
+            probs = 1.0 / (1.0 + np.exp(-z))
+            order = np.argsort(-probs, kind="stable")
+        else:
+            e = np.exp(z - z.max())
+            probs = e / e.sum()
+            order = np.argsort(-probs, kind="stable")[: min(top, len(probs))]
+        return [ClassScore(label=self.class_names[i], probability=round(float(probs[i]), 6)) for i in order]
+
+    def knn(self, hits: list[Hit]) -> KnnPrediction | None:
+        if not hits:
+            return None
+        index = {name: i for i, name in enumerate(self.class_names)}
+        scores = np.array([h.score for h in hits], dtype=np.float64)
+        num_classes = len(self.class_names)
+        if self.multi_label:
+            multi_hot = np.zeros((len(hits), num_classes), dtype=np.int64)
+            for row, hit in enumerate(hits):
+                for label in hit.record.labels:
+                    if label in index:
+                        multi_hot[row, index[label]] = 1
+            result = knn_predict(multi_hot, scores, num_classes, multi_label=True)
+            chosen = [self.class_names[i] for i in np.flatnonzero(result.predicted)]
+            used = len(hits)
+        else:
+            first = [index.get(h.record.labels[0], -1) if h.record.labels else -1 for h in hits]
+            result = knn_predict(np.array(first, dtype=np.int64), scores, num_classes)
+            predicted = int(result.predicted)
+            chosen = [self.class_names[predicted]] if predicted >= 0 else []
+            used = sum(1 for c in first if c >= 0)
+        distribution = [
+            ClassScore(label=self.class_names[i], probability=round(float(p), 6))
+            for i, p in sorted(enumerate(result.distribution), key=lambda t: -t[1])
+            if p > 0
+        ]
+        return KnnPrediction(labels=chosen, distribution=distribution, neighbours_used=used)
+
+
+def image_urls(image_id: int) -> dict[str, str]:
+    return {"image_url": f"/v1/images/{image_id}", "thumbnail_url": f"/v1/images/{image_id}/thumbnail"}
+
+
+def neighbour(hit: Hit) -> Neighbour:
+    record = hit.record
+    return Neighbour(
+        id=hit.id,
+        score=round(float(hit.score), 6),
+        labels=list(record.labels),
+        split=record.split,
+        metadata=dict(record.metadata or {}),
+        **image_urls(hit.id),
+    )
+
+
+def image_info(record: ImageRecord) -> ImageInfo:
+    return ImageInfo(
+        id=record.id,
+        labels=list(record.labels),
+        split=record.split,
+        width=record.width,
+        height=record.height,
+        sha256=record.sha256,
+        source=record.source,
+        added_at=record.added_at,
+        metadata=dict(record.metadata or {}),
+        **image_urls(record.id),
+    )
+
+
+def split_labels(values: list[str]) -> list[str]:
+    """``["a|b", "c"]`` -> ``["a", "b", "c"]`` (order kept, blanks and repeats dropped)."""
+    out: list[str] = []
+    for value in values:
+        for part in value.split("|"):
+            label = part.strip()
+            if label and label not in out:
+                out.append(label)
+    return out

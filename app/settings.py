@@ -1,0 +1,193 @@
+"""The one configuration of the service: environment variables ``MSIR_*`` (or a ``.env`` file).
+
+Every field carries a description: the docs and ``.env.example`` are generated from this class, so it is the
+single place where a setting is explained.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Settings of ``msir-serve`` (read from ``MSIR_<FIELD>`` environment variables and ``.env``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MSIR_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    collection_dir: Path = Field(
+        Path("var/collection"),
+        description="Directory of the collection to serve (manifest.json + index.faiss, built with msir-index).",
+        examples=["var/demo/collection"],
+    )
+    checkpoint: Path | None = Field(
+        None,
+        description=(
+            "Model checkpoint (NAME.safetensors + NAME.json). Unset: the checkpoint recorded in the collection "
+            "manifest. A different checkpoint than the one the index was built with is refused."
+        ),
+        examples=["runs/cifar10/best.safetensors"],
+    )
+    database_url: SecretStr | None = Field(
+        None,
+        description=(
+            "SQLAlchemy URL of the metadata database, e.g. postgresql+psycopg://msir@db/msir (kept secret: it may "
+            "hold a password). Unset: the database recorded in the collection manifest, by default the "
+            "collection's own SQLite file (metadata.db in collection_dir)."
+        ),
+        examples=["postgresql+psycopg://msir@127.0.0.1:5432/msir"],
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description=(
+            "API key for the write endpoints (POST/DELETE /v1/images), sent as 'X-API-Key: KEY' or "
+            "'Authorization: Bearer KEY'. There is no default key: unset, every write is refused with 403."
+        ),
+    )
+    read_requires_key: bool = Field(
+        False,
+        description="Require the API key on the read endpoints too (search, classify, images, collection).",
+    )
+    max_upload_bytes: int = Field(
+        20 * MB,
+        gt=0,
+        description=(
+            "Largest request body accepted, in bytes (all files and form fields of one request together). "
+            "Checked against Content-Length before reading and counted while streaming: 413 beyond it."
+        ),
+    )
+    max_pixels: int = Field(
+        40_000_000,
+        gt=0,
+        description="Largest image accepted, in pixels (width x height), read from the header before decoding.",
+    )
+    max_k: int = Field(100, ge=1, description="Largest number of neighbours a client may ask for (k).")
+    default_k: int = Field(10, ge=1, description="Number of neighbours returned when the request gives no k.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Origins allowed to call the API from a browser (CORS), comma-separated or a JSON list, e.g. "
+            "'https://a.example,https://b.example'. Empty: no CORS headers (same-origin UI only)."
+        ),
+    )
+    host: str = Field("127.0.0.1", description="Interface msir-serve listens on (0.0.0.0 for all).")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port msir-serve listens on.")
+    workers: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Server processes. Each loads its own copy of the model and index, and /metrics reports per process; "
+            "on CPU one process with micro-batching is usually best."
+        ),
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the model runs: auto (CUDA when available), cpu or cuda."
+    )
+    batch_max_size: int = Field(
+        16,
+        ge=1,
+        description=(
+            "Micro-batching: concurrent embedding requests are coalesced into one forward pass of at most this "
+            "many images. 1 turns micro-batching off (one forward pass per request)."
+        ),
+    )
+    batch_max_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        description=(
+            "Micro-batching: how long the first request of a batch waits for others to join, in milliseconds. "
+            "0 still coalesces the requests already waiting while the previous batch ran."
+        ),
+    )
+    torch_threads: int = Field(
+        1,
+        ge=0,
+        description=(
+            "Threads one forward pass may use (torch.set_num_threads); 0: torch's default (one per core). The "
+            "service runs requests side by side, so 1 is the default: measured on 2 CPU cores "
+            "(benchmarks/serve_latency.py), more threads made each pass several times slower. Raise it on a "
+            "dedicated many-core host serving large batches."
+        ),
+    )
+    faiss_threads: int = Field(
+        1,
+        ge=0,
+        description=(
+            "OpenMP threads one FAISS search may use; 0: FAISS's default (one per core). A single query gains "
+            "nothing from more while other requests run (measured: a flat search of 50,000 vectors took ~1 ms with "
+            "1 thread and ~35 ms with 2 on a busy 2-core CPU)."
+        ),
+    )
+    blocking_threads: int = Field(
+        8,
+        ge=1,
+        description="Threads for blocking work (image decoding, index search, database, file reads).",
+    )
+    thumbnail_size: int = Field(
+        192, ge=16, le=1024, description="Longest side of the thumbnails served by /v1/images/{id}/thumbnail."
+    )
+    thumbnail_cache_dir: Path | None = Field(
+        None,
+        description="Where thumbnails are cached (keyed by image sha256). Unset: collection_dir/thumbnails.",
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Logging level of the service and uvicorn."
+    )
+    access_log: bool = Field(True, description="Log one line per request (uvicorn access log).")
+    graceful_timeout_s: float = Field(
+        10.0,
+        ge=0,
+        description="On SIGTERM/SIGINT, how long in-flight requests may take to finish before the server exits.",
+    )
+    retry_after_s: int = Field(
+        5, ge=1, description="Retry-After (seconds) sent with 503 answers while the database is unreachable."
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("api_key")
+    @classmethod
+    def _non_empty_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty MSIR_API_KEY= line would otherwise be a key that anyone can send.
+        if value is not None and not value.get_secret_value().strip():
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _check_k(self) -> Settings:
+        if self.default_k > self.max_k:
+            raise ValueError(f"default_k ({self.default_k}) must not exceed max_k ({self.max_k})")
+        return self
+
+    @property
+    def batching_enabled(self) -> bool:
+        return self.batch_max_size > 1
+
+    def resolved_thumbnail_dir(self) -> Path:
+        return self.thumbnail_cache_dir or self.collection_dir / "thumbnails"

@@ -1,0 +1,322 @@
+// msir web UI: plain JavaScript, no build step. Talks to the /v1 API of the same server.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const els = {
+  info: $("collection-info"),
+  form: $("search-form"),
+  dropzone: $("dropzone"),
+  file: $("file-input"),
+  preview: $("preview"),
+  k: $("k-input"),
+  label: $("label-filter"),
+  excludeDup: $("exclude-duplicates"),
+  button: $("search-button"),
+  error: $("error"),
+  results: $("results"),
+  status: $("status"),
+  predictions: $("predictions"),
+  predictionList: $("prediction-list"),
+  knn: $("knn"),
+  knnList: $("knn-list"),
+  grid: $("grid"),
+  timings: $("timings"),
+};
+
+let currentFile = null;
+let previewUrl = null;
+let maxUploadBytes = null;
+
+// Error codes of the API -> plain words. The server's own message is kept as a detail.
+const FRIENDLY = {
+  payload_too_large: () =>
+    `That file is too big${maxUploadBytes ? ` (the limit is ${formatBytes(maxUploadBytes)})` : ""}.`,
+  image_too_large: () => "That image has too many pixels for this server. Try a smaller image.",
+  unsupported_image: () => "That file is not an image format we can read. Try a JPEG, PNG, GIF or WebP file.",
+  invalid_image: () => "That image could not be read: the file is empty, damaged or cut short.",
+  validation_error: () => "Some of the search settings are not valid.",
+  unknown_label: () => "That class is not in this collection.",
+  image_not_found: () => "That image is no longer in the collection.",
+  missing_api_key: () => "This server needs an API key for searching.",
+  invalid_api_key: () => "The API key was not accepted.",
+  database_unavailable: () => "The image database is not reachable right now. Please try again in a moment.",
+  not_ready: () => "The server is still starting. Please try again in a moment.",
+};
+
+function formatBytes(n) {
+  if (n >= 1024 * 1024) return `${(n / 1024 / 1024).toFixed(n % (1024 * 1024) ? 1 : 0)} MB`;
+  if (n >= 1024) return `${Math.round(n / 1024)} kB`;
+  return `${n} bytes`;
+}
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(path, options = {}) {
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (err) {
+    throw new ApiError(0, "network", "The server could not be reached. Check your connection and try again.");
+  }
+  const type = response.headers.get("content-type") || "";
+  const body = type.includes("application/json") ? await response.json() : null;
+  if (!response.ok) {
+    const error = (body && body.error) || {};
+    const code = error.code || `http_${response.status}`;
+    const friendly = FRIENDLY[code] ? FRIENDLY[code]() : "Something went wrong.";
+    const detail = error.message ? ` (${error.message})` : "";
+    throw new ApiError(response.status, code, friendly + detail);
+  }
+  return body;
+}
+
+function showError(message) {
+  els.error.textContent = message;
+  els.error.hidden = false;
+}
+
+function clearError() {
+  els.error.hidden = true;
+  els.error.textContent = "";
+}
+
+function clearResults(message) {
+  els.grid.replaceChildren();
+  els.predictions.hidden = true;
+  els.knn.hidden = true;
+  els.timings.textContent = "";
+  els.status.textContent = message;
+}
+
+function setBusy(busy, message) {
+  els.results.setAttribute("aria-busy", busy ? "true" : "false");
+  els.button.disabled = busy || !currentFile;
+  if (message) els.status.textContent = message;
+}
+
+async function loadCollection() {
+  try {
+    const info = await api("/v1/collection");
+    maxUploadBytes = info.max_upload_bytes;
+    els.info.textContent =
+      `${info.size.toLocaleString()} images · model ${info.model} · ${info.classes.length} classes` +
+      ` · ${info.index_type} index`;
+    els.k.max = String(info.max_k);
+    els.k.value = String(Math.min(Number(els.k.value) || info.default_k, info.max_k));
+    for (const name of info.classes) {
+      const option = document.createElement("option");
+      option.value = name;
+      option.textContent = name;
+      els.label.appendChild(option);
+    }
+  } catch (err) {
+    els.info.textContent = "Collection information is unavailable.";
+    showError(err.message);
+  }
+}
+
+function chooseFile(file) {
+  if (!file) return;
+  clearError();
+  if (maxUploadBytes && file.size > maxUploadBytes) {
+    showError(FRIENDLY.payload_too_large());
+    return;
+  }
+  currentFile = file;
+  if (previewUrl) URL.revokeObjectURL(previewUrl);
+  previewUrl = URL.createObjectURL(file);
+  els.preview.src = previewUrl;
+  els.preview.alt = `Your image: ${file.name}`;
+  els.preview.classList.remove("small");
+  els.preview.hidden = false;
+  els.button.disabled = false;
+  runSearch();
+}
+
+function readK() {
+  const k = Number.parseInt(els.k.value, 10);
+  const max = Number.parseInt(els.k.max, 10) || 100;
+  if (!Number.isFinite(k) || k < 1 || k > max) {
+    throw new ApiError(422, "bad_k", `Number of results must be between 1 and ${max}.`);
+  }
+  return k;
+}
+
+async function runSearch() {
+  if (!currentFile) return;
+  clearError();
+  let k;
+  try {
+    k = readK();
+  } catch (err) {
+    showError(err.message);
+    return;
+  }
+  const data = new FormData();
+  data.append("image", currentFile, currentFile.name);
+  data.append("k", String(k));
+  if (els.label.value) data.append("label", els.label.value);
+  data.append("exclude_duplicates", els.excludeDup.checked ? "true" : "false");
+  setBusy(true, "Searching…");
+  try {
+    const result = await api("/v1/search", { method: "POST", body: data });
+    render(result, `${result.neighbours.length} similar images to ${currentFile.name}`);
+  } catch (err) {
+    showError(err.message);
+    clearResults("The search did not complete.");
+  } finally {
+    setBusy(false);
+  }
+}
+
+async function searchById(id, labels) {
+  clearError();
+  let k;
+  try {
+    k = readK();
+  } catch (err) {
+    showError(err.message);
+    return;
+  }
+  const params = new URLSearchParams({ k: String(k) });
+  if (els.label.value) params.append("label", els.label.value);
+  setBusy(true, `Finding images similar to #${id}…`);
+  try {
+    const result = await api(`/v1/images/${encodeURIComponent(id)}/neighbours?${params}`);
+    currentFile = null;
+    els.preview.src = `/v1/images/${id}/thumbnail`;
+    els.preview.alt = `Stored image #${id}` + (labels ? `, labelled ${labels}` : "");
+    els.preview.classList.add("small");
+    els.preview.hidden = false;
+    render(result, `${result.neighbours.length} images similar to stored image #${id}`);
+    els.results.focus();
+  } catch (err) {
+    showError(err.message);
+    clearResults("The search did not complete.");
+  } finally {
+    setBusy(false);
+  }
+}
+
+function renderBars(list, items) {
+  list.replaceChildren();
+  for (const item of items.slice(0, 5)) {
+    const pct = Math.round(item.probability * 1000) / 10;
+    const li = document.createElement("li");
+    li.className = "bar";
+    li.innerHTML =
+      '<span class="bar-label"></span>' +
+      '<span class="bar-track" role="presentation"><span class="bar-fill"></span></span>' +
+      '<span class="bar-value"></span>';
+    li.querySelector(".bar-label").textContent = item.label;
+    li.querySelector(".bar-label").title = item.label;
+    li.querySelector(".bar-fill").style.width = `${Math.max(0, Math.min(100, pct))}%`;
+    li.querySelector(".bar-value").textContent = `${pct}%`;
+    li.setAttribute("aria-label", `${item.label}: ${pct} percent`);
+    list.appendChild(li);
+  }
+}
+
+function render(result, heading) {
+  els.status.textContent = result.neighbours.length ? heading : "No similar images found with these settings.";
+  if (result.predictions && result.predictions.length) {
+    renderBars(els.predictionList, result.predictions);
+    els.predictions.hidden = false;
+  } else {
+    els.predictions.hidden = true;
+  }
+  if (result.knn_prediction && result.knn_prediction.distribution.length) {
+    renderBars(els.knnList, result.knn_prediction.distribution);
+    els.knn.hidden = false;
+  } else {
+    els.knn.hidden = true;
+  }
+  els.grid.replaceChildren();
+  result.neighbours.forEach((n, i) => {
+    const li = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "result";
+    button.dataset.id = String(n.id);
+    const labels = n.labels.join(", ") || "unlabelled";
+    button.setAttribute(
+      "aria-label",
+      `Result ${i + 1}: image #${n.id}, ${labels}, similarity ${n.score.toFixed(3)}. Find images similar to this one.`,
+    );
+    const img = document.createElement("img");
+    img.src = n.thumbnail_url;
+    img.alt = `Image #${n.id} (${labels})`;
+    img.loading = "lazy";
+    img.width = 140;
+    img.height = 140;
+    const labelEl = document.createElement("span");
+    labelEl.className = "labels";
+    labelEl.textContent = labels;
+    const score = document.createElement("span");
+    score.className = "score";
+    score.textContent = `#${n.id} · score ${n.score.toFixed(3)}`;
+    button.append(img, labelEl, score);
+    button.addEventListener("click", () => searchById(n.id, labels));
+    li.appendChild(button);
+    els.grid.appendChild(li);
+  });
+  const t = result.timings || {};
+  const stages = [
+    ["decode", "decode"],
+    ["preprocess", "preprocess"],
+    ["embed", "model"],
+    ["search", "search"],
+    ["database", "database"],
+    ["total", "total"],
+  ];
+  els.timings.textContent = stages
+    .filter(([key]) => t[key] > 0)
+    .map(([key, name]) => `${name} ${t[key].toFixed(1)} ms`)
+    .join(" · ");
+}
+
+function setUpDropzone() {
+  const zone = els.dropzone;
+  zone.addEventListener("click", () => els.file.click());
+  zone.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      els.file.click();
+    }
+  });
+  for (const name of ["dragenter", "dragover"]) {
+    zone.addEventListener(name, (event) => {
+      event.preventDefault();
+      zone.classList.add("dragover");
+    });
+  }
+  for (const name of ["dragleave", "drop"]) {
+    zone.addEventListener(name, (event) => {
+      event.preventDefault();
+      zone.classList.remove("dragover");
+    });
+  }
+  zone.addEventListener("drop", (event) => {
+    const file = event.dataTransfer && event.dataTransfer.files[0];
+    if (file) chooseFile(file);
+  });
+  els.file.addEventListener("change", () => chooseFile(els.file.files[0]));
+}
+
+els.form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  runSearch();
+});
+els.label.addEventListener("change", () => currentFile && runSearch());
+// A file the browser cannot display (the API will say why) must not leave a broken image behind.
+els.preview.addEventListener("error", () => {
+  els.preview.hidden = true;
+});
+setUpDropzone();
+loadCollection();

@@ -1,0 +1,139 @@
+"""The micro-batcher on its own: coalescing, limits, per-request results, errors, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from app.batching import BatcherClosed, DirectEmbedder, MicroBatcher
+
+
+class Recorder:
+    """A fake model: embedding = the image's mean per channel, logits = its index; records batch sizes."""
+
+    def __init__(self, delay_s: float = 0.0, fail: bool = False) -> None:
+        self.sizes: list[int] = []
+        self.delay_s = delay_s
+        self.fail = fail
+        self.threads: set[str] = set()
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.sizes.append(len(batch))
+        self.threads.add(threading.current_thread().name)
+        time.sleep(self.delay_s)
+        if self.fail:
+            raise RuntimeError("model exploded")
+        emb = batch.reshape(len(batch), batch.shape[1], -1).mean(axis=2).astype(np.float32)
+        return emb, emb[:, :1] * 2
+
+
+def image(value: int) -> np.ndarray:
+    return np.full((3, 4, 4), value, dtype=np.uint8)
+
+
+async def _many(batcher: MicroBatcher | DirectEmbedder, n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    async def one(i: int) -> tuple[np.ndarray, np.ndarray]:
+        with batcher.track():
+            await asyncio.sleep(0)  # "decoding"
+            return await batcher.embed(image(i))
+
+    await batcher.start()
+    try:
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
+    finally:
+        await batcher.stop()
+
+
+def test_concurrent_requests_share_forward_passes_and_get_their_own_rows() -> None:
+    model = Recorder(delay_s=0.01)
+    observed: list[int] = []
+    batcher = MicroBatcher(model, max_size=8, max_wait_ms=50, on_batch=lambda n, s: observed.append(n))
+    results = asyncio.run(_many(batcher, 20))
+    for i, (emb, logits) in enumerate(results):
+        np.testing.assert_array_equal(emb, [i, i, i])
+        assert logits[0] == 2 * i
+    assert sum(model.sizes) == 20
+    assert max(model.sizes) <= 8
+    assert len(model.sizes) <= 4, model.sizes  # 20 requests in batches of up to 8
+    assert observed == model.sizes
+    assert model.threads == {"msir-model_0"}  # one dedicated thread runs the model
+
+
+def test_a_lone_request_does_not_wait() -> None:
+    model = Recorder()
+    batcher = MicroBatcher(model, max_size=16, max_wait_ms=2000)
+
+    async def run() -> float:
+        await batcher.start()
+        try:
+            started = time.perf_counter()
+            with batcher.track():
+                await batcher.embed(image(1))
+            return time.perf_counter() - started
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(run()) < 1.0  # nothing else is in flight: no 2 s wait
+    assert model.sizes == [1]
+
+
+def test_wait_is_bounded_when_announced_requests_never_come() -> None:
+    model = Recorder()
+    batcher = MicroBatcher(model, max_size=16, max_wait_ms=100)
+
+    async def run() -> float:
+        await batcher.start()
+        try:
+            with batcher.track(), batcher.track():  # two announced, one arrives
+                started = time.perf_counter()
+                await batcher.embed(image(1))
+                return time.perf_counter() - started
+        finally:
+            await batcher.stop()
+
+    elapsed = asyncio.run(run())
+    assert 0.09 <= elapsed < 1.0
+
+
+def test_model_errors_reach_every_request_of_the_batch_and_the_batcher_survives() -> None:
+    model = Recorder(delay_s=0.01, fail=True)
+    batcher = MicroBatcher(model, max_size=4, max_wait_ms=20)
+
+    async def run() -> None:
+        await batcher.start()
+        try:
+            results = await asyncio.gather(*(batcher.embed(image(i)) for i in range(4)), return_exceptions=True)
+            assert all(isinstance(r, RuntimeError) for r in results)
+            model.fail = False
+            emb, _ = await batcher.embed(image(7))
+            np.testing.assert_array_equal(emb, [7, 7, 7])
+        finally:
+            await batcher.stop()
+
+    asyncio.run(run())
+
+
+def test_stop_fails_waiting_requests() -> None:
+    async def run() -> None:
+        batcher = MicroBatcher(Recorder(), max_size=4, max_wait_ms=1)
+        with pytest.raises(BatcherClosed):
+            await batcher.embed(image(1))  # not started
+
+    asyncio.run(run())
+
+
+def test_direct_embedder_runs_one_forward_per_request() -> None:
+    model = Recorder()
+    results = asyncio.run(_many(DirectEmbedder(model), 5))
+    assert model.sizes == [1] * 5
+    for i, (emb, _) in enumerate(results):
+        np.testing.assert_array_equal(emb, [i, i, i])
+
+
+def test_max_size_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_size"):
+        MicroBatcher(Recorder(), max_size=0, max_wait_ms=1)
