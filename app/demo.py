@@ -125,13 +125,11 @@ def api_key(var_dir: Path) -> str:
         key = path.read_text(encoding="utf-8").strip()
         if key:
             return key
-    var_dir.mkdir(parents=True, exist_ok=True)
+    from models.atomic import atomic_write_text
+
     key = secrets.token_urlsafe(32)
-    tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(key + "\n")
-    os.replace(tmp, path)
+    # A secret: owner-only, whatever the umask (the temp file is 0600 from creation too).
+    atomic_write_text(path, key + "\n", mode=0o600)
     return key
 
 
@@ -145,7 +143,7 @@ def _read_state(directory: Path) -> dict[str, Any]:
 
 
 def _write_state(directory: Path, state: dict[str, Any]) -> None:
-    from indexer.atomic import atomic_write_text
+    from models.atomic import atomic_write_text
 
     atomic_write_text(directory / STATE_FILE, json.dumps({"version": STATE_VERSION, **state}, indent=2) + "\n")
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 
 from PIL import Image
 
 from models import open_image
+from models.atomic import atomic_write_bytes
 from models.preprocessing import to_mode
 
 logger = logging.getLogger(__name__)
@@ -70,15 +69,7 @@ class ThumbnailCache:
             to_mode(img, 3).save(buffer, format="JPEG", quality=85, optimize=True)
             suffix = ".jpg"
         target = self._stem(sha256).with_suffix(suffix)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(buffer.getvalue())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(target, buffer.getvalue())
         logger.debug("rendered thumbnail %s", target)
         return target, MEDIA_TYPES[suffix]
 

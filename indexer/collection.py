@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from indexer import consistency as cons
-from indexer.atomic import atomic_write, remove_stale_temps
 from indexer.db import default_url, is_default_url, safe_url
 from indexer.embedder import Embedder
 from indexer.errors import CollectionError, ConsistencyError
@@ -39,6 +38,7 @@ from indexer.search import Filters, filtered_search
 from indexer.sources import Source, from_new_images
 from indexer.store import MetadataStore
 from models import read_checkpoint_meta
+from models.atomic import atomic_write_bytes, remove_stale_temps
 from training.data.base import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
@@ -330,7 +330,7 @@ class Collection:
         digest = hashlib.sha256(data).hexdigest()
         path = self.directory / "uploads" / digest[:2] / f"{digest}{suffix}"
         if not path.is_file():
-            atomic_write(path, lambda tmp: tmp.write_bytes(data))
+            atomic_write_bytes(path, data)
         return path
 
     def remove(self, ids: Iterable[int]) -> int:

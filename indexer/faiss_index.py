@@ -29,8 +29,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from indexer.atomic import atomic_write
 from indexer.errors import CollectionError
+from models.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 

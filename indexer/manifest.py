@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from indexer.atomic import atomic_write_text
 from indexer.errors import CollectionError
+from models.atomic import atomic_write_text
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "msir-collection"

@@ -41,11 +41,11 @@ from rich.progress import (
 from rich.text import Text
 
 from indexer import decode
-from indexer.atomic import atomic_write
 from indexer.db import utcnow
 from indexer.embedder import Embedder
 from indexer.sources import Source, WorkItem
 from indexer.store import to_bytes
+from models.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,7 @@ history). It is written to a temporary file and renamed, so it is always whole a
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from models.atomic import atomic_write, atomic_write_text
 
 STATE_NAME = "training_state"
 STATE_FORMAT = "msir-training-state"
@@ -107,19 +107,6 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) 
 
 
 # -- save / load ---------------------------------------------------------------------------------------------
-def _atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_state(
     out_dir: Path,
     model: nn.Module,
@@ -146,8 +133,8 @@ def save_state(
     text = json.dumps(meta, indent=1, default=_json_default)
     weights, json_path = state_paths(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic(weights, lambda tmp: save_file(tensors, str(tmp), metadata={"format": STATE_FORMAT, "state": text}))
-    _atomic(json_path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    atomic_write(weights, lambda tmp: save_file(tensors, str(tmp), metadata={"format": STATE_FORMAT, "state": text}))
+    atomic_write_text(json_path, text + "\n")
     return weights
 
 

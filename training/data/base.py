@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
-import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from models.atomic import atomic_write
 from models.preprocessing import open_image
 
 logger = logging.getLogger(__name__)
@@ -94,14 +94,15 @@ class SkipLog:
     def write(self, path: str | Path) -> Path:
         """Write a CSV report (``source,reason,detail``), atomically; returns the path."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with tmp.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["source", "reason", "detail"])
-            for e in self._entries:
-                writer.writerow([e.source, e.reason, e.detail])
-        os.replace(tmp, path)
+
+        def write(tmp: Path) -> None:
+            with tmp.open("w", newline="", encoding="utf-8") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(["source", "reason", "detail"])
+                for e in self._entries:
+                    writer.writerow([e.source, e.reason, e.detail])
+
+        atomic_write(path, write)
         return path
 
 

@@ -39,6 +39,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from models.atomic import atomic_write
 from models.preprocessing import ImageDecodeError, PreprocessSpec, open_image, to_uint8
 from training.data.base import BadItemError, DatasetReader, Item, SkipEntry
 
@@ -331,10 +332,13 @@ def _build(
 
 def _shrink(path: Path, rows: int, item_shape: tuple[int, ...]) -> None:
     """Rewrite ``path`` with only its first ``rows`` rows (the decoded ones), chunk by chunk."""
-    shrunk = path.with_name("images.shrunk.npy")
-    if rows == 0:
-        np.save(shrunk, np.zeros((0, *item_shape), dtype=np.uint8))
-    else:
+
+    def write(shrunk: Path) -> None:
+        if rows == 0:
+            # Through a handle: np.save appends ".npy" to a file name that lacks it.
+            with shrunk.open("wb") as fh:
+                np.save(fh, np.zeros((0, *item_shape), dtype=np.uint8))
+            return
         src = np.load(path, mmap_mode="r")
         dst = np.lib.format.open_memmap(shrunk, mode="w+", dtype=np.uint8, shape=(rows, *item_shape))
         step = 4096
@@ -342,4 +346,5 @@ def _shrink(path: Path, rows: int, item_shape: tuple[int, ...]) -> None:
             dst[start : start + step] = src[start : min(rows, start + step)]
         dst.flush()
         del src, dst
-    os.replace(shrunk, path)
+
+    atomic_write(path, write)

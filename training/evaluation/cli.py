@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -24,6 +22,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from models import CheckpointError, ImageDecodeError, load_checkpoint
+from models.atomic import atomic_write_text
 from training.data import DatasetError, open_dataset
 from training.data.cache import CachedSplit, cached_split
 from training.evaluation.classification import best_thresholds, classification_metrics, probabilities
@@ -54,7 +53,9 @@ def evaluate(
     ] = None,
     ks: Annotated[str, typer.Option(help="comma-separated K values for P@K, R@K and kNN")] = "1,2,5,10",
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 … or auto")] = "auto",
-    cache_dir: Annotated[Path, typer.Option(help="decode cache folder")] = Path("results/cache"),
+    cache_dir: Annotated[Path, typer.Option(help="decode cache folder (shared with msir-train)")] = Path(
+        "~/.cache/msir/decoded"
+    ).expanduser(),
     workers: Annotated[int | None, typer.Option(min=0, help="decode processes (default min(4, CPUs))")] = None,
     seed: Annotated[int, typer.Option(help="seed of the --limit subset")] = 0,
 ) -> None:
@@ -179,11 +180,7 @@ def _subset(n: int, limit: int | None, seed: int) -> np.ndarray | None:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=2, allow_nan=False)
-        fh.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
 
 
 def _summary(classification: dict, retrieval: dict) -> None:
@@ -217,3 +214,7 @@ def _short(names: list[str]) -> str:
 def _fail(message: str) -> NoReturn:
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code=2)
+
+
+if __name__ == "__main__":
+    app()
