@@ -1,0 +1,77 @@
+"""Refresh docs/screenshot.png: start the demo, search with one demo image in Chromium, take a screenshot.
+
+Usage: .venv/bin/python scripts/screenshot_demo.py [--query demo/images/horse/0003.jpg] [--out docs/screenshot.png]
+Needs Debian's chromium (/usr/bin/chromium) and the shipped demo checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from playwright.sync_api import expect, sync_playwright
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(url: str, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"demo server not ready at {url} after {timeout:.0f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--query", type=Path, default=ROOT / "demo/images/horse/0003.jpg")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs/screenshot.png")
+    parser.add_argument("--var-dir", type=Path, default=ROOT / "var/screenshot")
+    args = parser.parse_args()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app.demo", "--port", str(port), "--var-dir", str(args.var_dir)],
+        cwd=ROOT,
+        env={**os.environ, "MSIR_ACCESS_LOG": "false"},
+    )
+    try:
+        wait_ready(url)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(url)
+            page.set_input_files("#file-input", str(args.query))
+            expect(page.locator("#results")).to_have_attribute("aria-busy", "false")
+            expect(page.locator("#grid .result").first).to_be_visible()
+            all_loaded = "[...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth)"
+            page.wait_for_function(all_loaded)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(args.out), full_page=True)
+            browser.close()
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
