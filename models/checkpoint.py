@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from models.atomic import atomic_write, atomic_write_text
 from models.preprocessing import PreprocessSpec
 from models.registry import build
 
@@ -85,20 +84,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temp file in the same folder, fsync, rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(
     path: str | Path,
     model: nn.Module,
@@ -130,7 +115,7 @@ def save_checkpoint(
     weights_path, json_path = checkpoint_paths(path)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(weights_path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
+    atomic_write(weights_path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
     meta = CheckpointMeta(
         model=config,
         class_names=list(class_names),
@@ -145,7 +130,7 @@ def save_checkpoint(
         metrics=metrics,
     )
     text = json.dumps(meta.model_dump(mode="json"), indent=2, sort_keys=False) + "\n"
-    _atomic_write(json_path, lambda tmp: tmp.write_text(text))
+    atomic_write_text(json_path, text)
     return weights_path
 
 
