@@ -28,17 +28,6 @@ from typing import Any, Protocol
 
 import numpy as np
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
 from indexer import decode
 from indexer.db import utcnow
@@ -46,6 +35,7 @@ from indexer.embedder import Embedder
 from indexer.sources import Source, WorkItem
 from indexer.store import to_bytes
 from models.atomic import atomic_write
+from training.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -101,27 +91,6 @@ class BuildReport:
             "stages": [{"stage": n, "seconds": round(s, 4), "share": round(f, 4)} for n, s, f in self.stage_table()],
             "report": str(self.report_path) if self.report_path else None,
         }
-
-
-class RateColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.0f} img/s" if speed else "- img/s", style="progress.data.speed")
-
-
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-        transient=False,
-    )
 
 
 def _chunks(items: Sequence[WorkItem], size: int) -> Iterator[list[WorkItem]]:
@@ -221,7 +190,7 @@ def run_pipeline(
         report.already_present.extend((item.uri, stored[item.uri]) for item in chunk if item.uri in stored)
         return [item for item in chunk if item.uri not in stored]
 
-    with _progress(progress) as bar:
+    with progress_bar(console=Console(stderr=True), disable=not progress) as bar:
         task = bar.add_task(f"indexing {source.name}", total=len(source.items))
         if workers == 0:
             for chunk in _chunks(source.items, chunk_size):

@@ -1,4 +1,4 @@
-"""Process-level set-up of a run: the device, seeding and determinism, the optimizer, the progress bar."""
+"""Process-level set-up of a run: the device, seeding and determinism, the optimizer."""
 
 from __future__ import annotations
 
@@ -7,14 +7,6 @@ import random
 
 import numpy as np
 import torch
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from torch import nn
 
 from training.config import OptimConfig
@@ -54,18 +46,4 @@ def build_optimizer(cfg: OptimConfig, params: list[nn.Parameter]) -> torch.optim
     return cls(params, lr=cfg.lr0, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
-def progress_bar(enabled: bool) -> Progress:
-    """The training bar: steps done, loss/accuracy/LR/throughput (``stats`` field), elapsed and ETA."""
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
-
-
-__all__ = ["build_optimizer", "progress_bar", "resolve_device", "seed_everything"]
+__all__ = ["build_optimizer", "resolve_device", "seed_everything"]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.progress import TextColumn
 from torch import nn
 
 from models import build, load_checkpoint, save_checkpoint
@@ -27,8 +28,9 @@ from training.config import RunConfig, dump_config
 from training.dataset import PreparedData, prepare_data
 from training.loop import Accumulator, Loop, StepContext
 from training.losses import MultiLoss
+from training.progress import progress_bar
 from training.runinfo import environment, now, read_json, write_history, write_json
-from training.runtime import build_optimizer, progress_bar, resolve_device, seed_everything
+from training.runtime import build_optimizer, resolve_device, seed_everything
 from training.schedule import Schedule, build_schedule
 from training.state import ResumeError, read_state, restore_state, save_state
 from training.validate import default_best_metric, evaluate, headline
@@ -260,7 +262,9 @@ class Trainer:
             if self.hook is not None:
                 self.hook(step)
 
-        with progress_bar(cfg.runtime.progress) as bar:
+        # Loss/accuracy/LR/throughput (the loop's ``stats`` field) in place of the plain rate.
+        stats = TextColumn("{task.fields[stats]}")
+        with progress_bar(rate=stats, disable=not cfg.runtime.progress) as bar:
             task = bar.add_task(f"training {cfg.name or ''}".strip(), total=total, completed=self.start_step, stats="")
             for epoch in range(self.start_step // spe, n_epochs):
                 start, end = max(self.start_step, epoch * spe), min((epoch + 1) * spe, total)

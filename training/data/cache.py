@@ -27,21 +27,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
 from models.atomic import atomic_write
 from models.preprocessing import ImageDecodeError, PreprocessSpec, open_image, to_uint8
 from training.data.base import BadItemError, DatasetReader, Item, SkipEntry
+from training.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +57,6 @@ class CachedSplit:
 
     def __len__(self) -> int:
         return len(self.item_ids)
-
-
-class _RateColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.0f} img/s" if speed else "-- img/s", style="progress.data.speed")
 
 
 def default_workers() -> int:
@@ -274,16 +258,7 @@ def _build(
     images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
     kept: list[int] = []
     skipped: list[SkipEntry] = []
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _RateColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, disable=not progress, auto_refresh=False) as bar:
+    with progress_bar(disable=not progress, auto_refresh=False) as bar:
         task = bar.add_task(f"decoding {reader.name} {split or ''}".strip(), total=len(items))
         for results in _decoded(reader, items, spec, workers, chunk_size):
             for row, array, error in results:

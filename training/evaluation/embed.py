@@ -8,20 +8,10 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 from torch import nn
 
 from models import PreprocessSpec, normalize
+from training.progress import progress_bar
 
 __all__ = ["embed_arrays"]
 
@@ -82,26 +72,12 @@ def embed_arrays(
     return embeddings, logits
 
 
-class _RateColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:,.0f} img/s" if speed else "-- img/s", style="progress.data.speed")
-
-
 @contextmanager
 def _progress(enabled: bool, description: str, total: int) -> Iterator[Callable[[int], None]]:
     """A rich progress bar with rate and ETA, or nothing; yields ``advance(n)``."""
     if not enabled:
         yield lambda _n: None
         return
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _RateColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns) as bar:
+    with progress_bar() as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
