@@ -12,9 +12,7 @@ it), so a reader never sees a half-applied write. A process whose database was c
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 import threading
 import time
 import uuid
@@ -26,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from indexer import consistency as cons
+from indexer import uploads
 from indexer.db import default_url, is_default_url, safe_url
 from indexer.embedder import Embedder
 from indexer.errors import CollectionError, ConsistencyError
@@ -38,13 +37,11 @@ from indexer.search import Filters, filtered_search
 from indexer.sources import Source, from_new_images
 from indexer.store import MetadataStore
 from models import read_checkpoint_meta
-from models.atomic import atomic_write_bytes, remove_stale_temps
-from training.data.base import IMAGE_EXTENSIONS
+from models.atomic import remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
 SAVE_INTERVAL_S = 30.0
-_SUFFIX = re.compile(r"^\.[a-z0-9]{1,5}$")
 
 
 class Collection:
@@ -316,31 +313,31 @@ class Collection:
 
     def add_images(self, items: Iterable[NewImage]) -> AddReport:
         result = self.add_source(from_new_images(items), report=False)
-        return AddReport(
+        report = AddReport(
             added=result.added,
             duplicates=result.already_present + result.duplicates,
             failed=result.listing_skipped + result.failed,
         )
+        # An upload that was not indexed (same content already stored, or undecodable) must not stay on disk.
+        uploads.discard_unreferenced(
+            self.directory, self.store, [uri for uri, _ in report.duplicates] + [src for src, _ in report.failed]
+        )
+        return report
 
     def store_upload(self, data: bytes, suffix: str) -> Path:
         """Write uploaded bytes to ``uploads/<sha256[:2]>/<sha256><suffix>`` (content-addressed, no user path)."""
-        suffix = suffix.lower()
-        if not _SUFFIX.match(suffix) or suffix not in IMAGE_EXTENSIONS:
-            raise CollectionError(f"upload suffix {suffix!r} refused; expected one of {sorted(IMAGE_EXTENSIONS)}")
-        digest = hashlib.sha256(data).hexdigest()
-        path = self.directory / "uploads" / digest[:2] / f"{digest}{suffix}"
-        if not path.is_file():
-            atomic_write_bytes(path, data)
-        return path
+        return uploads.store_upload(self.directory, data, suffix)
 
     def remove(self, ids: Iterable[int]) -> int:
         """Delete rows and their vectors; returns how many existed. HNSW: the index is rebuilt from the DB."""
         wanted = sorted({int(i) for i in ids})
         with self._write_lock():
             self._sync()
+            files = [r.path for r in self.store.get_many(wanted).values() if r.path is not None]
             gone = self.store.delete(wanted)
             if not gone:
                 return 0
+            uploads.discard_unreferenced(self.directory, self.store, files)
             if self._index.supports_remove:
                 with self._rw.write():
                     self._index.remove(np.asarray(gone, np.int64))

@@ -176,6 +176,25 @@ def test_store_upload_is_content_addressed(tmp_path: Path, checkpoint: Path) -> 
         assert col.add_images([NewImage(path)]).added
 
 
+def test_uploads_not_indexed_or_deleted_leave_no_file_behind(tmp_path: Path, checkpoint: Path) -> None:
+    originals = write_images(tmp_path / "imgs", 2)
+    with Collection.create(tmp_path / "col", checkpoint, device="cpu") as col:
+        (kept,) = col.add_images([NewImage(originals[0])]).added
+        # The same content uploaded again: reported as a duplicate of the stored row, its upload copy removed.
+        copy = col.store_upload(originals[0].read_bytes(), ".png")
+        report = col.add_images([NewImage(copy)])
+        assert report.duplicates == [(str(copy.resolve()), kept)] and not copy.exists()
+        # Bytes that are not an image: reported as failed, upload copy removed.
+        junk = col.store_upload(b"not an image", ".png")
+        assert col.add_images([NewImage(junk)]).failed and not junk.exists()
+        # Deleting an uploaded image deletes our copy; the user's own files are never touched.
+        upload = col.store_upload(originals[1].read_bytes(), ".png")
+        (new_id,) = col.add_images([NewImage(upload)]).added
+        assert col.remove([new_id, kept]) == 2
+        assert not upload.exists() and originals[0].exists()
+        assert col.verify().ok
+
+
 def test_two_writers_on_one_collection_stay_consistent(tmp_path: Path, checkpoint: Path) -> None:
     """Another process (here: another Collection object) changed the database: the index resyncs before a write."""
     write_images(tmp_path / "a", 5, seed=1, prefix="a")
