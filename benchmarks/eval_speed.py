@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--spread", type=float, default=2.0, help="noise around the class centres")
-    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=256)  # retrieval_metrics' default
     parser.add_argument("--ks", default="1,2,5,10")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks"))
