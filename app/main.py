@@ -16,8 +16,10 @@ import anyio.to_thread
 import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
 
 from app.errors import install_error_handlers
 from app.limits import BodyLimitMiddleware
@@ -100,6 +102,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Content-based image retrieval: similar images and class predictions.",
         version=_version(),
         lifespan=lifespan,
+        # Swagger UI is served from the packaged assets below, not FastAPI's default CDN: /docs must work on hosts
+        # with no internet access. ReDoc would need a CDN too, so it is off.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -113,6 +119,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="msir API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
 
     # Added innermost first: metrics (outermost) -> CORS -> body limit -> routes.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_upload_bytes)

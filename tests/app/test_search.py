@@ -172,6 +172,18 @@ def test_openapi_documents_v1_and_examples(client: TestClient) -> None:
     assert "examples" in spec["components"]["schemas"]["SearchResponse"]
 
 
+def test_docs_page_is_served_without_a_cdn(client: TestClient) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200
+    # Every asset the page loads comes from this server: /docs works on hosts without internet access.
+    assets = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", page.text)
+    assert any(a.endswith("swagger-ui-bundle.js") for a in assets)
+    assert all(a.startswith("/") for a in assets), assets
+    for asset in assets:
+        assert client.get(asset).status_code == 200, asset
+    assert client.get("/redoc").status_code == 404
+
+
 @pytest.mark.parametrize("batch_max_size", [1, 8])
 def test_batching_on_and_off_give_the_same_answer(shared_collection: Fixture, batch_max_size: int) -> None:
     data = shared_collection.image_paths["blue"][3].read_bytes()
