@@ -92,7 +92,7 @@ def ensure_checkpoint(given: Path | None, workdir: Path) -> Path:
     return path.with_suffix(".safetensors")
 
 
-def cli(*args: str | Path) -> list[str]:
+def cli(*args: object) -> list[str]:
     return [sys.executable, "-m", "indexer.cli", *(str(a) for a in args)]
 
 
@@ -145,25 +145,17 @@ def run_build(command: list[str], env: dict[str, str]) -> tuple[dict[str, Any], 
     return json.loads(out), wall, peak
 
 
+def build_command(args: argparse.Namespace, directory: Path, ck: Path, data: Path) -> list[str]:
+    """The ``msir-index build`` command line both the build and the kill/resume benchmarks run."""
+    limit = ["--limit", args.limit] if args.limit else []
+    options = ["--batch-size", args.batch_size, "--workers", args.workers, "--device", args.device, "--json"]
+    return cli("build", directory, "-c", ck, "--data", data, *options, *limit)
+
+
 def build_benchmark(args: argparse.Namespace, ck: Path, data: Path, env: dict[str, str]) -> dict[str, Any]:
     directory = args.workdir / "cifar10-flat"
     shutil.rmtree(directory, ignore_errors=True)
-    command = cli(
-        "build",
-        directory,
-        "-c",
-        ck,
-        "--data",
-        data,
-        "--batch-size",
-        args.batch_size,
-        "--workers",
-        args.workers,
-        "--device",
-        args.device,
-        "--json",
-        *(["--limit", args.limit] if args.limit else []),
-    )
+    command = build_command(args, directory, ck, data)
     log("msir-index build (60k CIFAR-10) ...")
     report, wall, peak = run_build(command, env)
     verify = subprocess.run(cli("verify", directory, "--json"), cwd=REPO, env=env, capture_output=True)
@@ -215,22 +207,7 @@ def forward_benchmark(args: argparse.Namespace, ck: Path, data: Path) -> dict[st
 def kill_resume(args: argparse.Namespace, ck: Path, data: Path, env: dict[str, str], total: int) -> dict[str, Any]:
     directory = args.workdir / "cifar10-resume"
     shutil.rmtree(directory, ignore_errors=True)
-    command = cli(
-        "build",
-        directory,
-        "-c",
-        ck,
-        "--data",
-        data,
-        "--batch-size",
-        args.batch_size,
-        "--workers",
-        args.workers,
-        "--device",
-        args.device,
-        "--json",
-        *(["--limit", args.limit] if args.limit else []),
-    )
+    command = build_command(args, directory, ck, data)
     log("kill/resume: build, SIGKILL at ~30 % ...")
     proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     target = int(total * 0.3)
