@@ -40,6 +40,10 @@ class DataConfig(_Strict):
     val_split: str | None = None  # an explicit split; None -> hold out val_fraction of train
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_split: str | None = "test"
+    # A dataset with a single split (a plain root/<class>/* folder, a manifest without a split column) has no train
+    # or test split: this stratified fraction of it is held out for testing (and val_fraction of the rest for
+    # validation), so pointing msir-train at your own folder just works.
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     image_size: int | tuple[int, int] = 32
     channels: Literal[1, 3] = 3
     resize: Literal["crop", "pad", "stretch"] = "crop"

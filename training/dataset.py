@@ -20,11 +20,9 @@ from models import PreprocessSpec
 from training.config import RunConfig
 from training.data import open_dataset
 from training.data.cache import cached_split
-from training.splits import holdout, limit_rows, take
+from training.splits import SPLIT_SEED, carve_test, holdout, limit_rows, take
 
 logger = logging.getLogger(__name__)
-
-SPLIT_SEED = 0
 
 
 @dataclass
@@ -74,6 +72,25 @@ def _split_holdout(
     return train_rows, val
 
 
+def _split_single(
+    images: np.ndarray,
+    labels: np.ndarray,
+    item_ids: list[str],
+    val_fraction: float,
+    test_fraction: float,
+    limit: int | None,
+) -> tuple[np.ndarray, EvalSplit | None, EvalSplit | None]:
+    """Train rows, validation and test sets carved out of a dataset's only split (stratified, deterministic)."""
+    pool, test_rows = carve_test(labels, item_ids, test_fraction)
+    sub_train, sub_val = holdout(labels[pool], [item_ids[r] for r in pool], val_fraction, SPLIT_SEED)
+    train_rows = limit_rows(pool[sub_train], labels, item_ids, limit, SPLIT_SEED)
+
+    def part(rows: np.ndarray) -> EvalSplit | None:
+        return EvalSplit(take(images, rows), labels[rows], [item_ids[r] for r in rows]) if len(rows) else None
+
+    return train_rows, part(pool[sub_val]), part(test_rows)
+
+
 def from_arrays(
     images: np.ndarray,
     labels: np.ndarray,
@@ -112,10 +129,25 @@ def prepare_data(cfg: RunConfig, *, progress: bool = True) -> PreparedData:
     spec = d.preprocess_spec()
     reader = open_dataset(d.kind, d.root, **d.options)
     splits = reader.splits()
-    if d.train_split not in splits:
+    single = d.train_split not in splits and len(splits) == 1 and d.val_split is None
+    if d.train_split not in splits and not single:
         raise ValueError(f"{d.root}: no train split {d.train_split!r}; the dataset has {splits}")
-    train = cached_split(reader, d.train_split, spec, d.cache_dir, progress=progress)
-    if d.val_split is not None:
+    train = cached_split(reader, splits[0] if single else d.train_split, spec, d.cache_dir, progress=progress)
+    test = None
+    if single:
+        train_rows, val, test = _split_single(
+            train.images, train.labels, train.item_ids, d.val_fraction, d.test_fraction, d.limit_train
+        )
+        logger.info(
+            "%s: one split %r only: held out %d images for test (%g) and %d for validation (%g of the rest)",
+            d.root,
+            splits[0],
+            len(test or []),
+            d.test_fraction,
+            len(val or []),
+            d.val_fraction,
+        )
+    elif d.val_split is not None:
         if d.val_split not in splits:
             raise ValueError(f"{d.root}: no validation split {d.val_split!r}; the dataset has {splits}")
         v = cached_split(reader, d.val_split, spec, d.cache_dir, progress=progress)
@@ -125,8 +157,7 @@ def prepare_data(cfg: RunConfig, *, progress: bool = True) -> PreparedData:
         val: EvalSplit | None = EvalSplit(np.asarray(v.images), v.labels, v.item_ids)
     else:
         train_rows, val = _split_holdout(train.images, train.labels, train.item_ids, d.val_fraction, d.limit_train)
-    test = None
-    if d.test_split is not None:
+    if d.test_split is not None and not single:
         if d.test_split in splits:
             t = cached_split(reader, d.test_split, spec, d.cache_dir, progress=progress)
             test = EvalSplit(np.asarray(t.images), t.labels, t.item_ids)
@@ -140,7 +171,8 @@ def prepare_data(cfg: RunConfig, *, progress: bool = True) -> PreparedData:
         "multi_label": reader.multi_label,
         "train": len(train_rows),
         "val": len(val) if val is not None else 0,
-        "val_source": d.val_split or f"{d.val_fraction:g} of {d.train_split} (stratified)",
+        "val_source": d.val_split or f"{d.val_fraction:g} of {splits[0] if single else d.train_split} (stratified)",
+        "test_source": f"{d.test_fraction:g} of {splits[0]} (stratified)" if single else d.test_split,
         "test": len(test) if test is not None else 0,
         "skipped": len(reader.skipped),
         "skipped_by_reason": reader.skipped.summary(),

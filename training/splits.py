@@ -30,6 +30,15 @@ def _hash_order(item_ids: list[str], rows: np.ndarray, seed: int) -> np.ndarray:
     return rows[np.argsort(keys, kind="stable")]
 
 
+SPLIT_SEED = 0  # every split msir derives (validation, test, subsets) hashes item ids with this seed
+
+
+def carve_test(labels: np.ndarray, item_ids: list[str], fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(pool_rows, test_rows)`` of a dataset that has one split only: the held-out test set msir-train evaluates
+    on and msir-eval reproduces (same ids and labels -> same rows)."""
+    return holdout(labels, item_ids, fraction, SPLIT_SEED + 1)
+
+
 def holdout(labels: np.ndarray, item_ids: list[str], fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(train_rows, val_rows)``: ``round(fraction * n_s)`` rows of every stratum ``s`` go to validation.
 

@@ -344,3 +344,26 @@ def test_cuda_training(tmp_path: Path, gpu_fraction: float) -> None:
     result = trainer.run()
     assert result.metrics["test"]["accuracy"] > 0.3
     assert load_checkpoint(result.best_checkpoint, device="cuda").model is not None
+
+
+def test_a_single_split_folder_gets_stratified_test_and_validation_sets(tmp_path: Path) -> None:
+    """A plain root/<class>/* folder (one split, "all") trains without any split configuration."""
+    from tests.fixtures_formats import write_image_folder
+    from training.dataset import prepare_data
+
+    root = write_image_folder(tmp_path / "mine", classes=("cat", "dog"), n=20, size=(12, 10), split_dirs=False)
+    cfg, _ = make_config(
+        tmp_path / "run", f"data.root={root}", "data.kind=imagefolder", f"data.cache_dir={tmp_path / 'cache'}"
+    )
+    data = prepare_data(cfg, progress=False)
+    assert data.test is not None and data.val is not None
+    test_ids, val_ids = set(data.test.item_ids), set(data.val.item_ids)
+    train_ids = {data.item_ids[r] for r in data.train_rows.tolist()}
+    # 20 % of each class for test, 10 % of the rest for validation; disjoint and covering everything.
+    assert (len(test_ids), len(val_ids), len(train_ids)) == (8, 4, 28)
+    assert not (test_ids & val_ids) and not (train_ids & (test_ids | val_ids))
+    assert sorted(np.bincount(data.test.labels).tolist()) == [4, 4]
+    assert data.summary["test_source"] == "0.2 of all (stratified)"
+    # Deterministic: the same folder gives the same split.
+    again = prepare_data(cfg, progress=False)
+    assert set(again.test.item_ids) == test_ids  # type: ignore[union-attr]

@@ -29,6 +29,7 @@ from training.evaluation.classification import best_thresholds, classification_m
 from training.evaluation.embed import embed_arrays
 from training.evaluation.reports import write_markdown_report, write_plots
 from training.evaluation.retrieval import retrieval_metrics
+from training.splits import carve_test
 
 app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
 console = Console(stderr=True)
@@ -58,6 +59,15 @@ def evaluate(
     ).expanduser(),
     workers: Annotated[int | None, typer.Option(min=0, help="decode processes (default min(4, CPUs))")] = None,
     seed: Annotated[int, typer.Option(help="seed of the --limit subset")] = 0,
+    test_fraction: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            max=0.99,
+            help="dataset with one split only (a plain class folder): the held-out fraction msir-train tested on "
+            "(its data.test_fraction); those images are the queries, the rest the database",
+        ),
+    ] = 0.2,
 ) -> None:
     """Evaluate a checkpoint: classification and retrieval metrics, plots and a Markdown report."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console)])
@@ -101,11 +111,31 @@ def evaluate(
         timings[f"embed_{split}"] = round(time.perf_counter() - started, 3)
         return cached, emb, logits, labels, ids
 
-    query, q_emb, q_logits, q_labels, q_ids = embedded(query_split)
-    if db_split == query_split:
-        db, db_emb, db_labels, db_ids = query, q_emb, q_labels, q_ids
+    splits = reader.splits()
+    if len(splits) == 1 and query_split not in splits and db_split not in splits:
+        # A single-split dataset: rebuild the exact held-out test set msir-train evaluated on (same ids, same
+        # hash), query with it and search the rest, so no query is in its own database.
+        only = splits[0]
+        query, emb, logits, labels, ids = embedded(only)
+        pool, test_rows = carve_test(labels, ids, test_fraction)
+        if not len(test_rows):
+            _fail(f"{data}: --test-fraction {test_fraction:g} of split {only!r} holds out no image")
+        db = query
+        q_emb, q_logits, q_labels, q_ids = (
+            emb[test_rows],
+            logits[test_rows],
+            labels[test_rows],
+            [ids[r] for r in test_rows],
+        )
+        db_emb, db_labels, db_ids = emb[pool], labels[pool], [ids[r] for r in pool]
+        query_split, db_split = f"{only}: held-out {test_fraction:g}", f"{only}: the rest"
+        console.print(f"one split {only!r}: {len(test_rows)} held-out queries against {len(pool)} images")
     else:
-        db, db_emb, _, db_labels, db_ids = embedded(db_split)
+        query, q_emb, q_logits, q_labels, q_ids = embedded(query_split)
+        if db_split == query_split:
+            db, db_emb, db_labels, db_ids = query, q_emb, q_labels, q_ids
+        else:
+            db, db_emb, _, db_labels, db_ids = embedded(db_split)
 
     thresholds = None
     if meta.multi_label and val_split is not None and val_split in reader.splits():

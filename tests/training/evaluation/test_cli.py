@@ -102,3 +102,21 @@ def test_missing_checkpoint_is_a_clean_error(tmp_path: Path) -> None:
     code, output = _run("--checkpoint", str(tmp_path / "nope.safetensors"), "--data", str(data))
     assert code == 2
     assert "nope" in output
+
+
+def test_single_split_folder_queries_the_trainers_held_out_images(tmp_path: Path) -> None:
+    from training.splits import carve_test
+
+    data = write_image_folder(tmp_path / "data", CLASSES, n=10, size=(20, 20), split_dirs=False)
+    ckpt = _checkpoint(tmp_path, CLASSES)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    code, output = _run(
+        "--checkpoint", str(ckpt), "--data", str(data), "--out", str(out), "--cache-dir", str(cache), "--workers", "0",
+    )  # fmt: skip
+    assert code == 0, output
+    metrics = json.loads((out / "metrics.json").read_text())
+    cached = cached_split(open_dataset("imagefolder", data), "all", SPEC, cache, workers=0, progress=False)
+    pool, test_rows = carve_test(cached.labels, cached.item_ids, 0.2)
+    assert metrics["run"]["query_split"] == f"all: held-out 0.2 ({len(test_rows)} images)"
+    assert metrics["run"]["db_split"] == f"all: the rest ({len(pool)} images)"
+    assert len(test_rows) == 6 and metrics["classification"]["num_samples"] == 6
