@@ -108,17 +108,16 @@ def install_error_handlers(app: FastAPI) -> None:
         message, details = validation_message(list(exc.errors()))
         return error_response(422, "validation_error", message, details)
 
+    def retry_later(request: Request, exc: Exception, code: str, what: str) -> JSONResponse:
+        """503 + Retry-After. The cause (URLs, driver messages) stays in the server log: clients learn nothing
+        about the infrastructure."""
+        retry = request.app.state.settings.retry_after_s
+        logger.warning("%s on %s %s: %s", code, request.method, request.url.path, exc)
+        return error_response(503, code, f"{what} right now; retry in {retry} s", headers={"Retry-After": str(retry)})
+
     @app.exception_handler(DatabaseUnavailable)
     async def _db_down(request: Request, exc: DatabaseUnavailable) -> JSONResponse:
-        retry = request.app.state.settings.retry_after_s
-        logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
-        return error_response(
-            503,
-            "database_unavailable",
-            # The URL and driver message stay in the server log: clients learn nothing about the infrastructure.
-            f"the metadata database is unreachable right now; retry in {retry} s",
-            headers={"Retry-After": str(retry)},
-        )
+        return retry_later(request, exc, "database_unavailable", "the metadata database is unreachable")
 
     @app.exception_handler(ConsistencyError)
     async def _inconsistent(request: Request, exc: ConsistencyError) -> JSONResponse:
@@ -129,14 +128,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _collection_error(request: Request, exc: CollectionError) -> JSONResponse:
         # Requests are validated before they reach the collection, so what is left is the collection being unable
         # to serve right now (another process holding the write lock for too long, for instance).
-        retry = request.app.state.settings.retry_after_s
-        logger.warning("collection refused %s %s: %s", request.method, request.url.path, exc)
-        return error_response(
-            503,
-            "collection_unavailable",
-            f"the collection cannot serve this request right now; retry in {retry} s",
-            headers={"Retry-After": str(retry)},
-        )
+        return retry_later(request, exc, "collection_unavailable", "the collection cannot serve this request")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

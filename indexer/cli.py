@@ -37,6 +37,12 @@ Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 Checkpoint = Annotated[Path | None, typer.Option("--checkpoint", "-c", help="Checkpoint (.safetensors + .json).")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+# Index options shared by `build` and `rebuild` (None: the index type's default).
+NList = Annotated[int | None, typer.Option(help="ivfpq: inverted lists (default ~4 sqrt(N)).")]
+PqM = Annotated[int | None, typer.Option("--m", help="ivfpq: PQ sub-quantizers (divides dim).")]
+NProbe = Annotated[int | None, typer.Option(help="ivfpq: lists probed per query.")]
+HnswM = Annotated[int | None, typer.Option("--hnsw-m", help="hnsw: graph degree M.")]
+EfSearch = Annotated[int | None, typer.Option("--ef-search", help="hnsw: efSearch.")]
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -126,11 +132,11 @@ def build(
     manifest: Annotated[Path | None, typer.Option(help="CSV manifest: path,label[,split].")] = None,
     db: Db = None,
     index: Annotated[str | None, typer.Option("--index", help="flat (default) | ivfpq | hnsw")] = None,
-    nlist: Annotated[int | None, typer.Option(help="ivfpq: inverted lists (default ~4 sqrt(N)).")] = None,
-    m: Annotated[int | None, typer.Option("--m", help="ivfpq: PQ sub-quantizers (divides dim).")] = None,
-    nprobe: Annotated[int | None, typer.Option(help="ivfpq: lists probed per query.")] = None,
-    hnsw_m: Annotated[int | None, typer.Option("--hnsw-m", help="hnsw: graph degree M.")] = None,
-    ef_search: Annotated[int | None, typer.Option("--ef-search", help="hnsw: efSearch.")] = None,
+    nlist: NList = None,
+    m: PqM = None,
+    nprobe: NProbe = None,
+    hnsw_m: HnswM = None,
+    ef_search: EfSearch = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass / transaction.")] = 256,
     workers: Annotated[int | None, typer.Option(help="Decoding processes (0: in-process).")] = None,
     device: Device = "auto",
@@ -230,11 +236,11 @@ def remove(
 def rebuild(
     directory: Dir,
     index: Annotated[str | None, typer.Option("--index", help="Switch to this index type.")] = None,
-    nlist: Annotated[int | None, typer.Option(help="ivfpq: inverted lists.")] = None,
-    m: Annotated[int | None, typer.Option("--m", help="ivfpq: PQ sub-quantizers.")] = None,
-    nprobe: Annotated[int | None, typer.Option(help="ivfpq: lists probed per query.")] = None,
-    hnsw_m: Annotated[int | None, typer.Option("--hnsw-m", help="hnsw: graph degree M.")] = None,
-    ef_search: Annotated[int | None, typer.Option("--ef-search", help="hnsw: efSearch.")] = None,
+    nlist: NList = None,
+    m: PqM = None,
+    nprobe: NProbe = None,
+    hnsw_m: HnswM = None,
+    ef_search: EfSearch = None,
     checkpoint: Checkpoint = None,
     db: Db = None,
     verbose: Verbose = False,
