@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -28,7 +29,13 @@ def _fmt(v: object) -> str:
 def main(
     config: Path = typer.Option(..., "--config", "-c", help="YAML config (may `extends:` others)."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Dataset root (overrides data.root)."),
-    out: Path | None = typer.Option(None, "--out", help="Run directory (default runs/<config name>)."),
+    name: str | None = typer.Option(
+        None,
+        "--name",
+        help="Run name, shown in the progress bar and recorded in run.json and the checkpoints "
+        "(default <model>_<data folder>, e.g. mscfnet4_my_images).",
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Run directory (default runs/<name>)."),
     set_: list[str] = typer.Option([], "--set", help="Override, e.g. --set optim.lr0=1e-3 (repeatable)."),
     epochs: float | None = typer.Option(None, "--epochs", help="Total epochs (phases are rescaled to fit)."),
     device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N"),
@@ -43,6 +50,8 @@ def main(
         handlers=[RichHandler(console=console, show_path=False)],
     )
     overrides = list(set_)
+    if name is not None:
+        overrides.append(f"name={json.dumps(name)}")  # quoted: a name such as 2024 or yes stays a string
     if data_root is not None:
         overrides.append(f"data.root={data_root.expanduser()}")
     if out is not None:

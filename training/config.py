@@ -9,6 +9,7 @@ parsed as YAML) come last. Unknown keys are errors that name the key and the fil
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -164,7 +165,7 @@ class RuntimeConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    name: str | None = None
+    name: str | None = None  # names the run in the progress bar, run.json and checkpoints; None: default_run_name
     seed: int = 0
     output_dir: Path | None = None  # default runs/<name>
     checkpoint_every: int = Field(0, ge=0)  # steps between resume states; 0 = at epoch ends only
@@ -184,6 +185,8 @@ class RunConfig(_Strict):
             raise ValueError("give optim.epochs or phases")
         if self.phases is not None and not self.phases:
             raise ValueError("phases must not be empty (omit it for a single CE phase)")
+        if not self.name:
+            self.name = default_run_name(self.model.name, self.data.root)
         return self
 
     def phase_list(self) -> tuple[Phase, ...]:
@@ -305,6 +308,14 @@ def _list_item(node: list[Any], part: str, key: str) -> Any:
     return node[_list_index(node, part, key)]
 
 
+def default_run_name(model: str, root: Path | None) -> str:
+    """``<model>_<data folder>`` (``mscfnet4_my_photos``): a run is named after what it learns from, not after the
+    config file it borrowed its recipe from. Without a data root (in-memory arrays), the model name."""
+    folder = root.expanduser().resolve().name if root is not None else ""  # resolve: "." names the folder
+    slug = re.sub(r"[^\w.-]+", "_", folder).strip("._")
+    return f"{model}_{slug}" if slug else model
+
+
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> tuple[RunConfig, dict]:
     """Load, layer, override and validate; returns the config and the merged raw mapping (for
     ``config.yaml``)."""
@@ -312,8 +323,6 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     data = load_layers(path, origin) if path is not None else {}
     for assignment in overrides:
         apply_override(data, assignment, origin)
-    if path is not None and not data.get("name"):
-        data["name"] = Path(path).stem
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as exc:
@@ -390,6 +399,7 @@ __all__ = [
     "RuntimeConfig",
     "ScheduleConfig",
     "apply_override",
+    "default_run_name",
     "dump_config",
     "load_config",
     "load_layers",

@@ -110,10 +110,40 @@ def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write(path, write)
 
 
+# Short names of the validation metrics in the one-line epoch summary (history.csv keeps the full names).
+SHORT_METRIC = {
+    "accuracy": "acc",
+    "subset_accuracy": "subset acc",
+    "f1_macro": "f1",
+    "micro_f1": "micro f1",
+    "auc_macro": "auc",
+    "map_at_all": "mAP",
+    "map_at_r": "mAP@R",
+}
+
+
+def epoch_summary(row: dict[str, Any], epochs: int, best_metric: str) -> str:
+    """One short log line per epoch, e.g. ``epoch 3/10 loss 1.2345 acc 0.512 val acc 0.498 mAP 0.412 41 s``.
+
+    Only the headline numbers: training loss and accuracy, the validation metric that picks the best checkpoint
+    and mAP when retrieval was evaluated; every column of the epoch is in ``history.csv``.
+    """
+    parts = [f"epoch {row['epoch']}/{epochs}", f"loss {row['loss']:.4f}", f"acc {row['train_accuracy']:.3f}"]
+    shown = [best_metric] + [k for k in ("map_at_all",) if k != best_metric]
+    for key in shown:
+        value = row.get(f"val_{key}")
+        if value is not None:
+            parts.append(f"val {SHORT_METRIC.get(key, key)} {value:.3f}")
+    seconds = float(row["seconds"])
+    parts.append(f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s")
+    return " ".join(parts)
+
+
 __all__ = [
     "cpu_name",
     "device_name",
     "environment",
+    "epoch_summary",
     "git_sha",
     "now",
     "read_json",

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import TextColumn
 from torch import nn
 
 from models import build, load_checkpoint, save_checkpoint
@@ -29,7 +28,7 @@ from training.dataset import PreparedData, prepare_data
 from training.loop import Accumulator, Loop, StepContext
 from training.losses import MultiLoss
 from training.progress import progress_bar
-from training.runinfo import environment, now, read_json, write_history, write_json
+from training.runinfo import environment, epoch_summary, now, read_json, write_history, write_json
 from training.runtime import build_optimizer, resolve_device, seed_everything
 from training.schedule import Schedule, build_schedule
 from training.state import ResumeError, read_state, restore_state, save_state
@@ -179,7 +178,7 @@ class Trainer:
             preprocess=d.spec,
             multi_label=d.multi_label,
             training={
-                "config": self.cfg.name,
+                "name": self.cfg.name,
                 "epoch": epoch,
                 "step": step,
                 "seed": self.cfg.seed,
@@ -262,9 +261,8 @@ class Trainer:
             if self.hook is not None:
                 self.hook(step)
 
-        # Loss/accuracy/LR/throughput (the loop's ``stats`` field) in place of the plain rate.
-        stats = TextColumn("{task.fields[stats]}")
-        with progress_bar(rate=stats, disable=not cfg.runtime.progress) as bar:
+        # Loss/accuracy/LR/throughput (the loop's ``stats`` field) go on a second line under the bar.
+        with progress_bar(unit="step", disable=not cfg.runtime.progress) as bar:
             task = bar.add_task(f"training {cfg.name or ''}".strip(), total=total, completed=self.start_step, stats="")
             for epoch in range(self.start_step // spe, n_epochs):
                 start, end = max(self.start_step, epoch * spe), min((epoch + 1) * spe, total)
@@ -319,7 +317,7 @@ class Trainer:
             self.best = {"value": value, "epoch": epoch + 1, "metric": self.best_metric}
             self._checkpoint("best", epoch + 1, step, metrics)
         self._save_state(step, None)
-        logger.info("epoch %s: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+        logger.info("%s", epoch_summary(row, math.ceil(sched.total_steps / sched.steps_per_epoch), self.best_metric))
 
     def _finish(self, wall_seconds: float) -> dict[str, Any]:
         metrics: dict[str, Any] = {

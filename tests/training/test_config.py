@@ -34,7 +34,7 @@ def layered(tmp_path: Path) -> Path:
 
 def test_extends_merges_deep(layered: Path) -> None:
     cfg, raw = load_config(layered)
-    assert cfg.name == "run"
+    assert cfg.name == "mscfnet2"  # no data root: the model; never the config file's name ("run")
     assert cfg.seed == 1
     assert cfg.optim.lr0 == 0.01 and cfg.optim.batch_size == 8 and cfg.optim.epochs == 4
     assert cfg.model.name == "mscfnet2"
