@@ -19,6 +19,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from app.settings import Settings
+from training.logs import quiet_library_loggers
 
 logger = logging.getLogger("app.cli")
 
@@ -71,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    quiet_library_loggers(settings.log_level == "debug")  # before app.main imports faiss
     common: dict[str, object] = {
         "host": settings.host,
         "port": settings.port,

@@ -37,6 +37,8 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
+from training.logs import debug_requested, quiet_library_loggers
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_IMAGES = REPO / "demo" / "images"
 DEMO_CHECKPOINT = REPO / "demo" / "checkpoint" / "mscfnet4_cifar10.safetensors"
@@ -395,14 +397,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _setup_logging(console: Console) -> None:
+    debug = debug_requested()  # MSIR_LOG_LEVEL=debug
     logging.basicConfig(
-        level=logging.INFO,
+        level=logging.DEBUG if debug else logging.INFO,
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
         force=True,
     )
-    for noisy in ("alembic", "faiss.loader", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_library_loggers(debug, extra=("httpx",))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,8 +29,8 @@ from app.settings import Settings
 from app.sqltiming import SqlTimer
 from app.thumbnails import ThumbnailCache
 from indexer import Collection, Hit, ImageRecord
+from indexer.predict import knn_vote
 from models import ImageDecodeError, ImageTooLargeError, PreprocessSpec, UnsupportedImageError, open_image, to_uint8
-from training.evaluation.knn import knn_predict
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -245,32 +245,11 @@ class Service:
         return [ClassScore(label=self.class_names[i], probability=round(float(probs[i]), 6)) for i in order]
 
     def knn(self, hits: list[Hit]) -> KnnPrediction | None:
-        if not hits:
+        vote = knn_vote(hits, self.class_names, self.multi_label)
+        if vote is None:
             return None
-        index = {name: i for i, name in enumerate(self.class_names)}
-        scores = np.array([h.score for h in hits], dtype=np.float64)
-        num_classes = len(self.class_names)
-        if self.multi_label:
-            multi_hot = np.zeros((len(hits), num_classes), dtype=np.int64)
-            for row, hit in enumerate(hits):
-                for label in hit.record.labels:
-                    if label in index:
-                        multi_hot[row, index[label]] = 1
-            result = knn_predict(multi_hot, scores, num_classes, multi_label=True)
-            chosen = [self.class_names[i] for i in np.flatnonzero(result.predicted)]
-            used = len(hits)
-        else:
-            first = [index.get(h.record.labels[0], -1) if h.record.labels else -1 for h in hits]
-            result = knn_predict(np.array(first, dtype=np.int64), scores, num_classes)
-            predicted = int(result.predicted)
-            chosen = [self.class_names[predicted]] if predicted >= 0 else []
-            used = sum(1 for c in first if c >= 0)
-        distribution = [
-            ClassScore(label=self.class_names[i], probability=round(float(p), 6))
-            for i, p in sorted(enumerate(result.distribution), key=lambda t: -t[1])
-            if p > 0
-        ]
-        return KnnPrediction(labels=chosen, distribution=distribution, neighbours_used=used)
+        distribution = [ClassScore(label=c, probability=round(p, 6)) for c, p in vote.distribution]
+        return KnnPrediction(labels=vote.labels, distribution=distribution, neighbours_used=vote.used)
 
 
 def image_urls(image_id: int) -> dict[str, str]:

@@ -142,7 +142,9 @@ class Settings(BaseSettings):
         description="Where thumbnails are cached (keyed by image sha256). Unset: collection_dir/thumbnails.",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
-        "info", description="Logging level of the service and uvicorn."
+        "info",
+        description="Logging level of the service and uvicorn; debug also shows library start-up messages (FAISS "
+        "instruction-set fallbacks, alembic migration context).",
     )
     access_log: bool = Field(True, description="Log one line per request (uvicorn access log).")
     graceful_timeout_s: float = Field(

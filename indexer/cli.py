@@ -22,8 +22,10 @@ from indexer.collection import Collection
 from indexer.errors import CollectionError
 from indexer.faiss_index import DEFAULT_OPTIONS, INDEX_TYPES
 from indexer.manifest import Manifest
+from indexer.predict import predict
 from indexer.sources import Source, from_dataset, from_files, from_folder
 from models import CheckpointError, ImageDecodeError, open_image
+from training.logs import debug_requested, quiet_library_loggers
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console()
@@ -36,7 +38,14 @@ Db = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL (default: m
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 Checkpoint = Annotated[Path | None, typer.Option("--checkpoint", "-c", help="Checkpoint (.safetensors + .json).")]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+# The split recorded for --data is the dataset's own; a plain class folder has one, "all" (users asked).
+DATA_HELP = (
+    "Dataset root (any format training.data reads); each image keeps its dataset split, and a plain "
+    "ROOT/<class>/* folder is one split, recorded as 'all'."
+)
+Verbose = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Debug logging, library start-up lines too (or MSIR_LOG_LEVEL=debug).")
+]
 # Index options shared by `build` and `rebuild` (None: the index type's default).
 NList = Annotated[int | None, typer.Option(help="ivfpq: inverted lists (default ~4 sqrt(N)).")]
 PqM = Annotated[int | None, typer.Option("--m", help="ivfpq: PQ sub-quantizers (divides dim).")]
@@ -46,13 +55,13 @@ EfSearch = Annotated[int | None, typer.Option("--ef-search", help="hnsw: efSearc
 
 
 def _setup_logging(verbose: bool) -> None:
+    debug = debug_requested(verbose)  # --verbose or MSIR_LOG_LEVEL=debug
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if debug else logging.INFO,
         format="%(message)s",
         handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=False)],
     )
-    for noisy in ("alembic", "faiss.loader"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_library_loggers(debug)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -125,7 +134,7 @@ def _index_options(
 def build(
     directory: Dir,
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Checkpoint (.safetensors + .json).")],
-    data: Annotated[Path | None, typer.Option(help="Dataset root (any format training.data reads).")] = None,
+    data: Annotated[Path | None, typer.Option(help=DATA_HELP)] = None,
     kind: Annotated[str, typer.Option(help="Dataset kind for --data (auto detects).")] = "auto",
     split: Annotated[str | None, typer.Option(help="Only this split of --data/--manifest.")] = None,
     folder: Annotated[Path | None, typer.Option(help="A folder of images (recursive, unlabelled).")] = None,
@@ -181,7 +190,7 @@ def add(
     directory: Dir,
     files: Annotated[list[Path] | None, typer.Argument(help="Image files.")] = None,
     folder: Annotated[Path | None, typer.Option(help="A folder of images (recursive, unlabelled).")] = None,
-    data: Annotated[Path | None, typer.Option(help="Dataset root.")] = None,
+    data: Annotated[Path | None, typer.Option(help=DATA_HELP)] = None,
     kind: Annotated[str, typer.Option(help="Dataset kind for --data.")] = "auto",
     manifest: Annotated[Path | None, typer.Option(help="CSV manifest.")] = None,
     split: Annotated[str | None, typer.Option(help="Split of the dataset / split recorded for files.")] = None,
@@ -304,14 +313,15 @@ def search(
     device: Device = "auto",
     json_out: Json = False,
 ) -> None:
-    """The k images most similar to --image."""
+    """The k images most similar to --image, with its predicted class (classifier head and neighbours' vote)."""
     _setup_logging(False)
 
     def run() -> None:
         with Collection.open(directory, checkpoint, db, device) as col:
-            query = col.embedder.embed_images([open_image(image, max_pixels=64_000_000)])
+            emb = col.embedder
+            query = emb.embed_images([open_image(image, max_pixels=64_000_000)])
             hits = col.search(query.embeddings, k, labels=label, split=split)[0]
-            out.hits(console, image, hits, json_out)
+            out.hits(console, image, hits, predict(query.logits[0], hits, emb.class_names, emb.multi_label), json_out)
 
     guarded(run)
 

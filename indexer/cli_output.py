@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from indexer.pipeline import BuildReport
+from indexer.predict import Prediction
 from indexer.records import Hit, VerifyReport
 
 
@@ -97,17 +99,25 @@ def verify_report(console: Console, directory: Path, report: VerifyReport, as_js
     console.print(f"fix: `msir-index rebuild {directory}` rebuilds the index from the database", soft_wrap=True)
 
 
-def hits(console: Console, query: Path, found: list[Hit], as_json: bool) -> None:
+def hits(console: Console, query: Path, found: list[Hit], prediction: Prediction, as_json: bool) -> None:
     if as_json:
-        _json(console, {"query": str(query), "hits": [h.to_json() for h in found]})
+        _json(console, {"query": str(query), "prediction": prediction.to_json(), "hits": [h.to_json() for h in found]})
         return
-    table = Table(title=f"nearest to {query}")
-    for column in ("rank", "id", "score", "labels", "split", "uri"):
-        table.add_column(column, justify="right" if column in ("rank", "id", "score") else "left")
+    # Plain lines, not a table: a table cuts long item paths at the terminal width, and a path is what people copy.
+    # The item comes last and soft-wraps, so it is never cut whatever the width.
+    say = partial(console.print, soft_wrap=True, highlight=False, markup=False)
+    say(f"nearest to {query}")
+    head = ", ".join(f"{label} {p:.2f}" for label, p in prediction.classifier)
+    say(f"classifier: {head}")
+    if prediction.knn is not None:
+        knn = prediction.knn
+        votes = ", ".join(f"{label} {p:.2f}" for label, p in knn.distribution)
+        say(f"neighbours: {', '.join(knn.labels) or '-'} ({votes or 'no labelled neighbour'}; {knn.used} voted)")
+    say(f"{'rank':>4} {'score':>6} {'id':>8}  labels / split / item")
     for rank, hit in enumerate(found, 1):
         rec = hit.record
-        table.add_row(str(rank), str(hit.id), f"{hit.score:.4f}", ", ".join(rec.labels), rec.split or "", rec.uri)
-    console.print(table)
+        tags = " ".join(t for t in (",".join(rec.labels) or "-", rec.split or "-"))
+        say(f"{rank:>4} {hit.score:6.4f} {hit.id:>8}  {tags}  {rec.uri}")
 
 
 def metrics(console: Console, data: dict[str, Any], as_json: bool) -> None:
