@@ -23,6 +23,7 @@ from indexer.errors import CollectionError
 from indexer.faiss_index import DEFAULT_OPTIONS, INDEX_TYPES
 from indexer.manifest import Manifest
 from indexer.predict import predict
+from indexer.shards import Shard, build_shard
 from indexer.sources import Source, from_dataset, from_files, from_folder
 from models import CheckpointError, ImageDecodeError, open_image
 from training.logs import debug_requested, quiet_library_loggers
@@ -52,6 +53,10 @@ PqM = Annotated[int | None, typer.Option("--m", help="ivfpq: PQ sub-quantizers (
 NProbe = Annotated[int | None, typer.Option(help="ivfpq: lists probed per query.")]
 HnswM = Annotated[int | None, typer.Option("--hnsw-m", help="hnsw: graph degree M.")]
 EfSearch = Annotated[int | None, typer.Option("--ef-search", help="hnsw: efSearch.")]
+SHARD_HELP = (
+    "I/N: index only shard I (0-based) of N of the source, into the --db collection, beside the other shards' "
+    "processes (any host); then `rebuild` builds the index once. Default under torchrun: RANK/WORLD_SIZE."
+)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -152,6 +157,7 @@ def build(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted build (always on: kept for clarity).")] = False,
     limit: Annotated[int | None, typer.Option(help="Index at most N images of the source.")] = None,
     save_every: Annotated[float, typer.Option(help="Seconds between index saves (rows are safe anyway).")] = 30.0,
+    shard: Annotated[str | None, typer.Option("--shard", help=SHARD_HELP)] = None,
     json_out: Json = False,
     verbose: Verbose = False,
 ) -> None:
@@ -162,6 +168,17 @@ def build(
 
     def run() -> None:
         source = _source(data, kind, split, folder, manifest, None, limit)
+        part = Shard.parse(shard) if shard is not None else Shard.from_env()
+        if part is not None and part.count > 1:
+            if db is None:
+                fail("--shard needs --db: every shard writes into one database server (PostgreSQL)")
+            n_workers = _default_workers() if workers is None else workers
+            report = build_shard(
+                directory, checkpoint, db, source, part, device=device, batch_size=batch_size, workers=n_workers,
+                progress=not json_out,
+            )  # fmt: skip
+            out.shard_report(console, report, str(part), len(source.items), json_out)
+            return
         if Manifest.exists(directory):
             existing = Manifest.load(directory).index.type
             if index is not None and index != existing:
@@ -254,10 +271,21 @@ def rebuild(
     db: Db = None,
     verbose: Verbose = False,
 ) -> None:
-    """Rebuild the FAISS index from the embeddings stored in the database (no image is decoded)."""
+    """Rebuild the FAISS index from the embeddings stored in the database (no image is decoded).
+
+    After a sharded build (``build --shard I/N``), a DIR without a manifest gets the collection of --db, with its
+    index built once from every shard's rows."""
     _setup_logging(verbose)
 
     def run() -> None:
+        if not Manifest.exists(directory):
+            if checkpoint is None or db is None:
+                fail(f"{directory} is not a collection yet: give --checkpoint and --db to build it from the database")
+            options = _index_options(index or "flat", nlist, m, nprobe, hnsw_m, ef_search)
+            with Collection.create(directory, checkpoint, db, index or "flat", options, "cpu") as col:
+                where = col.store.display_url
+                console.print(f"built the {col.index_type} index of {directory} from {where}: {col.ntotal} vectors")
+            return
         with Collection.open(directory, checkpoint, db, "cpu", strict=False) as col:
             if index is not None or any(v is not None for v in (nlist, m, nprobe, hnsw_m, ef_search)):
                 kind = index or col.manifest.index.type

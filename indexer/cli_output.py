@@ -50,6 +50,21 @@ def build_report(console: Console, report: BuildReport, vectors: int, as_json: b
         console.print(f"skipped / failed / duplicate items listed in {report.report_path}")
 
 
+def shard_report(console: Console, report: BuildReport, shard: str, source_items: int, as_json: bool) -> None:
+    """One shard of a sharded build: its part of the source, what it added, and what to run next."""
+    if as_json:
+        _json(console, {**report.to_json(), "shard": shard, "source_items": source_items})
+        return
+    console.print(
+        f"shard {shard}: {report.total} of {source_items} items; {len(report.added)} added, "
+        f"{len(report.already_present)} already present, {len(report.duplicates)} duplicates, "
+        f"{len(report.failed)} failed, {len(report.listing_skipped)} skipped while listing "
+        f"({report.images_per_s:,.1f} images/s)",
+        highlight=False,
+    )
+    console.print("when every shard has finished: msir-index rebuild DIR --db URL --checkpoint C (builds the index)")
+
+
 def stats(console: Console, data: dict[str, Any], problems: list[str], as_json: bool) -> None:
     if as_json:
         _json(console, {**data, "problems": problems})

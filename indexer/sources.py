@@ -124,3 +124,19 @@ def from_new_images(images: Iterable[NewImage]) -> Source:
             )
         )
     return Source("images", items)
+
+
+def take_shard(source: Source, index: int, count: int) -> Source:
+    """Shard ``index`` of ``count`` (0-based) of ``source``: every ``count``-th item of its listing from
+    ``index``. Listings are deterministic (sorted folders, the readers' fixed order), so N processes on any hosts
+    get disjoint shards covering the source; the skips found while listing are shared out the same way so that
+    the shards' reports add up to the whole."""
+    if not 0 <= index < count:
+        raise CollectionError(f"shard {index}/{count}: expected 0 <= I < N")
+    return Source(
+        f"{source.name} (shard {index}/{count})",
+        source.items[index::count],
+        source.reader,
+        source.reader_args,
+        source.skipped[index::count],
+    )

@@ -6,6 +6,7 @@ Each public method is one short transaction and turns connection failures into
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -68,6 +69,9 @@ def _record(row: Any) -> ImageRecord:
 
 
 VERSION_KEY = "data_version"
+# PostgreSQL advisory lock of one collection (one per schema): writers on any host queue on it, so sharded builds
+# (``msir-index build --shard I/N``) and servers can write into one collection at once.
+LOCK_KEY = "SELECT hashtext('msir-collection:' || current_schema())"
 
 
 class MetadataStore:
@@ -99,7 +103,30 @@ class MetadataStore:
         return self.engine.url.render_as_string(hide_password=True)
 
     def migrate(self) -> str:
-        return migrate(self.engine)
+        with self.exclusive():  # N shard processes starting at once: one creates the schema, the others wait
+            return migrate(self.engine)
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """The collection's writer lock across processes and hosts (PostgreSQL session advisory lock); SQLite
+        serialises writers itself (and the collection folder's file lock does the rest)."""
+        if self.engine.dialect.name != "postgresql":
+            yield
+            return
+        with db_errors(self.engine), self.engine.connect() as conn:
+            conn.execute(text(f"SELECT pg_advisory_lock(({LOCK_KEY}))"))
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text(f"SELECT pg_advisory_unlock(({LOCK_KEY}))"))
+                conn.commit()
+
+    def _lock_transaction(self, s: Session) -> None:
+        """Serialise this write transaction with every other writer of the collection (PostgreSQL): the
+        check-then-insert of :meth:`insert_new` and the data_version counter then cannot race between processes."""
+        if self.engine.dialect.name == "postgresql":
+            s.execute(text(f"SELECT pg_advisory_xact_lock(({LOCK_KEY}))"))
 
     def session(self) -> Session:
         return self._sessions()
@@ -118,8 +145,21 @@ class MetadataStore:
 
     def set_info(self, values: dict[str, Any]) -> None:
         with db_errors(self.engine), self.session() as s, s.begin():
+            self._lock_transaction(s)
             for key, value in values.items():
                 s.merge(CollectionInfo(key=key, value=value))
+
+    def adopt_info(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The collection facts, after writing ``values`` if the database holds no collection yet: one locked
+        transaction, so processes starting at once on several hosts agree on one collection id."""
+        with db_errors(self.engine), self.session() as s, s.begin():
+            self._lock_transaction(s)
+            info = {row.key: row.value for row in s.scalars(select(CollectionInfo))}
+            if info.get("collection_id") is None:
+                for key, value in values.items():
+                    s.merge(CollectionInfo(key=key, value=value))
+                info.update(values)
+            return info
 
     # -- counts and ids -----------------------------------------------------------------------------------
     def count(self) -> int:
@@ -154,11 +194,13 @@ class MetadataStore:
 
         Returns ``(ids, duplicate_of)``: ``ids[i]`` is the new id of row ``i`` or None when its sha256 is already
         stored (or repeated earlier in ``rows``); ``duplicate_of[i]`` is then the id holding that content.
-        Callers serialise writers, so the check-then-insert cannot race.
+        Writers are serialised (the collection's lock; on PostgreSQL also an advisory lock per transaction, for
+        writers on other hosts), so the check-then-insert cannot race.
         """
         ids: list[int | None] = [None] * len(rows)
         duplicate_of: dict[int, int] = {}
         with db_errors(self.engine), self.session() as s, s.begin():
+            self._lock_transaction(s)
             shas = [row["sha256"] for row in rows]
             existing: dict[str, int] = {}
             for part in _chunks(list(dict.fromkeys(shas))):
@@ -190,6 +232,7 @@ class MetadataStore:
         wanted = sorted({int(i) for i in ids})
         gone: list[int] = []
         with db_errors(self.engine), self.session() as s, s.begin():
+            self._lock_transaction(s)
             for part in _chunks(wanted):
                 gone.extend(int(i) for i in s.scalars(select(ImageRow.id).where(ImageRow.id.in_(part))))
                 s.execute(delete(ImageRow).where(ImageRow.id.in_(part)))

@@ -11,6 +11,10 @@ batch is
 
 The order of an epoch is ``torch.randperm`` from a CPU generator seeded by ``(seed, epoch)``: identical on CPU
 and GPU, and reproducible on resume without saving any state.
+
+Distributed (``world_size > 1``): ``batch_size`` is the global batch. Every rank computes the same epoch order
+and reads only its slice of each global batch (rank ``r`` takes positions ``[r*b, (r+1)*b)`` of it, ``b`` the
+per-rank batch), so the ranks together see exactly the batches one process would, in the same order.
 """
 
 from __future__ import annotations
@@ -54,12 +58,21 @@ class BatchSource:
         *,
         batch_size: int,
         gpu_fraction: float = 0.5,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if len(rows) == 0:
             raise ValueError("no training images")
         self.device = device
         self.n = len(rows)
-        self.batch_size = min(batch_size, self.n)
+        self.batch_size = min(batch_size, self.n)  # the global batch
+        if self.batch_size % world_size:
+            raise ValueError(
+                f"optim.batch_size {self.batch_size} (the global batch) is not divisible by the world size "
+                f"{world_size}: every rank must get the same per-rank batch"
+            )
+        self.rank, self.world_size = rank, world_size
+        self.local_batch = self.batch_size // world_size
         self.steps_per_epoch = self.n // self.batch_size  # last partial batch dropped (constant batch shape)
         self.labels = torch.from_numpy(np.ascontiguousarray(labels[rows])).to(device)
         nbytes = len(rows) * int(np.prod(images.shape[1:]))
@@ -81,16 +94,17 @@ class BatchSource:
             self.images = images  # type: ignore[assignment]
             self.rows = torch.from_numpy(np.asarray(rows, dtype=np.int64))
         if device.type == "cuda" and self.placement != "gpu":
-            shape = (self.batch_size, *images.shape[1:])
+            shape = (self.local_batch, *images.shape[1:])
             self._staging = [torch.empty(shape, dtype=torch.uint8).pin_memory() for _ in range(2)]
             self._events = [None, None]
         logger.info(
-            "training data: %s images (%.1f MB uint8) in %s memory; %s steps/epoch of %s",
+            "training data: %s images (%.1f MB uint8) in %s memory; %s steps/epoch of %s%s",
             self.n,
             nbytes / 1e6,
             self.placement,
             self.steps_per_epoch,
             self.batch_size,
+            f" ({self.local_batch} per rank x {world_size})" if world_size > 1 else "",
         )
         self._order: Tensor | None = None
 
@@ -108,7 +122,8 @@ class BatchSource:
         """Batch ``i`` of the current epoch: ``(uint8 [B, C, H, W], labels)`` on the device."""
         if self._order is None:
             raise RuntimeError("call set_epoch() before batch()")
-        idx = self._order[i * self.batch_size : (i + 1) * self.batch_size]
+        start = i * self.batch_size + self.rank * self.local_batch
+        idx = self._order[start : start + self.local_batch]
         if self.placement == "gpu":
             return self.images.index_select(0, idx), self.labels[idx]
         labels = self.labels[idx.to(self.labels.device)]

@@ -2,12 +2,14 @@
 
     msir-train --config configs/cnn/mscfnet4_cifar10.yaml --data-root ~/.cache/msir/datasets/cifar10 \
         --set optim.lr0=5e-4 --epochs 2 --limit-train 5000
+    torchrun --nproc-per-node 4 $(which msir-train) --config ...   # DDP on 4 GPUs (README "Scaling out")
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import typer
@@ -44,8 +46,10 @@ def main(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Train, evaluate every epoch, keep the best checkpoint, and print a summary."""
+    # Under torchrun only rank 0 reports progress; the other ranks log warnings and errors.
+    quiet = os.environ.get("RANK", "0") != "0"
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
@@ -81,6 +85,8 @@ def main(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
 
+    if quiet:
+        return
     m = result.metrics
     table = Table(title=f"msir-train: {cfg.name}", show_header=False)
     table.add_row("run directory", str(result.output_dir))

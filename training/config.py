@@ -87,6 +87,8 @@ class OptimConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0)  # sgd only
     nesterov: bool = False  # sgd only
+    # The GLOBAL batch: under torchrun each of the N ranks trains on batch_size / N images per step, so one config
+    # gives the same optimisation on any number of GPUs (batch_size must be divisible by N).
     batch_size: int = Field(64, ge=1)
     epochs: float | None = Field(None, gt=0)  # None: the sum of the phases; else the phases are rescaled
     grad_clip: float | None = Field(None, gt=0)
@@ -162,6 +164,9 @@ class RuntimeConfig(_Strict):
     num_threads: int | None = Field(None, ge=1)  # CPU threads for torch (None: torch's default)
     log_every: int = Field(25, ge=1)  # steps between host syncs for the progress bar on CUDA
     progress: bool = True
+    # torchrun with BatchNorm models: batch statistics over the global batch (torch.nn.SyncBatchNorm, CUDA only);
+    # off, each rank normalises with its own per-rank batch.
+    sync_batch_norm: bool = False
 
 
 class RunConfig(_Strict):

@@ -18,6 +18,7 @@ from rich.progress import Progress, TaskID
 from torch import Tensor, nn
 
 from models import PreprocessSpec, normalize
+from training import distributed
 from training.augment import BatchAugment
 from training.batches import BatchSource
 from training.losses import MultiLoss
@@ -63,11 +64,28 @@ class Accumulator:
             "steps": self.steps,
         }
 
-    def load(self, data: dict) -> None:
+    def load(self, data: dict, *, counts: bool = True) -> None:
+        """Restore saved sums. ``counts=False`` (ranks other than 0 of a distributed run): the saved losses are
+        already means over ranks and are restored everywhere, the saved sample counts only once."""
         self.loss.fill_(data["loss"])
         self.components.copy_(torch.tensor(data["components"], dtype=torch.float64))
-        self.correct.fill_(data["correct"])
-        self.samples, self.steps = int(data["samples"]), int(data["steps"])
+        self.correct.fill_(data["correct"] if counts else 0.0)
+        self.samples = int(data["samples"]) if counts else 0
+        self.steps = int(data["steps"])
+
+    def reduced(self) -> Accumulator:
+        """The epoch over every rank (a collective; ``self`` when not distributed): losses averaged over ranks
+        (each is a mean over an equal per-rank batch), correct answers and samples summed."""
+        n = distributed.world_size()
+        if n == 1:
+            return self
+        k = len(LOSS_NAMES)
+        extra = torch.tensor([float(self.samples)], dtype=torch.float64, device=self.device)
+        buf = distributed.all_reduce_(torch.cat([self.loss.view(1), self.components, self.correct.view(1), extra]))
+        out = Accumulator(self.device)
+        out.loss, out.components, out.correct = buf[0] / n, buf[1 : 1 + k] / n, buf[1 + k]
+        out.samples, out.steps = round(float(buf[2 + k])), self.steps
+        return out
 
     def summary(self) -> dict[str, float]:
         steps = max(self.steps, 1)
@@ -155,7 +173,8 @@ class Loop:
 
     def check_finite(self) -> None:
         """Raise :class:`TrainingDivergedError` if any step so far had a non-finite loss (a host sync)."""
-        bad = int(self._bad_step)
+        # Distributed: every rank must stop together (a rank left alone would wait in the next collective).
+        bad = int(distributed.all_reduce_(self._bad_step.clone(), "max"))
         if bad >= 0:
             c = self.ctx
             comps = dict(zip(LOSS_NAMES, self._bad_components.tolist(), strict=True))

@@ -6,6 +6,7 @@ similarity. pml's miners require 1-D class labels, so multi-label batches (multi
 pml-compatible miners below: a positive shares at least one label with the anchor, a negative shares none.
 They
 return pml ``indices_tuple``s, which pml's losses accept in place of labels.
+Under ``torchrun`` the metric losses see the global batch (:mod:`training.distributed`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pytorch_metric_learning.miners import BaseMiner
 from torch import Tensor, nn
 
 from models import ModelOutput, PreprocessSpec, load_checkpoint
+from training import distributed
 from training.config import LossConfig
 from training.schedule import LOSS_NAMES
 
@@ -244,10 +246,19 @@ class MultiLoss(nn.Module):
                 parts[0] = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         if self.contrastive is not None or self.triplet is not None:
             emb = F.normalize(out.embedding.float(), dim=1)
+            # Under torchrun, pairs and triplets are mined over the global batch (every rank's embeddings, the
+            # local slice differentiable); the world-size gradient scale makes DDP's average equal one process's
+            # gradient on the whole batch.
+            world = distributed.world_size()
+            metric_labels = labels
+            if world > 1:
+                emb, metric_labels = distributed.gather_with_grad(emb), distributed.gather(labels)
             if self.contrastive is not None:
-                parts[1] = self._metric(self.contrastive, self.pair_miner, emb, labels)
+                loss = self._metric(self.contrastive, self.pair_miner, emb, metric_labels)
+                parts[1] = distributed.scale_grad(loss, world)
             if self.triplet is not None:
-                parts[2] = self._metric(self.triplet, self.triplet_miner, emb, labels)
+                loss = self._metric(self.triplet, self.triplet_miner, emb, metric_labels)
+                parts[2] = distributed.scale_grad(loss, world)
         if self.teacher is not None:
             if inputs is None:
                 raise ValueError("distillation needs the model inputs")

@@ -73,6 +73,12 @@ def restore_rng(
     random.setstate((p["version"], tuple(int(v) for v in tensors["rng.python"].tolist()), p["gauss_next"]))
 
 
+def rank_rng(augment_generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+    """The RNG states that differ between the ranks of a distributed run (dropout, augmentation draws)."""
+    tensors, _ = capture_rng(augment_generator)
+    return {k: v for k, v in tensors.items() if k == "rng.torch" or k == "rng.augment" or k.startswith("rng.cuda.")}
+
+
 # -- optimizer -----------------------------------------------------------------------------------------------
 def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Optimizer state -> (tensors named ``optim.<param>.<key>``, JSON-able scalars and param groups)."""
@@ -113,13 +119,19 @@ def save_state(
     optimizer: torch.optim.Optimizer,
     augment_generator: torch.Generator | None,
     info: dict[str, Any],
+    ranks_rng: list[dict[str, torch.Tensor]] | None = None,
 ) -> Path:
-    """Write the resumable state; ``info`` holds the JSON scalars (step, epoch, digests, accumulators...)."""
+    """Write the resumable state; ``info`` holds the JSON scalars (step, epoch, digests, accumulators...).
+
+    ``ranks_rng`` (distributed runs, written by rank 0): every rank's :func:`rank_rng`, stored as
+    ``rank<r>.rng.*`` so that each rank resumes its own random stream."""
     tensors = {f"model.{k}": v.detach() for k, v in _unwrap(model).state_dict().items()}
     opt_tensors, opt_meta = flatten_optimizer(optimizer)
     rng_tensors, rng_meta = capture_rng(augment_generator)
     tensors.update(opt_tensors)
     tensors.update(rng_tensors)
+    for r, states in enumerate(ranks_rng or []):
+        tensors.update({f"rank{r}.{k}": v for k, v in states.items()})
     # safetensors refuses shared storage; a CPU clone per tensor keeps the file independent of the live model.
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
     meta = {
@@ -171,11 +183,16 @@ def restore_state(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     augment_generator: torch.Generator | None,
+    rank: int = 0,
 ) -> None:
     model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     _unwrap(model).load_state_dict(model_state, strict=True)
     optimizer.load_state_dict(unflatten_optimizer(tensors, info["optimizer"]))
-    restore_rng(tensors, info["rng"], augment_generator)
+    prefix = f"rank{rank}."
+    own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    if rank and not own:
+        raise ResumeError(f"the training state holds no random state of rank {rank}; resume with the same world size")
+    restore_rng({**tensors, **own}, info["rng"], augment_generator)
 
 
-__all__ = ["ResumeError", "read_state", "restore_state", "save_state", "state_paths"]
+__all__ = ["ResumeError", "rank_rng", "read_state", "restore_state", "save_state", "state_paths"]

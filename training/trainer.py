@@ -4,6 +4,10 @@ The run directory holds ``config.yaml`` (merged), ``run.json`` (environment, git
 ``history.csv``, ``metrics.json``, ``best.*`` / ``last.*`` checkpoints and ``training_state.*`` (resume).
 Running again into the same directory continues at the exact step: same schedule (checked by digest), same
 data order (a function of seed and epoch), same RNG states and optimizer state.
+
+Under ``torchrun`` (:mod:`training.distributed`) the model is wrapped in ``DistributedDataParallel``, each rank
+trains on its slice of every global batch, rank 0 alone writes files and shows progress, and validation and test
+run once, on rank 0, while the other ranks wait.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from models import build, load_checkpoint, save_checkpoint
+from training import distributed
 from training.augment import BatchAugment
 from training.batches import BatchSource
 from training.config import RunConfig, dump_config
@@ -31,7 +37,7 @@ from training.progress import progress_bar
 from training.runinfo import environment, epoch_summary, now, read_json, write_history, write_json
 from training.runtime import build_optimizer, resolve_device, seed_everything
 from training.schedule import Schedule, build_schedule
-from training.state import ResumeError, read_state, restore_state, save_state
+from training.state import ResumeError, rank_rng, read_state, restore_state, save_state
 from training.validate import default_best_metric, evaluate, headline
 
 logger = logging.getLogger(__name__)
@@ -64,12 +70,21 @@ class Trainer:
         self.raw_config = raw_config if raw_config is not None else cfg.model_dump(mode="json")
         self.resume = resume
         self.hook = after_step
-        self.device = resolve_device(cfg.runtime.device)
+        self.dist, self.device, self._owns_group = distributed.setup(resolve_device(cfg.runtime.device))
+        rank, world = self.dist.rank, self.dist.world_size
+        self.is_main = self.dist.is_main
         self.out = Path(cfg.output_dir or Path("runs") / (cfg.name or "run")).expanduser()
         if cfg.runtime.num_threads is not None:
             torch.set_num_threads(cfg.runtime.num_threads)
         seed_everything(cfg.seed, cfg.runtime.deterministic)
-        self.data = data if data is not None else prepare_data(cfg, progress=cfg.runtime.progress)
+        if data is None:
+            # Rank 0 decodes into the shared cache first; the other ranks then read the finished cache.
+            if not self.is_main:
+                distributed.barrier()
+            data = prepare_data(cfg, progress=cfg.runtime.progress and self.is_main)
+            if self.is_main:
+                distributed.barrier()
+        self.data = data
         d = self.data
         self.model = build(
             cfg.model.name,
@@ -82,6 +97,18 @@ class Trainer:
         self.channels_last = cuda and cfg.runtime.channels_last
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.runtime.sync_batch_norm and world > 1:
+            if not cuda:
+                raise ValueError("runtime.sync_batch_norm needs CUDA (torch's SyncBatchNorm has no CPU kernel)")
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        # What DDP wraps (self.model stays the plain module: checkpoints, evaluation, resume).
+        self.train_model: nn.Module = self.model
+        if self.dist.enabled:
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if cuda else None, broadcast_buffers=True
+            )
+            if rank:  # dropout differs between ranks as it would between the samples of one process
+                torch.manual_seed(cfg.seed + 1_000_003 * rank)
         self.source = BatchSource(
             d.images,
             d.labels,
@@ -89,6 +116,8 @@ class Trainer:
             self.device,
             batch_size=cfg.optim.batch_size,
             gpu_fraction=cfg.runtime.gpu_data_fraction,
+            rank=rank,
+            world_size=world,
         )
         s = cfg.schedule
         self.schedule: Schedule = build_schedule(
@@ -109,7 +138,8 @@ class Trainer:
             spec=d.spec,
         ).to(self.device)
         self.optimizer = build_optimizer(cfg.optim, [p for p in self.model.parameters() if p.requires_grad])
-        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        # Rank 0 keeps the one-process stream; other ranks draw their own augmentations.
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed + 1_000_003 * rank)
         self.augment = BatchAugment(cfg.augment, self.generator)
         self.best_metric = cfg.eval.best_metric or default_best_metric(d.multi_label)
         self.history: list[dict[str, Any]] = []
@@ -121,7 +151,7 @@ class Trainer:
     # -- resume ---------------------------------------------------------------------------------------------
     def identity(self) -> dict[str, Any]:
         """What must match for a state to be resumed into this run."""
-        return {
+        ident = {
             "schedule_digest": self.schedule.digest(),
             "total_steps": self.schedule.total_steps,
             "steps_per_epoch": self.schedule.steps_per_epoch,
@@ -130,9 +160,27 @@ class Trainer:
             "seed": self.cfg.seed,
             "batch_size": self.source.batch_size,
         }
+        if self.dist.world_size > 1:  # every rank resumes its own random stream: the same world size is needed
+            ident["world_size"] = self.dist.world_size
+        return ident
+
+    def _read_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """Rank 0 reads the state and sends it to the other ranks (their nodes need not share the run folder)."""
+        if self.dist.world_size == 1:
+            return read_state(self.out)
+        found: Any = None
+        if self.is_main:
+            try:
+                found = read_state(self.out)
+            except ResumeError as error:
+                found = error
+        found = distributed.broadcast_object(found)
+        if isinstance(found, ResumeError):
+            raise found
+        return found
 
     def _try_resume(self) -> None:
-        found = read_state(self.out)
+        found = self._read_state()
         if found is None:
             return
         if not self.resume:
@@ -143,20 +191,23 @@ class Trainer:
         diffs = [
             f"{k}: saved {info.get(k)!r}, now {v!r}" for k, v in mine.items() if _jsonish(info.get(k)) != _jsonish(v)
         ]
-        if diffs:
+        if diffs:  # every rank computes the same verdict from the same state, so they all stop
             raise ResumeError(
                 f"{self.out}/training_state.safetensors was written by a different run setup and cannot be "
                 f"resumed: {'; '.join(diffs)}. Use another --out, or --no-resume to start over."
             )
-        restore_state(tensors, info, self.model, self.optimizer, self.generator)
+        restore_state(tensors, info, self.model, self.optimizer, self.generator, rank=self.dist.rank)
         self.start_step = int(info["step"])
         self.history = list(info.get("history", []))
         self.best = dict(info.get("best", self.best))
         self.pending_acc = info.get("accumulator")
         self.resumed_from = self.start_step
-        logger.info("resuming %s at step %s / %s", self.out, self.start_step, self.schedule.total_steps)
+        if self.is_main:
+            logger.info("resuming %s at step %s / %s", self.out, self.start_step, self.schedule.total_steps)
 
     def _save_state(self, step: int, acc: Accumulator | None) -> None:
+        if acc is not None and step % self.schedule.steps_per_epoch:
+            acc = acc.reduced()  # a collective: every rank is here
         info = {
             **self.identity(),
             "step": step,
@@ -166,7 +217,9 @@ class Trainer:
             "accumulator": acc.to_json() if acc is not None and step % self.schedule.steps_per_epoch else None,
             "saved_at": now(),
         }
-        save_state(self.out, self.model, self.optimizer, self.generator, info)
+        ranks = distributed.gather_objects(rank_rng(self.generator)) if self.dist.world_size > 1 else None
+        if self.is_main:
+            save_state(self.out, self.model, self.optimizer, self.generator, info, ranks)
 
     # -- checkpoints and evaluation --------------------------------------------------------------------------
     def _checkpoint(self, name: str, epoch: int, step: int, metrics: dict[str, Any]) -> Path:
@@ -207,12 +260,21 @@ class Trainer:
 
     # -- the run ---------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        try:
+            return self._run()
+        finally:
+            if self._owns_group:
+                distributed.teardown()
+
+    def _run(self) -> TrainResult:
         cfg, sched = self.cfg, self.schedule
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
         self._try_resume()
         self.env = environment(self.device)
-        dump_config(self.raw_config, self.out / "config.yaml")
-        run_json = read_json(self.out / "run.json") if self.resumed_from is not None else {}
+        if self.is_main:
+            dump_config(self.raw_config, self.out / "config.yaml")
+        run_json = read_json(self.out / "run.json") if self.resumed_from is not None and self.is_main else {}
         sessions = [*run_json.get("sessions", []), {"started_at": now(), "start_step": self.start_step}]
         run_json.update(
             {
@@ -223,14 +285,19 @@ class Trainer:
                 **self.env,
                 "dataset": self.data.summary,
                 "placement": self.source.placement,
+                "world_size": self.dist.world_size,
+                "backend": self.dist.backend,
+                "global_batch": self.source.batch_size,
+                "per_rank_batch": self.source.local_batch,
                 "steps_per_epoch": sched.steps_per_epoch,
                 "total_steps": sched.total_steps,
                 "schedule_digest": sched.digest(),
                 "sessions": sessions,
             }
         )
-        write_json(self.out / "run.json", run_json)
-        model = torch.compile(self.model) if cfg.runtime.compile else self.model
+        if self.is_main:
+            write_json(self.out / "run.json", run_json)
+        model = torch.compile(self.train_model) if cfg.runtime.compile else self.train_model
         ctx = StepContext(
             model=model,
             optimizer=self.optimizer,
@@ -261,8 +328,8 @@ class Trainer:
             if self.hook is not None:
                 self.hook(step)
 
-        # Loss/accuracy/LR/throughput (the loop's ``stats`` field) go on a second line under the bar.
-        with progress_bar(unit="step", disable=not cfg.runtime.progress) as bar:
+        # Loss/accuracy/LR/throughput (the loop's ``stats`` field) go on a second line under the bar (rank 0 only).
+        with progress_bar(unit="step", disable=not (cfg.runtime.progress and self.is_main)) as bar:
             task = bar.add_task(f"training {cfg.name or ''}".strip(), total=total, completed=self.start_step, stats="")
             for epoch in range(self.start_step // spe, n_epochs):
                 start, end = max(self.start_step, epoch * spe), min((epoch + 1) * spe, total)
@@ -270,16 +337,18 @@ class Trainer:
                     continue
                 acc = Accumulator(self.device)
                 if self.pending_acc and start % spe:
-                    acc.load(self.pending_acc)
+                    acc.load(self.pending_acc, counts=self.is_main)
                 self.pending_acc = None
                 acc_holder["acc"] = acc
                 t0 = time.perf_counter()
                 loop.run_epoch(epoch, start, end, acc, after_step=after_step, progress=bar, task=task)
                 self._end_epoch(epoch, end, acc, time.perf_counter() - t0, loop.images_per_second)
-        metrics = self._finish(time.perf_counter() - t_start)
-        run_json["ended_at"] = now()
-        run_json["sessions"][-1]["ended_at"] = run_json["ended_at"]
-        write_json(self.out / "run.json", run_json)
+        metrics = self._finish(time.perf_counter() - t_start) if self.is_main else {}
+        metrics = distributed.broadcast_object(metrics)
+        if self.is_main:
+            run_json["ended_at"] = now()
+            run_json["sessions"][-1]["ended_at"] = run_json["ended_at"]
+            write_json(self.out / "run.json", run_json)
         return TrainResult(
             self.out,
             self.out / "best.safetensors",
@@ -292,6 +361,11 @@ class Trainer:
 
     def _end_epoch(self, epoch: int, step: int, acc: Accumulator, seconds: float, ips: float) -> None:
         cfg, sched = self.cfg, self.schedule
+        acc = acc.reduced()  # the whole global batch (a collective: every rank is here)
+        ips *= self.dist.world_size  # ranks run in lockstep: the job's rate
+        if not self.is_main:
+            self._save_state(step, None)  # joins rank 0's gathering of the random states
+            return
         last = step >= sched.total_steps
         row: dict[str, Any] = {
             "epoch": epoch + 1,
