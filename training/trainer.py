@@ -78,11 +78,12 @@ class Trainer:
             torch.set_num_threads(cfg.runtime.num_threads)
         seed_everything(cfg.seed, cfg.runtime.deterministic)
         if data is None:
-            # Rank 0 decodes into the shared cache first; the other ranks then read the finished cache.
-            if not self.is_main:
+            # The first rank of every node decodes into the node's cache; the node's other ranks then read it.
+            first_on_node = self.dist.local_rank == 0
+            if not first_on_node:
                 distributed.barrier()
             data = prepare_data(cfg, progress=cfg.runtime.progress and self.is_main)
-            if self.is_main:
+            if first_on_node:
                 distributed.barrier()
         self.data = data
         d = self.data
