@@ -77,7 +77,9 @@ def train(tmp: Path, name: str, nproc: int, **extra_env: str) -> Path:
         cmd = [sys.executable, str(WORKER), *args]
     else:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-        cmd = [*launcher, "--max-restarts=1", "--monitor-interval=0.5", str(WORKER), *args]
+        # Restarts are torchrun's own recovery: the killed run needs one; the spare one absorbs a rare gloo
+        # connection time-out of a restarted round on this heavily shared 2-core machine (seen once in ~10 runs).
+        cmd = [*launcher, "--max-restarts=2", "--monitor-interval=0.5", str(WORKER), *args]
     proc = subprocess.run(
         cmd, cwd=REPO, env=env(tmp / f"writes-{name}", **extra_env), capture_output=True, text=True, timeout=300
     )
