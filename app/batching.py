@@ -5,6 +5,10 @@ worker task collects requests into a batch of at most ``max_size`` and runs the 
 so the event loop never blocks. The first request of a batch waits at most ``max_wait_ms`` for others, and only
 while more requests are known to be on their way (:meth:`MicroBatcher.track`), so a lone client pays no wait.
 Requests that queue up while a batch runs form the next batch without any wait.
+
+A request that finds nothing else in flight (:meth:`MicroBatcher.idle`) need not come here at all: the service
+then runs its decode, forward pass and search in one trip to a worker thread (:meth:`MicroBatcher.solo` marks it,
+so requests arriving meanwhile take the batched path instead of a second solo one).
 """
 
 from __future__ import annotations
@@ -59,6 +63,21 @@ class MicroBatcher:
         # One thread: the model runs one batch at a time, with all of torch's intra-op threads.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="msir-model")
         self._inflight = 0
+        self._solo = 0
+        self._busy = False  # a batch is in the model thread
+
+    def idle(self) -> bool:
+        """Nothing in flight: no solo request, no tracked one, nothing queued or in the model."""
+        return not (self._solo or self._inflight or self._busy or (self._queue is not None and not self._queue.empty()))
+
+    @contextlib.contextmanager
+    def solo(self) -> Iterator[None]:
+        """Mark a request that runs its forward pass itself (see :meth:`idle`); it is not waited for."""
+        self._solo += 1
+        try:
+            yield
+        finally:
+            self._solo -= 1
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -122,6 +141,7 @@ class MicroBatcher:
                 continue
             images = np.stack([r.image for r in batch])
             started = time.perf_counter()
+            self._busy = True
             try:
                 embeddings, logits = await loop.run_in_executor(self._executor, self.fn, images)
             except asyncio.CancelledError:
@@ -135,6 +155,8 @@ class MicroBatcher:
                     if not r.future.done():
                         r.future.set_exception(exc)
                 continue
+            finally:
+                self._busy = False
             elapsed = time.perf_counter() - started
             if self.on_batch is not None:
                 self.on_batch(len(batch), elapsed)
@@ -161,6 +183,13 @@ class DirectEmbedder:
 
     async def stop(self) -> None:
         return None
+
+    def idle(self) -> bool:
+        return True  # nothing to coalesce with: every request may run in one trip to a worker thread
+
+    @contextlib.contextmanager
+    def solo(self) -> Iterator[None]:
+        yield
 
     @contextlib.contextmanager
     def track(self) -> Iterator[None]:

@@ -42,12 +42,15 @@ def _version() -> str:
 
 
 def open_collection(settings: Settings) -> Collection:
-    logger.info("opening collection %s (device=%s)", settings.collection_dir, settings.device)
+    logger.info(
+        "opening collection %s (device=%s, runtime=%s)", settings.collection_dir, settings.device, settings.runtime
+    )
     return Collection.open(
         settings.collection_dir,
         checkpoint=settings.checkpoint,
         database_url=settings.database_url.get_secret_value() if settings.database_url else None,
         device=settings.device,
+        runtime=settings.runtime,
     )
 
 

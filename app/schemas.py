@@ -1,4 +1,8 @@
-"""Response models of the /v1 API (their examples feed the OpenAPI document at /docs)."""
+"""Request and response models of the /v1 API (their examples feed the OpenAPI document at /docs).
+
+The Python client (``msir_client``) parses answers with these very classes, so this module imports pydantic and
+nothing heavier: no FastAPI, torch or database code (``tests/client/test_imports.py`` checks it).
+"""
 
 from __future__ import annotations
 
@@ -133,6 +137,55 @@ class ClassifyResponse(BaseModel):
     predictions: list[ClassScore]
     multi_label: bool
     timings: Timings
+
+
+class VectorSearchRequest(BaseModel):
+    """Body of POST /v1/search/vector: neighbours of an embedding given directly."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"vector": [0.12, -0.03, 0.5], "k": 5, "labels": ["cat"], "split": "train"}]},
+    )
+
+    vector: list[float] = Field(
+        min_length=1,
+        max_length=65536,
+        description="The query embedding: embedding_dim numbers (see /v1/collection); L2-normalised by the server.",
+    )
+    k: int | None = Field(None, description="Neighbours to return (1..MSIR_MAX_K; default MSIR_DEFAULT_K).")
+    labels: list[str] | None = Field(None, max_length=256, description="Only neighbours carrying one of these.")
+    split: str | None = Field(None, max_length=64, description="Only neighbours from this split.")
+
+
+class BatchSearchResult(BaseModel):
+    filename: str = Field(description="Name of the uploaded file (the form field's filename).", examples=["q1.jpg"])
+    neighbours: list[Neighbour]
+    predictions: list[ClassScore]
+    knn_prediction: KnnPrediction | None = None
+
+
+class BatchSearchResponse(BaseModel):
+    """POST /v1/search/batch: one result per query image, in upload order; one forward pass for all of them."""
+
+    k: int
+    multi_label: bool = False
+    results: list[BatchSearchResult]
+    timings: Timings
+
+
+class ImagePage(BaseModel):
+    """GET /v1/images: one page of the collection's images in id order (keyset pagination)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"images": [], "total": 1000, "limit": 50, "next_after": 50}]}
+    )
+
+    images: list[ImageInfo]
+    total: int = Field(description="Images matching the filters (all pages).")
+    limit: int = Field(description="Page size asked for.")
+    next_after: int | None = Field(
+        description="Pass as 'after' to get the next page; null on the last page.", examples=[50]
+    )
 
 
 class AddedImage(BaseModel):

@@ -1,8 +1,10 @@
 """What the routes share: the open collection, the (micro-batched) model and the blocking-work pool.
 
 Routes stay thin: they parse and validate the request, call one of these methods and shape the response. Every
-blocking call (decoding, preprocessing, FAISS, the database, file reads) runs in a bounded thread pool; the model
-runs in the micro-batcher's own thread.
+blocking call (decoding, preprocessing, FAISS, the database, file reads) runs in a bounded thread pool. A query
+image that arrives while nothing else is in flight makes one trip to that pool for decode + forward pass + search
+(:meth:`Service.query`); under concurrency its forward pass is coalesced with others' by the micro-batcher, in the
+batcher's own thread.
 """
 
 from __future__ import annotations
@@ -56,6 +58,24 @@ def _prepare(data: bytes, spec: PreprocessSpec, max_pixels: int, name: str) -> P
     decoded = time.perf_counter()
     array = to_uint8(image, spec)
     return Prepared(array, sha, started, decoded - started, time.perf_counter() - decoded)
+
+
+@dataclass(frozen=True)
+class SearchArgs:
+    """What to search for a query image (None: classify only)."""
+
+    k: int
+    labels: list[str] | None = None
+    split: str | None = None
+    exclude_duplicates: bool = False
+
+
+@dataclass
+class QueryResult:
+    prepared: Prepared
+    embedding: np.ndarray  # float32 [D], L2-normalised
+    logits: np.ndarray  # float32 [num_classes]
+    hits: list[Hit] | None  # None when no search was asked for
 
 
 @dataclass
@@ -141,6 +161,128 @@ class Service:
         timer.add("decode", prepared.decode_s + (prepared.started - started))
         timer.add("preprocess", prepared.preprocess_s)
         return prepared
+
+    async def query(
+        self, upload: UploadFile, field_name: str, timer: StageTimer, search: SearchArgs | None
+    ) -> QueryResult:
+        """Decode, embed and (optionally) search one uploaded image.
+
+        Alone (nothing else in flight) it is one trip to a worker thread, the fewest thread hand-offs the event loop
+        allows; with company it takes the batched path so concurrent forward passes are coalesced."""
+        if not self.model.idle():
+            with self.model.track():
+                prepared = await self.prepare(upload, field_name, timer)
+                embedding, logits = await self.embed(prepared, timer)
+            hits = None
+            if search is not None:
+                hits = await self.search(
+                    embedding,
+                    search.k,
+                    timer,
+                    labels=search.labels,
+                    split=search.split,
+                    exclude_sha256={prepared.sha256} if search.exclude_duplicates else None,
+                )
+            return QueryResult(prepared, embedding, logits, hits)
+        data = await self.read_upload(upload, field_name)
+        filename = upload.filename or field_name
+        queued = time.perf_counter()
+        with self.model.solo():
+            try:
+                result, forward_s, search_s, db_s = await self.blocking(self._query_alone, data, filename, search)
+            except ImageDecodeError as exc:
+                raise decode_error(exc, field_name) from exc
+        prepared = result.prepared
+        timer.add("decode", prepared.decode_s + (prepared.started - queued))
+        timer.add("preprocess", prepared.preprocess_s)
+        timer.add("embed", forward_s)
+        if search is not None:
+            timer.add("search", max(search_s - db_s, 0.0))
+            timer.add("database", db_s)
+        self.metrics.observe_batch(1, forward_s)
+        return result
+
+    def _query_alone(
+        self, data: bytes, filename: str, search: SearchArgs | None
+    ) -> tuple[QueryResult, float, float, float]:
+        """The whole query in the calling worker thread: (result, forward s, search s, database s)."""
+        prepared = _prepare(data, self.spec, self.settings.max_pixels, filename)
+        started = time.perf_counter()
+        embeddings, logits = self._forward(prepared.array[None])
+        forward_s = time.perf_counter() - started
+        if search is None:
+            return QueryResult(prepared, embeddings[0], logits[0], None), forward_s, 0.0, 0.0
+        hits, search_s, db_s = self._timed_search(
+            embeddings,
+            search.k,
+            labels=search.labels or None,
+            split=search.split,
+            exclude_sha256={prepared.sha256} if search.exclude_duplicates else None,
+        )
+        return QueryResult(prepared, embeddings[0], logits[0], hits[0] if hits else []), forward_s, search_s, db_s
+
+    async def query_batch(
+        self, uploads: list[UploadFile], field_name: str, timer: StageTimer, search: SearchArgs
+    ) -> list[QueryResult]:
+        """Several query images: decoded, embedded in one forward pass and searched together, in one worker trip."""
+        started = time.perf_counter()
+        files = [
+            (await self.read_upload(u, f"{field_name}[{i}]"), u.filename or f"{field_name}[{i}]")
+            for i, u in enumerate(uploads)
+        ]
+        timer.add("decode", time.perf_counter() - started)
+        with self.model.solo():
+            results, stages = await self.blocking(self._query_many, files, field_name, search)
+        for stage, seconds in stages.items():
+            timer.add(stage, seconds)
+        self.metrics.observe_batch(len(results), stages["embed"])
+        return results
+
+    def _query_many(
+        self, files: list[tuple[bytes, str]], field_name: str, search: SearchArgs
+    ) -> tuple[list[QueryResult], dict[str, float]]:
+        prepared: list[Prepared] = []
+        for i, (data, filename) in enumerate(files):
+            try:
+                prepared.append(_prepare(data, self.spec, self.settings.max_pixels, filename))
+            except ImageDecodeError as exc:
+                raise decode_error(exc, f"{field_name}[{i}]") from exc
+        started = time.perf_counter()
+        embeddings, logits = self._forward(np.stack([p.array for p in prepared]))
+        forward_s = time.perf_counter() - started
+        exclude = {p.sha256 for p in prepared} if search.exclude_duplicates else None
+        hits, search_s, db_s = self._timed_search(
+            embeddings, search.k, labels=search.labels or None, split=search.split, exclude_sha256=exclude
+        )
+        stages = {
+            "decode": sum(p.decode_s for p in prepared),
+            "preprocess": sum(p.preprocess_s for p in prepared),
+            "embed": forward_s,
+            "search": max(search_s - db_s, 0.0),
+            "database": db_s,
+        }
+        results = [QueryResult(p, embeddings[i], logits[i], hits[i]) for i, p in enumerate(prepared)]
+        return results, stages
+
+    def check_vector(self, values: list[float], field_name: str = "vector") -> np.ndarray:
+        """A query embedding: embedding_dim finite numbers, not all zero (422 naming the field otherwise)."""
+        dim = int(self.collection.embedder.dim)
+        vector = np.asarray(values, dtype=np.float32)
+        if vector.shape != (dim,):
+            raise ApiError(
+                422,
+                "validation_error",
+                f"{field_name}: expected {dim} numbers (the collection's embedding_dim), got {len(values)}",
+                details=[{"field": field_name, "message": f"must have {dim} values"}],
+            )
+        if not np.all(np.isfinite(vector)) or not np.any(vector):
+            raise ApiError(
+                422,
+                "validation_error",
+                f"{field_name}: expected finite numbers, not all zero",
+                details=[{"field": field_name, "message": "finite and non-zero"}],
+            )
+        return vector
 
     async def embed(self, prepared: Prepared, timer: StageTimer) -> tuple[np.ndarray, np.ndarray]:
         started = time.perf_counter()

@@ -94,6 +94,14 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where the model runs: auto (CUDA when available), cpu or cuda."
     )
+    runtime: Literal["torch", "onnx"] = Field(
+        "torch",
+        description=(
+            "What runs the model: torch (eager PyTorch) or onnx (ONNX Runtime on the CPU, from the checkpoint's "
+            "export NAME.onnx + NAME.onnx.json made by 'msir-export CHECKPOINT --format onnx'). The same checkpoint "
+            "contract either way: an export of other weights than the collection's is refused."
+        ),
+    )
     batch_max_size: int = Field(
         16,
         ge=1,

@@ -37,6 +37,9 @@ USER_ERRORS = (CollectionError, CheckpointError, ImageDecodeError, OSError)
 Dir = Annotated[Path, typer.Argument(help="Collection folder (manifest.json, index.faiss, metadata.db).")]
 Db = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL (default: metadata.db in DIR).")]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
+Runtime = Annotated[
+    str, typer.Option("--runtime", help="torch | onnx (the checkpoint's export from msir-export, on the CPU)")
+]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 Checkpoint = Annotated[Path | None, typer.Option("--checkpoint", "-c", help="Checkpoint (.safetensors + .json).")]
 # The split recorded for --data is the dataset's own; a plain class folder has one, "all" (users asked).
@@ -154,6 +157,7 @@ def build(
     batch_size: Annotated[int, typer.Option(help="Images per forward pass / transaction.")] = 256,
     workers: Annotated[int | None, typer.Option(help="Decoding processes (0: in-process).")] = None,
     device: Device = "auto",
+    runtime: Runtime = "torch",
     resume: Annotated[bool, typer.Option(help="Continue an interrupted build (always on: kept for clarity).")] = False,
     limit: Annotated[int | None, typer.Option(help="Index at most N images of the source.")] = None,
     save_every: Annotated[float, typer.Option(help="Seconds between index saves (rows are safe anyway).")] = 30.0,
@@ -183,12 +187,12 @@ def build(
             existing = Manifest.load(directory).index.type
             if index is not None and index != existing:
                 fail(f"{directory} already uses a {existing} index; `msir-index rebuild --index {index}` changes it")
-            col = Collection.open(directory, checkpoint, db, device)
+            col = Collection.open(directory, checkpoint, db, device, runtime=runtime)
             log.info("%s exists: continuing (items already stored are skipped)", directory)
         else:
             if resume:
                 log.info("%s: nothing to resume, starting a new collection", directory)
-            col = Collection.create(directory, checkpoint, db, index or "flat", options, device)
+            col = Collection.create(directory, checkpoint, db, index or "flat", options, device, runtime)
         col.save_interval_s = save_every
         with col:
             report = col.add_source(
@@ -216,6 +220,7 @@ def add(
     batch_size: Annotated[int, typer.Option(help="Images per forward pass / transaction.")] = 256,
     workers: Annotated[int | None, typer.Option(help="Decoding processes (0: in-process).")] = None,
     device: Device = "auto",
+    runtime: Runtime = "torch",
     json_out: Json = False,
     verbose: Verbose = False,
 ) -> None:
@@ -224,7 +229,7 @@ def add(
 
     def run() -> None:
         source = _source(data, kind, split, folder, manifest, files, None)
-        with Collection.open(directory, checkpoint, db, device) as col:
+        with Collection.open(directory, checkpoint, db, device, runtime=runtime) as col:
             n_workers = _default_workers() if workers is None else workers
             report = col.add_source(source, batch_size=batch_size, workers=n_workers, progress=not json_out)
             out.build_report(console, report, col.ntotal, json_out)
@@ -339,13 +344,14 @@ def search(
     checkpoint: Checkpoint = None,
     db: Db = None,
     device: Device = "auto",
+    runtime: Runtime = "torch",
     json_out: Json = False,
 ) -> None:
     """The k images most similar to --image, with its predicted class (classifier head and neighbours' vote)."""
     _setup_logging(False)
 
     def run() -> None:
-        with Collection.open(directory, checkpoint, db, device) as col:
+        with Collection.open(directory, checkpoint, db, device, runtime=runtime) as col:
             emb = col.embedder
             query = emb.embed_images([open_image(image, max_pixels=64_000_000)])
             hits = col.search(query.embeddings, k, labels=label, split=split)[0]

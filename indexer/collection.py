@@ -78,13 +78,14 @@ class Collection:
         index_type: str = "flat",
         index_options: dict[str, Any] | None = None,
         device: str = "auto",
+        runtime: str = "torch",
     ) -> Collection:
         directory = Path(directory)
         if Manifest.exists(directory):
             raise CollectionError(f"{directory} is already a collection; open it (or `msir-index add`) instead")
         options = resolve_options(index_type, index_options)
         directory.mkdir(parents=True, exist_ok=True)
-        embedder = Embedder(checkpoint, device)
+        embedder = Embedder(checkpoint, device, runtime)
         url = database_url or default_url(directory)
         store = MetadataStore(url)
         try:
@@ -138,9 +139,11 @@ class Collection:
         device: str = "auto",
         *,
         strict: bool = True,
+        runtime: str = "torch",
     ) -> Collection:
         """Open a collection. ``strict=False`` (used by ``verify``/``rebuild``) records consistency problems in
-        ``col.problems`` instead of raising :class:`ConsistencyError`."""
+        ``col.problems`` instead of raising :class:`ConsistencyError`. ``runtime``: torch or onnx (the checkpoint's
+        ONNX export, see :class:`indexer.embedder.Embedder`)."""
         directory = Path(directory)
         manifest = Manifest.load(directory)
         if checkpoint is None:
@@ -161,7 +164,7 @@ class Collection:
         store = MetadataStore(url)
         try:
             store.migrate()
-            embedder = Embedder(checkpoint, device)
+            embedder = Embedder(checkpoint, device, runtime)
             info = store.info()
             problems = cons.identity_problems(manifest, info, embedder, None)
             try:
@@ -427,6 +430,17 @@ class Collection:
 
     def get_many(self, ids: Iterable[int]) -> dict[int, ImageRecord]:
         return self.store.get_many(ids)
+
+    def list_images(
+        self,
+        *,
+        after: int | None = None,
+        limit: int = 50,
+        labels: Sequence[str] | None = None,
+        split: str | None = None,
+    ) -> tuple[list[ImageRecord], int]:
+        """One page of the stored images in id order (keyset pagination on ``after``) and the matching total."""
+        return self.store.page(after=after, limit=limit, labels=labels, split=split)
 
     def vector(self, id: int) -> np.ndarray | None:
         return self.store.vectors([id]).get(int(id))

@@ -3,6 +3,10 @@
 The preprocessing is the checkpoint's own :class:`models.PreprocessSpec`; decoding and ``to_uint8`` happen on the
 caller's side (worker processes in a build), normalisation on the device. On CUDA the forward pass runs under
 bf16 autocast with channels-last memory; the outputs are converted back to float32 before normalising.
+
+``runtime="onnx"`` runs the checkpoint's ONNX export (``msir-export CHECKPOINT --format onnx``) under ONNX Runtime on
+the CPU instead: the same checkpoint JSON (classes, preprocessing, weights sha256) and the same refusal of a
+mismatched checkpoint, plus the export's own check that it was made from these very weights.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import contextlib
 import logging
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,11 +24,23 @@ from PIL import Image
 
 from indexer.errors import CollectionError
 from indexer.records import EmbedResult
-from models import CheckpointMeta, PreprocessSpec, load_checkpoint, normalize, to_uint8
+
+if TYPE_CHECKING:
+    from models.onnx import OnnxModel
+from models import (
+    CheckpointError,
+    PreprocessSpec,
+    load_checkpoint,
+    normalize,
+    read_checkpoint_meta,
+    to_uint8,
+)
+from models.checkpoint import checkpoint_paths
 
 logger = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
+RUNTIMES = ("torch", "onnx")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -43,22 +60,42 @@ def resolve_device(device: str) -> torch.device:
 class Embedder:
     """A loaded checkpoint that turns images into retrieval embeddings."""
 
-    def __init__(self, checkpoint: str | Path, device: str = "auto") -> None:
-        self.device = resolve_device(device)
-        loaded = load_checkpoint(checkpoint, device=self.device)
-        self.checkpoint_path: Path = loaded.path
-        self.meta: CheckpointMeta = loaded.meta
-        self.model = loaded.model
-        if self.device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    def __init__(self, checkpoint: str | Path, device: str = "auto", runtime: str = "torch") -> None:
+        if runtime not in RUNTIMES:
+            raise CollectionError(f"unknown runtime {runtime!r}; expected one of {list(RUNTIMES)}")
+        self.runtime = runtime
         # One forward pass at a time per model: concurrent requests queue here instead of thrashing the device.
         self._lock = threading.Lock()
+        self._onnx: OnnxModel | None = None
+        if runtime == "onnx":
+            if str(device).lower().startswith("cuda"):
+                raise CollectionError("runtime onnx runs on the CPU; use --device cpu (MSIR_DEVICE=cpu) or auto")
+            from models.onnx import OnnxModel
+
+            self.device = torch.device("cpu")
+            self.meta = read_checkpoint_meta(checkpoint)
+            _, json_path = checkpoint_paths(checkpoint)
+            self.checkpoint_path = json_path.with_name(self.meta.weights_file)
+            try:
+                # Same threads as a torch forward pass would get (MSIR_TORCH_THREADS in the service).
+                self._onnx = OnnxModel(self.meta, self.checkpoint_path, threads=torch.get_num_threads())
+            except CheckpointError as exc:
+                raise CollectionError(str(exc)) from exc
+        else:
+            self.device = resolve_device(device)
+            loaded = load_checkpoint(checkpoint, device=self.device)
+            self.checkpoint_path = loaded.path
+            self.meta = loaded.meta
+            self.model = loaded.model
+            if self.device.type == "cuda":
+                self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         logger.info(
-            "embedder: %s (%s, dim %d) on %s",
+            "embedder: %s (%s, dim %d) on %s, runtime %s",
             self.checkpoint_path.name,
             self.meta.model_name,
             self.dim,
             self.device,
+            runtime,
         )
 
     @property
@@ -96,6 +133,10 @@ class Embedder:
             raise ValueError(f"expected images of shape {expected} (C, H, W), got {tuple(batch.shape[1:])}")
         if len(batch) == 0:
             return self._empty()
+        if self._onnx is not None:
+            with self._lock:
+                embeddings_np, logits_np = self._onnx(batch)  # L2-normalised inside the graph
+            return EmbedResult(embeddings=embeddings_np, logits=logits_np)
         cuda = self.device.type == "cuda"
         x = torch.from_numpy(np.ascontiguousarray(batch))
         if cuda:

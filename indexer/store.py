@@ -7,6 +7,7 @@ Each public method is one short transaction and turns connection failures into
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy import Text, cast, delete, func, insert, or_, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from indexer.db import CollectionInfo, ImageRow, as_utc, db_errors, make_engine, migrate
@@ -249,6 +250,27 @@ class MetadataStore:
                 for row in s.execute(select(*RECORD_COLUMNS).where(ImageRow.id.in_(part))):
                     out[int(row.id)] = _record(row)
         return out
+
+    def page(
+        self, *, after: int | None, limit: int, labels: Sequence[str] | None = None, split: str | None = None
+    ) -> tuple[list[ImageRecord], int]:
+        """Rows with id > ``after`` in id order (at most ``limit``), carrying any of ``labels`` and in ``split``
+        when given, and how many rows match the filters in all."""
+        conditions = []
+        if split is not None:
+            conditions.append(ImageRow.split == split)
+        if labels:
+            # Labels are a JSON list of strings: '"cat"' (quotes included) occurs in its text exactly when "cat" is
+            # an element, since quotes inside a label are escaped. Portable across SQLite and PostgreSQL.
+            as_text = cast(ImageRow.labels, Text)
+            conditions.append(or_(*(as_text.contains(json.dumps(label), autoescape=True) for label in labels)))
+        with db_errors(self.engine), self.session() as s:
+            total = int(s.scalar(select(func.count()).select_from(ImageRow).where(*conditions)) or 0)
+            query = select(*RECORD_COLUMNS).where(*conditions)
+            if after is not None:
+                query = query.where(ImageRow.id > int(after))
+            rows = s.execute(query.order_by(ImageRow.id).limit(int(limit))).all()
+        return [_record(row) for row in rows], total
 
     def vectors(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
         wanted = sorted({int(i) for i in ids})

@@ -25,12 +25,10 @@ async def classify(
     image: Annotated[UploadFile, File(description="The image to classify.")],
 ) -> ClassifyResponse:
     timer = StageTimer()
-    with service.model.track():
-        prepared = await service.prepare(image, "image", timer)
-        _, logits = await service.embed(prepared, timer)
+    result = await service.query(image, "image", timer, None)
     service.observe(timer)
     return ClassifyResponse(
-        predictions=service.predictions(logits, top=len(service.class_names)),
+        predictions=service.predictions(result.logits, top=len(service.class_names)),
         multi_label=service.multi_label,
         timings=Timings(**timer.as_dict()),
     )

@@ -16,7 +16,7 @@ from PIL import Image
 from app.deps import ServiceDep, require_read_key, require_write_key, resolve_k
 from app.errors import ApiError
 from app.routes import errors
-from app.schemas import AddImagesResponse, ImageInfo, SearchResponse, Timings
+from app.schemas import AddImagesResponse, ImageInfo, ImagePage, SearchResponse, Timings
 from app.service import Service, StageTimer, image_info, neighbour
 from app.uploads import add_uploads
 from indexer import ImageRecord
@@ -30,6 +30,7 @@ read = [Depends(require_read_key)]
 
 MAX_ID = 2**63 - 1  # FAISS and database ids are signed 64-bit
 ImageId = Annotated[int, PathParam(ge=0, le=MAX_ID, description="Image id (as returned by search).")]
+MAX_PAGE = 500  # images per page of GET /v1/images
 
 
 def file_headers(service: Service, etag: str) -> dict[str, str]:
@@ -67,6 +68,30 @@ def media_type_of(path: Path) -> str:
     except (OSError, ValueError):
         mime = None
     return mime or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+
+@router.get(
+    "",
+    response_model=ImagePage,
+    summary="The collection's images, page by page in id order, filtered by label and split",
+    dependencies=read,
+    responses=errors(401, 403, 422, 503),
+)
+async def list_images(
+    service: ServiceDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"Images per page (1..{MAX_PAGE}).")] = 50,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_ID, description="Only ids above this one: the previous page's next_after.")
+    ] = None,
+    label: Annotated[list[str] | None, Query(description="Only images carrying one of these labels.")] = None,
+    split: Annotated[str | None, Query(max_length=64, description="Only images of this split.")] = None,
+) -> ImagePage:
+    labels = service.check_labels(label)
+    records, total = await service.blocking(
+        service.collection.list_images, after=after, limit=limit, labels=labels, split=split or None
+    )
+    last = records[-1].id if len(records) == limit else None
+    return ImagePage(images=[image_info(r) for r in records], total=total, limit=limit, next_after=last)
 
 
 @router.get(

@@ -1,4 +1,5 @@
-"""POST /v1/search: similar images to an uploaded one, with the classifier's and the neighbours' predictions."""
+"""POST /v1/search: similar images to an uploaded one, with the classifier's and the neighbours' predictions; the same
+for several images at once (/v1/search/batch) and for an embedding given directly (/v1/search/vector)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 
 from app.deps import ServiceDep, require_read_key, resolve_k
+from app.errors import ApiError
 from app.routes import errors
-from app.schemas import SearchResponse, Timings
-from app.service import StageTimer, neighbour
+from app.schemas import BatchSearchResponse, BatchSearchResult, SearchResponse, Timings, VectorSearchRequest
+from app.service import SearchArgs, StageTimer, neighbour
+
+# Query images per /v1/search/batch request: one forward pass holds them all, so the batch is bounded.
+MAX_BATCH_QUERIES = 64
 
 router = APIRouter(prefix="/v1", tags=["search"], dependencies=[Depends(require_read_key)])
 
@@ -33,25 +38,81 @@ async def search(
         bool, Form(description="Leave out stored images with exactly the same content (sha256) as the query.")
     ] = False,
 ) -> SearchResponse:
-    k = resolve_k(k, service.settings)
-    labels = service.check_labels(label)
+    args = SearchArgs(resolve_k(k, service.settings), service.check_labels(label), split or None, exclude_duplicates)
     timer = StageTimer()
-    with service.model.track():
-        prepared = await service.prepare(image, "image", timer)
-        embedding, logits = await service.embed(prepared, timer)
-    hits = await service.search(
-        embedding,
-        k,
-        timer,
-        labels=labels,
-        split=split or None,
-        exclude_sha256={prepared.sha256} if exclude_duplicates else None,
+    result = await service.query(image, "image", timer, args)
+    hits = result.hits or []
+    service.observe(timer)
+    return SearchResponse(
+        k=args.k,
+        neighbours=[neighbour(h) for h in hits],
+        predictions=service.predictions(result.logits),
+        multi_label=service.multi_label,
+        knn_prediction=service.knn(hits),
+        timings=Timings(**timer.as_dict()),
     )
+
+
+@router.post(
+    "/search/batch",
+    response_model=BatchSearchResponse,
+    summary=f"Search with several images at once (one forward pass; at most {MAX_BATCH_QUERIES})",
+    responses=errors(401, 403, 413, 415, 422, 503),
+)
+async def search_batch(
+    service: ServiceDep,
+    images: Annotated[list[UploadFile], File(description="The query images (repeat the field).")],
+    k: Annotated[int | None, Form(description="Neighbours per query (1..MSIR_MAX_K; default MSIR_DEFAULT_K).")] = None,
+    label: Annotated[list[str] | None, Form(description="Only neighbours carrying one of these labels.")] = None,
+    split: Annotated[str | None, Form(description="Only neighbours from this split.")] = None,
+    exclude_duplicates: Annotated[
+        bool, Form(description="Leave out stored images with exactly the same content as any of the queries.")
+    ] = False,
+) -> BatchSearchResponse:
+    if len(images) > MAX_BATCH_QUERIES:
+        raise ApiError(
+            422,
+            "too_many_images",
+            f"form field 'images': {len(images)} files; at most {MAX_BATCH_QUERIES} per request",
+            details=[{"field": "images", "message": f"at most {MAX_BATCH_QUERIES} files"}],
+        )
+    args = SearchArgs(resolve_k(k, service.settings), service.check_labels(label), split or None, exclude_duplicates)
+    timer = StageTimer()
+    results = await service.query_batch(images, "images", timer, args)
+    service.observe(timer)
+    return BatchSearchResponse(
+        k=args.k,
+        multi_label=service.multi_label,
+        results=[
+            BatchSearchResult(
+                filename=upload.filename or f"images[{i}]",
+                neighbours=[neighbour(h) for h in r.hits or []],
+                predictions=service.predictions(r.logits),
+                knn_prediction=service.knn(r.hits or []),
+            )
+            for i, (upload, r) in enumerate(zip(images, results, strict=True))
+        ],
+        timings=Timings(**timer.as_dict()),
+    )
+
+
+@router.post(
+    "/search/vector",
+    response_model=SearchResponse,
+    summary="Find the images nearest to an embedding vector (embedding_dim numbers, see /v1/collection)",
+    responses=errors(401, 403, 422, 503),
+)
+async def search_vector(service: ServiceDep, body: VectorSearchRequest) -> SearchResponse:
+    k = resolve_k(body.k, service.settings)
+    labels = service.check_labels(body.labels, "labels")
+    vector = service.check_vector(body.vector)
+    timer = StageTimer()
+    hits = await service.search(vector, k, timer, labels=labels, split=body.split or None)
     service.observe(timer)
     return SearchResponse(
         k=k,
         neighbours=[neighbour(h) for h in hits],
-        predictions=service.predictions(logits),
+        predictions=None,
         multi_label=service.multi_label,
         knn_prediction=service.knn(hits),
         timings=Timings(**timer.as_dict()),
