@@ -137,3 +137,37 @@ def test_direct_embedder_runs_one_forward_per_request() -> None:
 def test_max_size_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_size"):
         MicroBatcher(Recorder(), max_size=0, max_wait_ms=1)
+
+
+def test_idle_only_while_nothing_is_in_flight() -> None:
+    """A request may run alone (one trip to a worker thread) only when no other request is solo, tracked, queued
+    or in the model; a request arriving meanwhile takes the batched path and does not wait for the solo one."""
+    model = Recorder(delay_s=0.05)
+    batcher = MicroBatcher(model, max_size=16, max_wait_ms=2000)
+
+    async def run() -> tuple[bool, bool, bool, bool, float]:
+        await batcher.start()
+        try:
+            idle_at_start = batcher.idle()
+            with batcher.solo():
+                idle_with_solo = batcher.idle()
+                started = time.perf_counter()
+                with batcher.track():  # a second request during the solo one: not kept waiting for it
+                    await batcher.embed(image(2))
+                waited = time.perf_counter() - started
+            with batcher.track():
+                idle_while_tracked = batcher.idle()
+            return idle_at_start, idle_with_solo, idle_while_tracked, batcher.idle(), waited
+        finally:
+            await batcher.stop()
+
+    at_start, with_solo, while_tracked, at_end, waited = asyncio.run(run())
+    assert at_start and at_end
+    assert not with_solo and not while_tracked
+    assert waited < 1.0  # not the 2 s max wait
+
+
+def test_direct_embedder_is_always_idle() -> None:
+    direct = DirectEmbedder(Recorder())
+    with direct.solo():
+        assert direct.idle()
