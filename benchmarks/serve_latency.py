@@ -1,31 +1,34 @@
-"""Search latency of the service on a 50,000-image CIFAR-10 collection (CPU by default).
+"""Search latency at the floor: msir's ``/v1/search`` (PyTorch and ONNX Runtime) beside the in-process floor and
+the naive peer endpoint, in one run, on the demo model over a 50,000-image CIFAR-10 collection (CPU).
 
-What it measures:
+What it measures, side by side:
 
-* ``/v1/search`` over real HTTP on loopback against a real ``msir-serve`` process, at 1, 4 and 16 concurrent
-  clients: p50/p95/p99 latency as the client sees it, requests/s, and the share of that latency spent in decoding
-  (decode + preprocess), the model (embed, micro-batch wait included), FAISS and the database, from each answer's
-  ``timings``. The rest is HTTP, multipart parsing and scheduling.
-* The same searches through the Python API (``indexer.Collection``) without HTTP: the floor.
-* Every HTTP level runs with micro-batching off (``MSIR_BATCH_MAX_SIZE=1``) and on (the settings' default), and
-  with ``--compare-threads`` also with torch's and FAISS's own thread defaults (one per core) instead of the
-  service's 1, so the defaults are measured, not guessed. All servers are up at once and the configurations take
-  turns in short blocks, so load from other work on a shared machine falls on all of them alike.
+* **floor**: decode + preprocess + forward pass + search (``indexer.Collection``: FAISS and the neighbours' rows) in
+  one Python loop, no HTTP: once with each runtime;
+* **naive peer** (``benchmarks/naive_peer.py``): the 30-line endpoint a user writes first: a plain ``def`` FastAPI
+  route, Pillow decode, the same checkpoint and preprocessing through ``models``, ``IndexFlatIP`` over the same
+  vectors, no batching and no database;
+* **msir torch** / **msir onnx**: ``msir-serve`` with ``MSIR_RUNTIME=torch`` / ``onnx`` and its default settings
+  (micro-batching on), answering the full ``/v1/search`` (hash, metadata rows, kNN vote, timings).
 
-The collection: ``--collection DIR`` if given; otherwise an existing collection of exactly 50,000 images found under
-``~/.cache/msir`` is reused; otherwise one is built with ``msir-index build --split train --limit 50000`` from
-``../shared/datasets/cifar10-jpg.tar`` (extracted once to ``~/.cache/msir/datasets/``). Without ``--checkpoint``
-the model is a seeded random-init ``mscfnet2`` at 32x32: latency does not depend on the weights, accuracy is not
-measured here. Queries are CIFAR-10 *test* images (real JPEG bytes). The load generator runs on the same machine
-and shares its cores with the server: on a 2-core machine that is part of what the numbers show.
+The HTTP paths run at 1, 4 and 16 concurrent clients (each keeps one request in flight, on a keep-alive
+connection; requests are prebuilt multipart bodies sent with ``http.client`` from threads, so the load generator
+costs as little CPU as possible: it shares the machine's cores with the servers). All servers are up at once and
+take turns in short blocks, so load from other work on a shared machine falls on all of them alike; the load
+average before and after is recorded.
 
-Results: ``results/benchmarks/serve_latency_<device>.{json,md}``.
+The model is the demo checkpoint (``demo/checkpoint/``, MSCFNet-4) unless ``--checkpoint`` is given; the collection
+(``--collection``, or one built once under ``~/.cache/msir/collections/``) holds the first ``--size`` CIFAR-10
+*train* images of ``../shared/datasets/cifar10-jpg.tar``; queries are CIFAR-10 *test* JPEGs.
+
+Results: ``results/benchmarks/serve_latency_cpu.{json,md}``.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
+import http.client
 import json
 import os
 import shutil
@@ -33,7 +36,9 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,12 +54,15 @@ import torch  # noqa: E402
 
 from app.settings import Settings  # noqa: E402
 from indexer import Collection  # noqa: E402
-from models import PreprocessSpec, build, open_image, save_checkpoint, to_uint8  # noqa: E402
+from models import open_image, to_uint8  # noqa: E402
+from models.onnx import export_onnx, onnx_paths  # noqa: E402
 from training.runinfo import cpu_name, git_sha  # noqa: E402
 
 TAR = REPO.parent / "shared" / "datasets" / "cifar10-jpg.tar"
 CACHE = Path("~/.cache/msir").expanduser()
+DEMO_CHECKPOINT = REPO / "demo" / "checkpoint" / "mscfnet4_cifar10.safetensors"
 STAGES = {"decode": ("decode", "preprocess"), "model": ("embed",), "faiss": ("search",), "database": ("database",)}
+PATHS = ("naive peer", "msir torch", "msir onnx")
 
 
 def extract(tar: Path, cache: Path) -> Path:
@@ -71,36 +79,26 @@ def extract(tar: Path, cache: Path) -> Path:
     return target
 
 
-def find_collection(size: int) -> Path | None:
-    """This benchmark's own collection, else any collection under ~/.cache/msir of exactly ``size`` images (the
-    indexer's benchmark may have built one; a bigger one would also hold the CIFAR-10 test images we query with)."""
-    own = CACHE / "collections" / f"serve-latency-cifar10-{size}"
-    candidates = [own / "manifest.json", *sorted(CACHE.rglob("manifest.json"))]
-    for manifest in candidates:
-        try:
-            meta = json.loads(manifest.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if meta.get("format") == "msir-collection" and int(meta.get("row_count", 0)) == size:
-            return manifest.parent
-    return None
-
-
-def bench_checkpoint() -> Path:
-    path = CACHE / "checkpoints" / "serve-bench-mscfnet2"
-    if path.with_suffix(".json").is_file():
-        return path.with_suffix(".safetensors")
-    torch.manual_seed(0)
-    model = build("mscfnet2", 10, image_size=32)
-    spec = PreprocessSpec.for_dataset("cifar10", 32)
-    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    return save_checkpoint(path, model, class_names=classes, preprocess=spec, training={"note": "random init"})
+def checkpoint_copy(source: Path) -> Path:
+    """The checkpoint copied under ~/.cache/msir (so its ONNX export is not written into the repository), with the
+    export made once."""
+    target_dir = CACHE / "checkpoints" / f"serve-latency-{source.stem}"
+    target_dir.mkdir(parents=True, exist_ok=True)
+    for path in (source, source.with_suffix(".json")):
+        if not (target_dir / path.name).is_file():
+            shutil.copy2(path, target_dir / path.name)
+    checkpoint = target_dir / source.name
+    if not onnx_paths(checkpoint)[0].is_file():
+        print(f"exporting {checkpoint} to ONNX ...", flush=True)
+        export_onnx(checkpoint)
+    return checkpoint
 
 
 def build_collection(directory: Path, checkpoint: Path, data: Path, limit: int) -> None:
     print(f"building {directory} ({limit} CIFAR-10 train images) with msir-index build ...", flush=True)
     command = [sys.executable, "-m", "indexer.cli", "build", str(directory), "--checkpoint", str(checkpoint)]
     command += ["--data", str(data), "--split", "train", "--limit", str(limit), "--device", "cpu"]
+    command += ["--runtime", "onnx", "--json"]  # the faster runtime; the vectors are the same (tests/models)
     subprocess.run(command, check=True, cwd=REPO)
 
 
@@ -111,6 +109,7 @@ def free_port() -> int:
 
 
 def start_server(collection: Path, overrides: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A real msir-serve process, or the naive peer with ``overrides={"naive": "1"}``."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MSIR_")}
     env.update(
@@ -122,8 +121,14 @@ def start_server(collection: Path, overrides: dict[str, str], log: Path) -> tupl
         MSIR_THUMBNAIL_CACHE_DIR=str(log.parent / "thumbs"),
         **overrides,
     )
+    if overrides.get("naive"):
+        command = [sys.executable, str(REPO / "benchmarks" / "naive_peer.py"), "--collection", str(collection)]
+        command += ["--port", str(port)]
+        probe = "/docs"
+    else:
+        command, probe = [sys.executable, "-m", "app.cli"], "/readyz"
     with log.open("wb") as fh:
-        process = subprocess.Popen([sys.executable, "-m", "app.cli"], env=env, cwd=REPO, stdout=fh, stderr=fh)
+        process = subprocess.Popen(command, env=env, cwd=REPO, stdout=fh, stderr=fh)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     try:
@@ -131,7 +136,7 @@ def start_server(collection: Path, overrides: dict[str, str], log: Path) -> tupl
             if process.poll() is not None:
                 raise SystemExit(f"msir-serve exited:\n{log.read_text()}")
             try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{url}{probe}", timeout=2).status_code == 200:
                     return process, url
             except httpx.HTTPError:
                 pass
@@ -167,33 +172,19 @@ def summarise(latencies_s: list[float], wall_s: float, timings: list[dict[str, f
     return out
 
 
-async def http_block(url: str, queries: list[bytes], concurrency: int, n: int, k: int, offset: int) -> Block:
-    """``n`` searches by ``concurrency`` clients (each keeps one request in flight); latencies and wall time."""
-    block = Block()
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-
-        async def one(i: int, record: bool) -> None:
-            data = queries[(offset + i) % len(queries)]
-            started = time.perf_counter()
-            r = await client.post("/v1/search", files={"image": ("q.jpg", data, "image/jpeg")}, data={"k": str(k)})
-            elapsed = time.perf_counter() - started
-            if r.status_code != 200:
-                raise RuntimeError(f"search failed: {r.status_code} {r.text[:200]}")
-            if record:
-                block.latencies.append(elapsed)
-                block.timings.append(r.json()["timings"])
-
-        async def worker(w: int, count: int, record: bool) -> None:
-            for i in range(count):
-                await one(w * count + i, record)
-
-        per = max(1, n // concurrency)
-        await asyncio.gather(*(worker(w, 2, False) for w in range(concurrency)))  # warm connections and caches
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(w, per, True) for w in range(concurrency)))
-        block.wall_s = time.perf_counter() - started
-    return block
+def multipart(data: bytes, k: int) -> tuple[bytes, str]:
+    """A prebuilt multipart/form-data body (the image and ``k``) and its content type."""
+    boundary = uuid.uuid4().hex
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="k"\r\n\r\n{k}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={boundary}"
 
 
 @dataclass
@@ -208,76 +199,152 @@ class Block:
         self.wall_s += other.wall_s
 
 
-def python_floor(collection: Path, queries: list[bytes], n: int, k: int) -> dict[str, Any]:
+def http_block(url: str, path: str, bodies: list[tuple[bytes, str]], concurrency: int, n: int, offset: int) -> Block:
+    """``n`` searches by ``concurrency`` clients (threads, each with one keep-alive connection and one request in
+    flight); latencies, the server's timings (msir) and the wall time."""
+    block = Block()
+    host, port = url.removeprefix("http://").split(":")
+    per = max(1, n // concurrency)
+    lock = threading.Lock()
+    start = threading.Barrier(concurrency + 1)
+    errors: list[str] = []
+
+    def client(w: int) -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=120)
+        latencies, timings = [], []
+        try:
+            for i in range(per + 2):
+                if i == 2:
+                    start.wait()  # two warm-up requests per client, then all clients start together
+                body, ctype = bodies[(offset + w * per + i) % len(bodies)]
+                t0 = time.perf_counter()
+                conn.request("POST", path, body=body, headers={"Content-Type": ctype})
+                response = conn.getresponse()
+                payload = response.read()
+                elapsed = time.perf_counter() - t0
+                if response.status != 200:
+                    raise RuntimeError(f"{path}: {response.status} {payload[:200]!r}")
+                if i >= 2:
+                    latencies.append(elapsed)
+                    answer = json.loads(payload)
+                    if "timings" in answer:
+                        timings.append(answer["timings"])
+        except BaseException as exc:
+            errors.append(repr(exc))
+            start.abort()
+            raise
+        finally:
+            conn.close()
+            with lock:
+                block.latencies += latencies
+                block.timings += timings
+
+    threads = [threading.Thread(target=client, args=(w,), daemon=True) for w in range(concurrency)]
+    for t in threads:
+        t.start()
+    with contextlib.suppress(threading.BrokenBarrierError):  # a client failed: reported below
+        start.wait()
+    started = time.perf_counter()
+    for t in threads:
+        t.join()
+    block.wall_s = time.perf_counter() - started
+    if errors:
+        raise RuntimeError(f"load generator failed: {errors[0]}")
+    return block
+
+
+def python_floor(collection: Path, checkpoint: Path, runtime: str, queries: list[bytes], n: int, k: int) -> Block:
     """Decode + preprocess + embed + search through indexer.Collection, one query at a time, no HTTP."""
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     # The service's thread settings, so that the floor differs from the service by HTTP only.
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
-    if settings.faiss_threads:
-        faiss.omp_set_num_threads(settings.faiss_threads)
-    max_pixels = settings.max_pixels
-    with Collection.open(collection, device="cpu") as col:
+    torch.set_num_threads(settings.torch_threads or torch.get_num_threads())
+    faiss.omp_set_num_threads(settings.faiss_threads or faiss.omp_get_max_threads())
+    block = Block()
+    with Collection.open(collection, checkpoint=checkpoint, device="cpu", runtime=runtime) as col:
         spec = col.embedder.spec
-        latencies, timings = [], []
         for i in range(n + 10):
             data = queries[i % len(queries)]
             t0 = time.perf_counter()
-            img = open_image(data, max_pixels=max_pixels)
+            x = to_uint8(open_image(data, max_pixels=settings.max_pixels), spec)[None]
             t1 = time.perf_counter()
-            x = to_uint8(img, spec)[None]
-            t2 = time.perf_counter()
             emb = col.embedder.embed_uint8(x).embeddings
-            t3 = time.perf_counter()
+            t2 = time.perf_counter()
             col.search(emb, k)
-            t4 = time.perf_counter()
+            t3 = time.perf_counter()
             if i >= 10:  # warm-up
-                latencies.append(t4 - t0)
-                ms = [1000 * (b - a) for a, b in ((t0, t1), (t1, t2), (t2, t3), (t3, t4))]
-                timings.append(dict(zip(("decode", "preprocess", "embed", "search"), ms, strict=True)))
-        wall = sum(latencies)
-    result = summarise(latencies, wall, [{**t, "database": 0.0, "total": sum(t.values())} for t in timings])
-    result["note"] = "search includes reading the neighbours' rows (Collection.search does both)"
-    return result
+                block.latencies.append(t3 - t0)
+                ms = [1000 * (b - a) for a, b in ((t0, t1), (t1, t2), (t2, t3))]
+                block.timings.append(dict(zip(("decode", "embed", "search"), ms, strict=True)))
+    block.wall_s = sum(block.latencies)
+    return block
+
+
+def verdict(report: dict[str, Any]) -> list[str]:
+    """The goals of issue #16, each checked against the measured rows."""
+    lines = []
+    naive = {level["concurrency"]: level for level in report["http"]["naive peer"]}
+    for path in ("msir torch", "msir onnx"):
+        ahead = []
+        for level in report["http"][path]:
+            peer = naive[level["concurrency"]]
+            faster = level["p50_ms"] < peer["p50_ms"] and level["requests_per_s"] > peer["requests_per_s"]
+            ahead.append(f"{level['concurrency']}: {'yes' if faster else 'NO'}")
+        runtime = path.split()[1]
+        one = next(level for level in report["http"][path] if level["concurrency"] == 1)
+        floor = report["floor"][runtime]["p50_ms"]
+        lines.append(
+            f"- {path}: ahead of the naive peer on p50 and req/s at clients {', '.join(ahead)}; p50 at 1 client "
+            f"{one['p50_ms']} ms = {one['p50_ms'] / floor:.2f}x its floor ({floor} ms; goal <= 1.5x) and "
+            f"{'<=' if one['p50_ms'] <= 5.0 else '>'} 5 ms."
+        )
+    return lines
 
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [
-        "# Service latency: POST /v1/search",
+        "# Search latency at the floor: msir vs the naive peer",
         "",
-        f"Device: {report['device']} ({report['cpu_count']} cores, CPU only, torch {report['torch']}). "
-        f"Collection: {report['collection_size']:,} CIFAR-10 train images, "
-        f"{report['index_type']} index, model {report['model']} ({report['weights']}). k = {report['k']}; queries: "
-        f"CIFAR-10 test JPEGs; about {report['requests_per_level']} timed requests per level and configuration, "
-        f"in {report['rounds']} blocks that alternate between the configurations (all servers up at once). "
-        f"Load average of the machine before / after: {report['load_before']} / {report['load_after']} "
-        f"(other work shares this CPU). Git {report['git_sha']}, {report['date']}.",
+        f"Device: {report['device']} ({report['cpu_count']} cores, CPU only, torch {report['torch']}, onnxruntime "
+        f"{report['onnxruntime']}); **a shared machine**: load average before / after "
+        f"{report['load_before']} / {report['load_after']} (other work was running; an idle machine gives lower "
+        f"numbers for every row alike). Collection: {report['collection_size']:,} CIFAR-10 train images, "
+        f"{report['index_type']} index, model {report['model']} (the demo checkpoint). k = {report['k']}; queries: "
+        f"CIFAR-10 test JPEGs; {report['requests_per_level']} timed requests per row, in {report['rounds']} blocks "
+        f"that alternate between the servers (all up at once). Git {report['git_sha']}, {report['date']}.",
         "",
-        "| path | configuration | clients | p50 ms | p95 ms | p99 ms | req/s | decode | model | FAISS | database "
+        "| path | clients | p50 ms | p95 ms | p99 ms | req/s | p50 vs naive | decode | model | FAISS | database "
         "| HTTP + other |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    naive = {level["concurrency"]: level for level in report["http"]["naive peer"]}
 
-    def row(path: str, batching: str, clients: str, r: dict[str, Any]) -> str:
-        s = r.get("share_of_latency", {})
-        pct = [f"{100 * s.get(k, 0):.0f}%" for k in ("decode", "model", "faiss", "database", "http_and_other")]
+    def row(path: str, clients: int, r: dict[str, Any], versus: str) -> str:
+        s = r.get("share_of_latency")
+        pct = (
+            [f"{100 * s.get(k, 0):.0f}%" for k in ("decode", "model", "faiss", "database", "http_and_other")]
+            if s
+            else ["–"] * 5
+        )
         return (
-            f"| {path} | {batching} | {clients} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | "
-            f"{r['requests_per_s']} | " + " | ".join(pct) + " |"
+            f"| {path} | {clients} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['requests_per_s']} | "
+            f"{versus} | " + " | ".join(pct) + " |"
         )
 
-    lines.append(row("Python API (floor)", "service threads", "1", report["python_floor"]))
-    for run in report["http"]:
-        for level in run["levels"]:
-            lines.append(row("HTTP /v1/search", run["label"], str(level["concurrency"]), level))
+    for runtime, floor in report["floor"].items():
+        lines.append(row(f"floor, in-process ({runtime})", 1, floor, "–"))
+    for c in report["concurrency"]:
+        for path in PATHS:
+            level = next(level for level in report["http"][path] if level["concurrency"] == c)
+            versus = "1.00x" if path == "naive peer" else f"{level['p50_ms'] / naive[c]['p50_ms']:.2f}x"
+            lines.append(row(path, c, level, versus))
     lines += [
         "",
-        "Shares are of the mean client-side latency; *model* includes the micro-batch wait, *FAISS* the index "
-        "search, *database* the SQL reading the neighbours' rows (timed with SQLAlchemy cursor events), *HTTP + "
-        "other* the rest (HTTP, multipart parsing, thread hand-offs, queueing behind other requests). The client "
-        "runs on the same machine as the server. *off* / *on (max N)*: micro-batching (MSIR_BATCH_MAX_SIZE=1 / N); "
-        "*library threads*: MSIR_TORCH_THREADS=0 and MSIR_FAISS_THREADS=0 (one thread per core) instead of the "
-        "service's default of 1.",
+        *verdict(report),
+        "",
+        "Shares are of the mean client-side latency, from each msir answer's own `timings` (the floor's from its "
+        "loop); *model* includes any micro-batch wait, *database* the SQL reading the neighbours' rows, *HTTP + "
+        "other* the rest (HTTP, multipart parsing, thread hand-offs, queueing). The naive peer reports no timings. "
+        "The load generator runs on the same machine as the servers.",
         "",
     ]
     return "\n".join(lines)
@@ -286,98 +353,101 @@ def markdown(report: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--collection", type=Path, help="collection directory (default: find or build one)")
-    parser.add_argument("--checkpoint", type=Path, help="checkpoint for a new collection (default: random init)")
+    parser.add_argument("--checkpoint", type=Path, default=DEMO_CHECKPOINT, help="model (default: the demo's)")
     parser.add_argument("--size", type=int, default=50_000, help="images in the collection to build (50000)")
-    parser.add_argument("--requests", type=int, default=240, help="timed requests per level and configuration")
+    parser.add_argument("--requests", type=int, default=400, help="timed requests per row")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--batch-max-size", type=int, default=Settings.model_fields["batch_max_size"].default)
-    parser.add_argument("--no-compare-batching", action="store_true", help="only the batching setting given")
-    parser.add_argument(
-        "--compare-threads",
-        action="store_true",
-        help="also run every configuration with torch's and FAISS's default threads (one per core) instead of 1",
-    )
-    parser.add_argument("--rounds", type=int, default=4, help="alternating blocks per level and configuration")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating blocks per level")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks")
     args = parser.parse_args()
 
+    print("machine: 2 shared CPU cores expected; load average", os.getloadavg(), flush=True)
     load_before = [round(v, 2) for v in os.getloadavg()]
     data = extract(TAR, CACHE / "datasets")
-    collection = args.collection or find_collection(args.size)
-    if collection is None:
-        collection = CACHE / "collections" / f"serve-latency-cifar10-{args.size}"
-        build_collection(collection, args.checkpoint or bench_checkpoint(), data, args.size)
+    checkpoint = checkpoint_copy(args.checkpoint)
+    collection = args.collection or CACHE / "collections" / f"serve-latency-{checkpoint.stem}-{args.size}"
+    if not (collection / "manifest.json").is_file():
+        build_collection(collection, checkpoint, data, args.size)
     print(f"collection: {collection}", flush=True)
     test_files = sorted((data / "test").rglob("*.jpg"))
     rng = np.random.default_rng(0)
     queries = [test_files[i].read_bytes() for i in rng.choice(len(test_files), 500, replace=False)]
+    bodies = [multipart(q, args.k) for q in queries]
 
-    with Collection.open(collection, device="cpu") as col:
-        meta = col.embedder.meta
-        info = {"collection_size": col.ntotal, "index_type": col.index_type, "model": meta.model_name}
-        weights = "random init" if (meta.training or {}).get("note") == "random init" else "trained checkpoint"
-    print("python floor ...", flush=True)
-    floor = python_floor(collection, queries, args.requests, args.k)
-    print(json.dumps(floor), flush=True)
+    with Collection.open(collection, checkpoint=checkpoint, device="cpu") as col:
+        info = {"collection_size": col.ntotal, "index_type": col.index_type, "model": col.embedder.meta.model_name}
 
-    configs = [(f"on (max {args.batch_max_size})", {"MSIR_BATCH_MAX_SIZE": str(args.batch_max_size)})]
-    if not args.no_compare_batching:
-        configs.insert(0, ("off", {"MSIR_BATCH_MAX_SIZE": "1"}))
-    if args.compare_threads:
-        library = {"MSIR_TORCH_THREADS": "0", "MSIR_FAISS_THREADS": "0"}
-        configs += [(f"{label}, library threads", {**env, **library}) for label, env in configs]
+    floors = {"torch": Block(), "onnx": Block()}
+    per_floor = max(1, args.requests // args.rounds)
+    for r in range(args.rounds):
+        for runtime, block in floors.items():
+            block.merge(python_floor(collection, checkpoint, runtime, queries[r * 50 :], per_floor, args.k))
+    print("floor", {k: summarise(v.latencies, v.wall_s, [])["p50_ms"] for k, v in floors.items()}, flush=True)
+
+    configs = {
+        "naive peer": {"naive": "1"},
+        "msir torch": {"MSIR_RUNTIME": "torch", "MSIR_CHECKPOINT": str(checkpoint)},
+        "msir onnx": {"MSIR_RUNTIME": "onnx", "MSIR_CHECKPOINT": str(checkpoint)},
+    }
     log_dir = args.out / "serve_latency_logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    servers = []
+    servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+    results: dict[tuple[str, int], Block] = {}
     try:
-        for i, (_, env) in enumerate(configs):
-            servers.append(start_server(collection, env, log_dir / f"server-{i}.log"))
-        results: dict[tuple[int, int], Block] = {}
+        for i, (name, env) in enumerate(configs.items()):
+            servers[name] = start_server(collection, env, log_dir / f"server-{i}.log")
         for c in args.concurrency:
-            # Configurations take turns in short blocks, so a neighbour's load on a shared machine falls on all
-            # of them alike instead of on whichever happened to run at the time.
             per_block = max(c, args.requests // args.rounds)
             for r in range(args.rounds):
-                for i in range(len(configs)):
-                    block = asyncio.run(http_block(servers[i][1], queries, c, per_block, args.k, r * per_block))
-                    results.setdefault((i, c), Block()).merge(block)
-                print(f"{c} clients: round {r + 1}/{args.rounds} done", flush=True)
+                # Servers take turns (in a rotating order) so that other work on a shared machine falls on all.
+                order = list(configs)[r % len(configs) :] + list(configs)[: r % len(configs)]
+                for name in order:
+                    path = "/search" if name == "naive peer" else "/v1/search"
+                    block = http_block(servers[name][1], path, bodies, c, per_block, r * per_block)
+                    results.setdefault((name, c), Block()).merge(block)
+            print(f"{c} clients done", flush=True)
     finally:
-        for process, _ in servers:
+        for process, _ in servers.values():
             process.terminate()
-        for process, _ in servers:
+        for process, _ in servers.values():
             process.wait(60)
     shutil.rmtree(log_dir, ignore_errors=True)
-    http_runs = []
-    for i, (label, env) in enumerate(configs):
-        levels = []
-        for c in args.concurrency:
-            block = results[(i, c)]
-            level = {"concurrency": c, **summarise(block.latencies, block.wall_s, block.timings)}
-            print(label, json.dumps(level), flush=True)
-            levels.append(level)
-        http_runs.append({"label": label, "env": env, "levels": levels})
 
-    device = cpu_name()
-    report = {
+    import onnxruntime
+
+    report: dict[str, Any] = {
         "benchmark": "serve_latency",
-        "device": device,
+        "device": cpu_name(),
         "device_type": "cpu",
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
         "git_sha": git_sha(),
-        "date": time.strftime("%Y-%m-%d"),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "k": args.k,
         "requests_per_level": args.requests,
         "rounds": args.rounds,
+        "concurrency": args.concurrency,
         "load_before": load_before,
         "load_after": [round(v, 2) for v in os.getloadavg()],
-        "weights": weights,
+        "checkpoint": str(args.checkpoint),
         "collection": str(collection),
         **info,
-        "python_floor": floor,
-        "http": http_runs,
+        "floor": {
+            runtime: summarise(b.latencies, b.wall_s, [{**t, "total": sum(t.values())} for t in b.timings])
+            for runtime, b in floors.items()
+        },
+        "http": {
+            name: [
+                {
+                    "concurrency": c,
+                    **summarise(results[(name, c)].latencies, results[(name, c)].wall_s, results[(name, c)].timings),
+                }
+                for c in args.concurrency
+            ]
+            for name in configs
+        },
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / "serve_latency_cpu"

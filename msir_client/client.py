@@ -188,8 +188,25 @@ class _Calls:
         return _Call("POST", "/v1/images", data=data, files=files)
 
     @staticmethod
-    def relabel(image_id: int, labels: Sequence[str]) -> _Call:
-        return _Call("PATCH", f"/v1/images/{int(image_id)}", json={"labels": list(labels)})
+    def edit(
+        image_id: int,
+        labels: Sequence[str] | None,
+        add: Sequence[str] | None,
+        remove: Sequence[str] | None,
+        metadata: dict[str, Any] | None,
+        replace_metadata: bool,
+    ) -> _Call:
+        body: dict[str, Any] = {}
+        if labels is not None:
+            body["labels"] = list(labels)
+        if add:
+            body["add_labels"] = list(add)
+        if remove:
+            body["remove_labels"] = list(remove)
+        if metadata is not None:
+            body["metadata"] = metadata
+            body["replace_metadata"] = replace_metadata
+        return _Call("PATCH", f"/v1/images/{int(image_id)}", json=body)
 
 
 def _auth_headers(api_key: str | None) -> dict[str, str]:
@@ -345,9 +362,20 @@ class Client:
         """Upload images; ``labels`` has one entry per image (a list of class names, or None)."""
         return _parse(self._send(_Calls.add_images(images, labels, split, metadata)), AddImagesResponse)
 
-    def relabel(self, image_id: int, labels: Sequence[str]) -> ImageInfo:
-        """Replace an image's labels."""
-        return _parse(self._send(_Calls.relabel(image_id, labels)), ImageInfo)
+    def relabel(
+        self,
+        image_id: int,
+        labels: Sequence[str] | None = None,
+        *,
+        add: Sequence[str] | None = None,
+        remove: Sequence[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        replace_metadata: bool = False,
+    ) -> ImageInfo:
+        """Replace an image's labels (``labels``), or add/remove some; merge (or replace) its metadata. The
+        embedding is kept. Returns the updated image."""
+        call = _Calls.edit(image_id, labels, add, remove, metadata, replace_metadata)
+        return _parse(self._send(call), ImageInfo)
 
     def delete_image(self, image_id: int) -> None:
         _check(self._send(_Call("DELETE", f"/v1/images/{int(image_id)}")))
@@ -488,8 +516,18 @@ class AsyncClient:
     ) -> AddImagesResponse:
         return _parse(await self._send(_Calls.add_images(images, labels, split, metadata)), AddImagesResponse)
 
-    async def relabel(self, image_id: int, labels: Sequence[str]) -> ImageInfo:
-        return _parse(await self._send(_Calls.relabel(image_id, labels)), ImageInfo)
+    async def relabel(
+        self,
+        image_id: int,
+        labels: Sequence[str] | None = None,
+        *,
+        add: Sequence[str] | None = None,
+        remove: Sequence[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        replace_metadata: bool = False,
+    ) -> ImageInfo:
+        call = _Calls.edit(image_id, labels, add, remove, metadata, replace_metadata)
+        return _parse(await self._send(call), ImageInfo)
 
     async def delete_image(self, image_id: int) -> None:
         _check(await self._send(_Call("DELETE", f"/v1/images/{int(image_id)}")))

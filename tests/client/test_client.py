@@ -107,9 +107,11 @@ def test_every_method_blocking(server: LiveServer, image_files: dict[str, list[P
         assert msir.image_info(new_id).metadata["by"] == "client"
         again = msir.add_images([("again.png", new)], labels=["blue"])
         assert again.duplicates[0].existing_id == new_id
-        if relabel_supported(server.url):
+        if relabel_supported(server.url):  # PATCH /v1/images/{id} comes with issue #10
             assert msir.relabel(new_id, ["red"]).labels == ["red"]
             assert msir.image_info(new_id).labels == ["red"]
+            edited = msir.relabel(new_id, add=["green"], remove=["red"], metadata={"checked": True})
+            assert edited.labels == ["green"] and edited.metadata["checked"] is True
         msir.delete_image(new_id)
         with pytest.raises(NotFound) as missing:
             msir.image_info(new_id)
