@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Text, cast, delete, func, insert, or_, select, text
+from sqlalchemy import Text, bindparam, cast, delete, func, insert, or_, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from indexer.db import CollectionInfo, ImageRow, as_utc, db_errors, make_engine, migrate
@@ -37,6 +37,13 @@ RECORD_COLUMNS = (
     ImageRow.source,
     ImageRow.added_at,
     ImageRow.user_metadata,
+)
+
+# Rows by id, built once: every search reads its neighbours' rows with it, so it skips the ORM session and the
+# statement construction (measured: 2.3 vs 6-9 ms for 10 rows on a busy 2-core machine). Same columns and names
+# as RECORD_COLUMNS ("metadata" is read under its attribute name).
+GET_MANY = select(*RECORD_COLUMNS[:-1], ImageRow.user_metadata.label("user_metadata")).where(
+    ImageRow.id.in_(bindparam("ids", expanding=True))
 )
 
 
@@ -245,9 +252,11 @@ class MetadataStore:
     def get_many(self, ids: Iterable[int]) -> dict[int, ImageRecord]:
         wanted = sorted({int(i) for i in ids})
         out: dict[int, ImageRecord] = {}
-        with db_errors(self.engine), self.session() as s:
+        if not wanted:
+            return out
+        with db_errors(self.engine), self.engine.connect() as conn:
             for part in _chunks(wanted):
-                for row in s.execute(select(*RECORD_COLUMNS).where(ImageRow.id.in_(part))):
+                for row in conn.execute(GET_MANY, {"ids": list(part)}):
                     out[int(row.id)] = _record(row)
         return out
 
