@@ -134,8 +134,9 @@ class Embedder:
         if len(batch) == 0:
             return self._empty()
         if self._onnx is not None:
-            with self._lock:
-                embeddings_np, logits_np = self._onnx(batch)  # L2-normalised inside the graph
+            # No lock: an ONNX Runtime session runs concurrent calls safely, on the CPU (no device to thrash), so a
+            # lone request's pass and a micro-batch may use two cores at once.
+            embeddings_np, logits_np = self._onnx(batch)  # L2-normalised inside the graph
             return EmbedResult(embeddings=embeddings_np, logits=logits_np)
         cuda = self.device.type == "cuda"
         x = torch.from_numpy(np.ascontiguousarray(batch))
