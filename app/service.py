@@ -116,9 +116,11 @@ class Service:
         self.spec = embedder.spec
         fn = self._forward
         self.model: MicroBatcher | DirectEmbedder = (
-            MicroBatcher(fn, settings.batch_max_size, settings.batch_max_wait_ms, metrics.observe_batch)
+            MicroBatcher(
+                fn, settings.batch_max_size, settings.batch_max_wait_ms, metrics.observe_batch, self._search_batch
+            )
             if settings.batching_enabled
-            else DirectEmbedder(fn, self.limiter, metrics.observe_batch)
+            else DirectEmbedder(fn, self.limiter, metrics.observe_batch, self._search_batch)
         )
         self._stats: tuple[float, dict[str, Any]] | None = None
         self.db_timer = SqlTimer(collection.store.engine)
@@ -172,17 +174,18 @@ class Service:
         if not self.model.idle():
             with self.model.track():
                 prepared = await self.prepare(upload, field_name, timer)
-                embedding, logits = await self.embed(prepared, timer)
+                started = time.perf_counter()
+                # The batch's searches run in the model thread right after its forward pass, in one FAISS call.
+                context = None if search is None else (search, prepared.sha256)
+                embedding, logits, found = await self.model.embed_then(prepared.array, context)
             hits = None
-            if search is not None:
-                hits = await self.search(
-                    embedding,
-                    search.k,
-                    timer,
-                    labels=search.labels,
-                    split=search.split,
-                    exclude_sha256={prepared.sha256} if search.exclude_duplicates else None,
-                )
+            if found is not None:
+                hits, search_s, db_s = found
+                timer.add("search", max(search_s - db_s, 0.0))
+                timer.add("database", db_s)
+                timer.add("embed", time.perf_counter() - started - search_s)
+            else:
+                timer.add("embed", time.perf_counter() - started)
             return QueryResult(prepared, embedding, logits, hits)
         data = await self.read_upload(upload, field_name)
         filename = upload.filename or field_name
@@ -201,6 +204,28 @@ class Service:
             timer.add("database", db_s)
         self.metrics.observe_batch(1, forward_s)
         return result
+
+    def _search_batch(
+        self, embeddings: np.ndarray, contexts: list[tuple[SearchArgs, str]]
+    ) -> list[tuple[list[Hit], float, float]]:
+        """The searches of a micro-batch, one FAISS call per distinct set of search arguments (usually one):
+        ``(hits, search s, database s)`` per request (the call's time is shared by its requests)."""
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, (args, sha) in enumerate(contexts):
+            key = (args.k, tuple(args.labels or ()), args.split, sha if args.exclude_duplicates else None)
+            groups.setdefault(key, []).append(i)
+        out: list[tuple[list[Hit], float, float]] = [([], 0.0, 0.0)] * len(contexts)
+        for (k, labels, split, exclude), rows in groups.items():
+            hits, search_s, db_s = self._timed_search(
+                embeddings[rows],
+                k,
+                labels=list(labels) or None,
+                split=split,
+                exclude_sha256={exclude} if exclude is not None else None,
+            )
+            for row, found in zip(rows, hits, strict=True):
+                out[row] = (found, search_s, db_s)
+        return out
 
     def _query_alone(
         self, data: bytes, filename: str, search: SearchArgs | None

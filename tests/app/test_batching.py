@@ -171,3 +171,40 @@ def test_direct_embedder_is_always_idle() -> None:
     direct = DirectEmbedder(Recorder())
     with direct.solo():
         assert direct.idle()
+
+
+def test_then_hook_runs_once_per_batch_in_the_model_thread() -> None:
+    """The service searches a whole batch's embeddings in one call: the hook sees every request with a context,
+    in the model thread, and each request gets its own result (requests without a context get None)."""
+    calls: list[tuple[int, str]] = []
+
+    def then(embeddings: np.ndarray, contexts: list[object]) -> list[object]:
+        calls.append((len(contexts), threading.current_thread().name))
+        return [(ctx, float(e[0])) for e, ctx in zip(embeddings, contexts, strict=True)]
+
+    model = Recorder(delay_s=0.02)
+    batcher = MicroBatcher(model, max_size=8, max_wait_ms=200, then=then)
+
+    async def run() -> list[object]:
+        async def one(i: int) -> object:
+            with batcher.track():
+                await asyncio.sleep(0)
+                _, _, extra = await batcher.embed_then(image(i), None if i == 3 else f"q{i}")
+                return extra
+
+        await batcher.start()
+        try:
+            return list(await asyncio.gather(*(one(i) for i in range(6))))
+        finally:
+            await batcher.stop()
+
+    extras = asyncio.run(run())
+    assert extras == [(f"q{i}", float(i)) if i != 3 else None for i in range(6)]
+    assert sum(n for n, _ in calls) == 5 and len(calls) == len(model.sizes)
+    assert {name for _, name in calls} == {"msir-model_0"}
+
+
+def test_direct_embedder_runs_the_hook_too() -> None:
+    direct = DirectEmbedder(Recorder(), then=lambda e, c: [("done", c[0]) for _ in c])
+    _, _, extra = asyncio.run(direct.embed_then(image(4), "ctx"))
+    assert extra == ("done", "ctx")
