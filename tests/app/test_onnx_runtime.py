@@ -4,6 +4,7 @@ classifications that agree with PyTorch, and the refusal of an export made from 
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,3 +132,36 @@ def test_an_export_of_other_weights_is_refused(demo_onnx: tuple[Path, Path, Path
             MSIR_RUNTIME="onnx",
             MSIR_CHECKPOINT=str(served / checkpoint.name),
         )
+
+
+def readme_client_example() -> str:
+    text = (Path(models.__file__).parents[1] / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    (example,) = [b for b in blocks if "from msir_client import" in b]
+    return example
+
+
+def test_the_readme_client_example_runs_as_written(onnx_server: LiveServer, tmp_path: Path) -> None:
+    """The README's Python example, unchanged, against a server of the demo checkpoint (MSIR_URL points it there;
+    its working folder has the demo's images and the API key file where `make demo` puts them)."""
+    import subprocess
+    import sys
+
+    from tests.app.helpers import API_KEY, REPO
+
+    (tmp_path / "var" / "demo").mkdir(parents=True)
+    (tmp_path / "var" / "demo" / "api_key").write_text(API_KEY + "\n")
+    (tmp_path / "demo").symlink_to(REPO / "demo")
+    env = {**os.environ, "MSIR_URL": onnx_server.url, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-c", readme_client_example()],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"ok {10 * PER_CLASS} images"
+    assert lines[-1].startswith("404 image_not_found")
