@@ -124,8 +124,8 @@ class Settings(BaseSettings):
         description=(
             "Threads one forward pass may use (torch.set_num_threads); 0: torch's default (one per core). The "
             "service runs requests side by side, so 1 is the default: measured on 2 CPU cores "
-            "(results/benchmarks/serve_latency_threads_cpu.md), more threads made each pass several times slower. Raise it on a "
-            "dedicated many-core host serving large batches."
+            "(results/benchmarks/serve_latency_threads_cpu.md), more threads made each pass several times slower. "
+            "Raise it on a dedicated many-core host serving large batches."
         ),
     )
     faiss_threads: int = Field(
