@@ -206,7 +206,11 @@ class MilvusStore:
             index_params = client.prepare_index_params()
             index_params.add_index(field_name="vector", index_type=index_type, metric_type="IP", params=params)
             # Strong consistency: a search right after a write (this process or another) sees it.
-            client.create_collection(name, schema=schema, index_params=index_params, consistency_level="Strong")
+            client.create_collection(name, schema=schema, consistency_level="Strong")
+            # Not waited for (sync=False): Milvus builds segment indexes in the background, and milvus-lite has no
+            # AllocTimestamp, which the wait calls. Loading makes the collection searchable right away.
+            client.create_index(name, index_params, sync=False)
+            client.load_collection(name)
         except MilvusException as error:
             client.close()
             _release(uri)
