@@ -8,7 +8,8 @@ One Milvus collection per generation of the index, named ``msir_<collection id>_
 one beside the one being served and swaps; ``index.milvus.json`` beside the manifest names the current one (the
 counterpart of ``index.faiss``), written atomically on every save. The superseded collection is dropped once its
 successor is saved. Each entity holds the database id (primary key), the vector and copies of the row's
-``labels``, ``split`` and ``sha256`` (never changed after insert), so filters run inside Milvus.
+``labels``, ``split`` and ``sha256``, so filters run inside Milvus (:meth:`MilvusStore.refresh` copies them again
+when the database changes them).
 
 Index types map to Milvus's: ``flat`` -> FLAT, ``hnsw`` -> HNSW (``M``, ``ef_construction``, ``ef_search``),
 ``ivfpq`` -> IVF_PQ (``nlist``, ``m``, ``nbits``, ``nprobe``; Milvus standalone only: milvus-lite has no IVF_PQ).
@@ -329,6 +330,16 @@ class MilvusStore:
             # Upsert, not insert: Milvus does not enforce unique primary keys, and a retried batch must not repeat.
             self.client.upsert(self.name, batch)
         self._count = self._count_rows()
+
+    def refresh(self, ids: np.ndarray | list[int]) -> None:
+        """Copy the rows' labels, split and sha256 again from the database (after they changed there); the vectors
+        are Milvus's own. Ids not in the collection are left out."""
+        wanted = sorted({int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1)})
+        for start in range(0, len(wanted), TOPK_LIMIT):
+            rows = self.client.get(self.name, ids=wanted[start : start + TOPK_LIMIT], output_fields=["vector"])
+            if rows:
+                found = np.asarray([int(r["id"]) for r in rows], dtype=np.int64)
+                self.add(found, np.stack([np.asarray(r["vector"], dtype=np.float32) for r in rows]))
 
     def remove(self, ids: np.ndarray | list[int]) -> int:
         wanted = sorted({int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1)})

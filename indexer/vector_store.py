@@ -68,6 +68,9 @@ class VectorStore(Protocol):
 
     def remove(self, ids: np.ndarray | list[int]) -> int: ...
 
+    def refresh(self, ids: np.ndarray | list[int]) -> None:
+        """The database changed these rows' labels or split: update what the store keeps of them."""
+
     def ids(self) -> np.ndarray: ...
 
     def ann_ids(self) -> np.ndarray: ...
@@ -96,6 +99,9 @@ class FaissStore(VectorIndex):
     def search(self, queries: np.ndarray, k: int, filters: Filters | None = None) -> tuple[np.ndarray, np.ndarray]:
         # Filters live in the database: the collection over-fetches and filters the rows (indexer.search).
         return super().search(queries, k)
+
+    def refresh(self, ids: np.ndarray | list[int]) -> None:
+        """FAISS keeps vectors only: labels and splits are read from the database at search time."""
 
     def discard(self) -> None:
         """Nothing outside the process: the garbage collector frees the index."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from pymilvus import MilvusClient
 from typer.testing import CliRunner
 
@@ -121,6 +122,19 @@ def test_filter_values_are_quoted_not_spliced(tmp_path: Path) -> None:
         assert store.reconstruct([3]).tolist() == [vectors[2].tolist()]
     finally:
         store.discard()
+
+
+def test_refresh_copies_changed_labels(two_backends: dict[str, Collection]) -> None:
+    col = two_backends["milvus"]
+    blue = [h.id for h in col.search(col.vector(1)[None], 50, labels=["blue"])[0]]
+    with col.store.engine.begin() as conn:  # as a relabel does: the database first
+        conn.execute(
+            sa.text("UPDATE images SET labels = :labels WHERE id = :id"), {"labels": '["green"]', "id": blue[0]}
+        )
+    col._index.refresh([blue[0], 10_000])
+    assert [h.id for h in col.search(col.vector(1)[None], 50, labels=["blue"])[0]] == blue[1:]
+    assert blue[0] in [h.id for h in col.search(col.vector(1)[None], 50, labels=["green"])[0]]
+    assert col.ntotal == 36 and col.verify().ok
 
 
 def test_ids_are_read_by_ranges(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
