@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -295,6 +296,17 @@ class MilvusStore:
             "ntotal": self.ntotal,
             "device": "milvus",
         }
+
+    def wait_indexed(self, timeout_s: float = 600.0) -> bool:
+        """Wait until Milvus has indexed every row (it builds segment indexes in the background; searches before
+        that scan unindexed segments). True when done within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            info = self.client.describe_index(self.name, "vector")
+            if str(info.get("state")) == "Finished" and int(info.get("pending_index_rows", 0)) == 0:
+                return True
+            time.sleep(0.5)
+        return False
 
     def _count_rows(self) -> int:
         rows = self.client.query(self.name, filter="", output_fields=["count(*)"])
