@@ -28,6 +28,7 @@ from app.routes import classify, collection, health, images, search
 from app.service import Service
 from app.settings import Settings
 from indexer import Collection
+from indexer.vector_store import BackendConfig
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,10 @@ def open_collection(settings: Settings) -> Collection:
         database_url=settings.database_url.get_secret_value() if settings.database_url else None,
         device=settings.device,
         runtime=settings.runtime,
+        backend_config=BackendConfig(
+            milvus_uri=settings.milvus_uri,
+            milvus_token=settings.milvus_token.get_secret_value() if settings.milvus_token else None,
+        ),
     )
 
 

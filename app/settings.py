@@ -48,6 +48,20 @@ class Settings(BaseSettings):
         ),
         examples=["postgresql+psycopg://msir@127.0.0.1:5432/msir"],
     )
+    milvus_uri: str | None = Field(
+        None,
+        description=(
+            "Collections on the milvus backend: the Milvus URI to use instead of the one recorded in the manifest, "
+            "e.g. http://milvus:19530 when the service reaches Milvus under another host name than the indexer "
+            "did. Unset: the recorded URI (by default the milvus-lite file milvus.db in collection_dir). Ignored "
+            "for faiss collections."
+        ),
+        examples=["http://127.0.0.1:19530"],
+    )
+    milvus_token: SecretStr | None = Field(
+        None,
+        description="Token of the Milvus server (user:password or an API key); never written to the manifest.",
+    )
     api_key: SecretStr | None = Field(
         None,
         description=(

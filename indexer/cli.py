@@ -25,6 +25,7 @@ from indexer.manifest import Manifest
 from indexer.predict import predict
 from indexer.shards import Shard, build_shard
 from indexer.sources import Source, from_dataset, from_files, from_folder
+from indexer.vector_store import BACKENDS, BackendConfig
 from models import CheckpointError, ImageDecodeError, open_image
 from training.logs import debug_requested, quiet_library_loggers
 
@@ -34,7 +35,9 @@ err = Console(stderr=True)
 T = TypeVar("T")
 USER_ERRORS = (CollectionError, CheckpointError, ImageDecodeError, OSError)
 
-Dir = Annotated[Path, typer.Argument(help="Collection folder (manifest.json, index.faiss, metadata.db).")]
+Dir = Annotated[
+    Path, typer.Argument(help="Collection folder (manifest.json, index.faiss or index.milvus.json, metadata.db).")
+]
 Db = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL (default: metadata.db in DIR).")]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 Runtime = Annotated[
@@ -60,6 +63,19 @@ SHARD_HELP = (
     "I/N: index only shard I (0-based) of N of the source, into the --db collection, beside the other shards' "
     "processes (any host); then `rebuild` builds the index once. Default under torchrun: RANK/WORLD_SIZE."
 )
+# Where the vectors live (indexer.vector_store). The URI is recorded in manifest.json; the token never is.
+Backend = Annotated[str | None, typer.Option("--backend", help="faiss (default: files in DIR) | milvus")]
+MilvusUri = Annotated[
+    str | None,
+    typer.Option(
+        "--milvus-uri",
+        help="milvus: http://host:19530 (standalone/cluster) or a milvus-lite FILE.db (default DIR/milvus.db); "
+        "on commands other than build/rebuild it overrides the recorded URI.",
+    ),
+]
+MilvusToken = Annotated[
+    str | None, typer.Option("--milvus-token", envvar="MSIR_MILVUS_TOKEN", help="milvus: token (user:password).")
+]
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -114,6 +130,15 @@ def _source(
     return from_files((files or [])[:limit] if limit else files or [], split=split)
 
 
+def _backend(uri: str | None, token: str | None) -> BackendConfig:
+    return BackendConfig(milvus_uri=uri, milvus_token=token)
+
+
+def _check_backend(backend: str | None) -> None:
+    if backend is not None and backend not in BACKENDS:
+        fail(f"--backend {backend!r} is not one of {list(BACKENDS)}")
+
+
 def _index_options(
     index: str,
     nlist: int | None,
@@ -154,6 +179,9 @@ def build(
     nprobe: NProbe = None,
     hnsw_m: HnswM = None,
     ef_search: EfSearch = None,
+    backend: Backend = None,
+    milvus_uri: MilvusUri = None,
+    milvus_token: MilvusToken = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass / transaction.")] = 256,
     workers: Annotated[int | None, typer.Option(help="Decoding processes (0: in-process).")] = None,
     device: Device = "auto",
@@ -168,6 +196,8 @@ def build(
     """Create a collection (or continue one: items already stored are skipped) and index a source."""
     _setup_logging(verbose)
     options = _index_options(index or "flat", nlist, m, nprobe, hnsw_m, ef_search)
+    _check_backend(backend)
+    config = _backend(milvus_uri, milvus_token)
     log = logging.getLogger(__name__)
 
     def run() -> None:
@@ -184,15 +214,21 @@ def build(
             out.shard_report(console, report, str(part), len(source.items), json_out)
             return
         if Manifest.exists(directory):
-            existing = Manifest.load(directory).index.type
-            if index is not None and index != existing:
-                fail(f"{directory} already uses a {existing} index; `msir-index rebuild --index {index}` changes it")
-            col = Collection.open(directory, checkpoint, db, device, runtime=runtime)
+            spec = Manifest.load(directory).index
+            if index is not None and index != spec.type:
+                fail(f"{directory} already uses a {spec.type} index; `msir-index rebuild --index {index}` changes it")
+            if backend is not None and backend != spec.backend:
+                fail(
+                    f"{directory} uses the {spec.backend} backend; `msir-index rebuild --backend {backend}` changes it"
+                )
+            col = Collection.open(directory, checkpoint, db, device, runtime=runtime, backend_config=config)
             log.info("%s exists: continuing (items already stored are skipped)", directory)
         else:
             if resume:
                 log.info("%s: nothing to resume, starting a new collection", directory)
-            col = Collection.create(directory, checkpoint, db, index or "flat", options, device, runtime)
+            col = Collection.create(
+                directory, checkpoint, db, index or "flat", options, device, runtime, backend or "faiss", config
+            )
         col.save_interval_s = save_every
         with col:
             report = col.add_source(
@@ -221,6 +257,8 @@ def add(
     workers: Annotated[int | None, typer.Option(help="Decoding processes (0: in-process).")] = None,
     device: Device = "auto",
     runtime: Runtime = "torch",
+    milvus_uri: MilvusUri = None,
+    milvus_token: MilvusToken = None,
     json_out: Json = False,
     verbose: Verbose = False,
 ) -> None:
@@ -229,7 +267,9 @@ def add(
 
     def run() -> None:
         source = _source(data, kind, split, folder, manifest, files, None)
-        with Collection.open(directory, checkpoint, db, device, runtime=runtime) as col:
+        with Collection.open(
+            directory, checkpoint, db, device, runtime=runtime, backend_config=_backend(milvus_uri, milvus_token)
+        ) as col:
             n_workers = _default_workers() if workers is None else workers
             report = col.add_source(source, batch_size=batch_size, workers=n_workers, progress=not json_out)
             out.build_report(console, report, col.ntotal, json_out)
@@ -244,6 +284,8 @@ def remove(
     paths: Annotated[list[str] | None, typer.Option("--path", help="Image path or uri (repeatable).")] = None,
     checkpoint: Checkpoint = None,
     db: Db = None,
+    milvus_uri: MilvusUri = None,
+    milvus_token: MilvusToken = None,
     json_out: Json = False,
     verbose: Verbose = False,
 ) -> None:
@@ -253,7 +295,9 @@ def remove(
         fail("give --id and/or --path")
 
     def run() -> None:
-        with Collection.open(directory, checkpoint, db, "cpu") as col:
+        with Collection.open(
+            directory, checkpoint, db, "cpu", backend_config=_backend(milvus_uri, milvus_token)
+        ) as col:
             removed = (col.remove(ids) if ids else 0) + (col.remove_paths(paths) if paths else 0)
             if json_out:
                 console.print_json(json.dumps({"removed": removed, "rows": col.store.count()}))
@@ -272,42 +316,65 @@ def rebuild(
     nprobe: NProbe = None,
     hnsw_m: HnswM = None,
     ef_search: EfSearch = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="Switch to this backend: faiss | milvus.")] = None,
+    milvus_uri: MilvusUri = None,
+    milvus_token: MilvusToken = None,
     checkpoint: Checkpoint = None,
     db: Db = None,
     verbose: Verbose = False,
 ) -> None:
-    """Rebuild the FAISS index from the embeddings stored in the database (no image is decoded).
+    """Rebuild the index (FAISS files or Milvus collection) from the embeddings stored in the database (no image
+    is decoded).
 
     After a sharded build (``build --shard I/N``), a DIR without a manifest gets the collection of --db, with its
     index built once from every shard's rows."""
     _setup_logging(verbose)
+    _check_backend(backend)
 
     def run() -> None:
+        config = _backend(milvus_uri, milvus_token)
         if not Manifest.exists(directory):
             if checkpoint is None or db is None:
                 fail(f"{directory} is not a collection yet: give --checkpoint and --db to build it from the database")
             options = _index_options(index or "flat", nlist, m, nprobe, hnsw_m, ef_search)
-            with Collection.create(directory, checkpoint, db, index or "flat", options, "cpu") as col:
+            kind = index or "flat"
+            with Collection.create(
+                directory, checkpoint, db, kind, options, "cpu", backend=backend or "faiss", backend_config=config
+            ) as col:
                 where = col.store.display_url
                 console.print(f"built the {col.index_type} index of {directory} from {where}: {col.ntotal} vectors")
             return
-        with Collection.open(directory, checkpoint, db, "cpu", strict=False) as col:
-            if index is not None or any(v is not None for v in (nlist, m, nprobe, hnsw_m, ef_search)):
+        with Collection.open(directory, checkpoint, db, "cpu", strict=False, backend_config=config) as col:
+            if (
+                backend is not None
+                or index is not None
+                or any(v is not None for v in (nlist, m, nprobe, hnsw_m, ef_search))
+            ):
                 kind = index or col.manifest.index.type
-                col.set_index_type(kind, _index_options(kind, nlist, m, nprobe, hnsw_m, ef_search))
+                options = _index_options(kind, nlist, m, nprobe, hnsw_m, ef_search)
+                col.set_index_type(kind, options, backend=backend)
             col.rebuild()
-            console.print(f"rebuilt the {col.index_type} index of {directory}: {col.ntotal} vectors")
+            where = col.manifest.index.backend
+            console.print(f"rebuilt the {col.index_type} index ({where}) of {directory}: {col.ntotal} vectors")
 
     guarded(run)
 
 
 @app.command()
-def stats(directory: Dir, checkpoint: Checkpoint = None, db: Db = None, json_out: Json = False) -> None:
+def stats(
+    directory: Dir,
+    checkpoint: Checkpoint = None,
+    db: Db = None,
+    milvus_uri: MilvusUri = None,
+    milvus_token: MilvusToken = None,
+    json_out: Json = False,
+) -> None:
     """Counts per split / label / source, index type and sizes."""
     _setup_logging(False)
 
     def run() -> None:
-        with Collection.open(directory, checkpoint, db, "cpu", strict=False) as col:
+        config = _backend(milvus_uri, milvus_token)
+        with Collection.open(directory, checkpoint, db, "cpu", strict=False, backend_config=config) as col:
             out.stats(console, col.stats(), col.problems, json_out)
 
     guarded(run)
@@ -318,6 +385,8 @@ def verify(
     directory: Dir,
     checkpoint: Checkpoint = None,
     db: Db = None,
+    milvus_uri: MilvusUri = None,
+    milvus_token: MilvusToken = None,
     json_out: Json = False,
     verbose: Verbose = False,
 ) -> None:
@@ -325,7 +394,8 @@ def verify(
     _setup_logging(verbose)
 
     def run() -> bool:
-        with Collection.open(directory, checkpoint, db, "cpu", strict=False) as col:
+        config = _backend(milvus_uri, milvus_token)
+        with Collection.open(directory, checkpoint, db, "cpu", strict=False, backend_config=config) as col:
             report = col.verify()
         out.verify_report(console, directory, report, json_out)
         return report.ok
@@ -345,13 +415,17 @@ def search(
     db: Db = None,
     device: Device = "auto",
     runtime: Runtime = "torch",
+    milvus_uri: MilvusUri = None,
+    milvus_token: MilvusToken = None,
     json_out: Json = False,
 ) -> None:
     """The k images most similar to --image, with its predicted class (classifier head and neighbours' vote)."""
     _setup_logging(False)
 
     def run() -> None:
-        with Collection.open(directory, checkpoint, db, device, runtime=runtime) as col:
+        with Collection.open(
+            directory, checkpoint, db, device, runtime=runtime, backend_config=_backend(milvus_uri, milvus_token)
+        ) as col:
             emb = col.embedder
             query = emb.embed_images([open_image(image, max_pixels=64_000_000)])
             hits = col.search(query.embeddings, k, labels=label, split=split)[0]
@@ -368,6 +442,8 @@ def evaluate(
     ks: Annotated[str, typer.Option(help="Comma-separated K values.")] = "1,5,10",
     checkpoint: Checkpoint = None,
     db: Db = None,
+    milvus_uri: MilvusUri = None,
+    milvus_token: MilvusToken = None,
     json_out: Json = False,
 ) -> None:
     """Retrieval metrics of the collection's stored embeddings (labels from the database)."""
@@ -380,7 +456,9 @@ def evaluate(
             k_values = [int(v) for v in ks.split(",") if v.strip()]
         except ValueError:
             fail(f"--ks {ks!r}: expected comma-separated integers such as 1,5,10")
-        with Collection.open(directory, checkpoint, db, "cpu") as col:
+        with Collection.open(
+            directory, checkpoint, db, "cpu", backend_config=_backend(milvus_uri, milvus_token)
+        ) as col:
             metrics = evaluate_collection(col, query_split, db_split, k_values)
         out.metrics(console, metrics, json_out)
 

@@ -28,14 +28,16 @@ from indexer import uploads
 from indexer.db import default_url, is_default_url, safe_url
 from indexer.embedder import Embedder
 from indexer.errors import CollectionError, ConsistencyError
-from indexer.faiss_index import INDEX_FILE, VECTORS_FILE, VectorIndex, resolve_options
+from indexer.faiss_index import INDEX_FILE, VECTORS_FILE, resolve_options
 from indexer.locks import RWLock, directory_lock
 from indexer.manifest import MANIFEST_FILE, CheckpointRef, IndexSpec, Manifest, now_iso
+from indexer.milvus_store import POINTER_FILE
 from indexer.pipeline import DEFAULT_MAX_PIXELS, BuildReport, run_pipeline
 from indexer.records import AddReport, Hit, ImageRecord, NewImage, VerifyReport
 from indexer.search import Filters, filtered_search
 from indexer.sources import Source, from_new_images
 from indexer.store import MetadataStore
+from indexer.vector_store import BackendConfig, FaissStore, VectorStore, index_spec, load_store, new_store, stale_files
 from models import read_checkpoint_meta
 from models.atomic import remove_stale_temps
 
@@ -53,13 +55,16 @@ class Collection:
         manifest: Manifest,
         store: MetadataStore,
         embedder: Embedder,
-        index: VectorIndex,
+        index: VectorStore,
+        backend_config: BackendConfig | None = None,
     ) -> None:
         self.directory = directory
         self.manifest = manifest
         self.store = store
         self.embedder = embedder
         self._index = index
+        self.backend_config = backend_config or BackendConfig()
+        self._retired: list[VectorStore] = []  # replaced by a rebuild; discarded once the new index is saved
         self._rw = RWLock()
         self._write_mutex = threading.RLock()
         self._dirty = False
@@ -79,11 +84,16 @@ class Collection:
         index_options: dict[str, Any] | None = None,
         device: str = "auto",
         runtime: str = "torch",
+        backend: str = "faiss",
+        backend_config: BackendConfig | None = None,
     ) -> Collection:
+        """``backend``: ``faiss`` (index file in the folder) or ``milvus`` (``backend_config.milvus_uri``, default
+        ``milvus.db`` in the folder); see :mod:`indexer.vector_store`."""
         directory = Path(directory)
         if Manifest.exists(directory):
             raise CollectionError(f"{directory} is already a collection; open it (or `msir-index add`) instead")
         options = resolve_options(index_type, index_options)
+        spec = index_spec(index_type, options, backend, backend_config, directory)
         directory.mkdir(parents=True, exist_ok=True)
         embedder = Embedder(checkpoint, device, runtime)
         url = database_url or default_url(directory)
@@ -110,7 +120,9 @@ class Collection:
                     logger.warning(
                         "database %s already holds collection %s; adopted", store.display_url, info["collection_id"]
                     )
-                index = VectorIndex(index_type, embedder.dim, options, device=cls._index_device(embedder))
+                index = new_store(spec, embedder.dim, directory=directory, collection_id=info["collection_id"],
+                                  records=store.get_many, device=cls._index_device(embedder),
+                                  config=backend_config)  # fmt: skip
                 for ids, vectors in store.iter_embeddings():
                     index.add(ids, vectors, train=False)
                 index.maybe_train()
@@ -120,11 +132,14 @@ class Collection:
                     model_name=embedder.meta.model_name,
                 )
                 database = None if is_default_url(url, directory) else safe_url(url)
-                manifest = Manifest.new(info["collection_id"], ref, embedder.dim, index_type, options, database)
-                col = cls(directory, manifest, store, embedder, index)
+                manifest = Manifest.new(info["collection_id"], ref, embedder.dim, index_type, options, database,
+                                        backend=spec.backend, uri=spec.uri)  # fmt: skip
+                col = cls(directory, manifest, store, embedder, index, backend_config)
                 col.store.data_version = store.read_data_version()
                 col._save()
         except BaseException:
+            if "index" in locals():
+                index.close()
             store.close()
             raise
         logger.info("created collection %s (%s index, db %s)", directory, index_type, store.display_url)
@@ -140,6 +155,7 @@ class Collection:
         *,
         strict: bool = True,
         runtime: str = "torch",
+        backend_config: BackendConfig | None = None,
     ) -> Collection:
         """Open a collection. ``strict=False`` (used by ``verify``/``rebuild``) records consistency problems in
         ``col.problems`` instead of raising :class:`ConsistencyError`. ``runtime``: torch or onnx (the checkpoint's
@@ -168,19 +184,16 @@ class Collection:
             info = store.info()
             problems = cons.identity_problems(manifest, info, embedder, None)
             try:
-                index = VectorIndex.load(
-                    directory,
-                    manifest.index.type,
-                    manifest.embedding_dim,
-                    manifest.index.params,
-                    device=cls._index_device(embedder),
-                )
+                index = load_store(manifest.index, manifest.embedding_dim, directory=directory,
+                                   collection_id=manifest.collection_id, records=store.get_many,
+                                   device=cls._index_device(embedder), config=backend_config)  # fmt: skip
             except CollectionError as error:
                 if strict:
                     raise
                 problems.append(f"index unreadable: {error}")
-                index = VectorIndex(manifest.index.type, manifest.embedding_dim, manifest.index.params)
-            col = cls(directory, manifest, store, embedder, index)
+                # An empty in-memory placeholder (never saved): `rebuild` replaces it with the real backend's.
+                index = FaissStore(manifest.index.type, manifest.embedding_dim, manifest.index.params)
+            col = cls(directory, manifest, store, embedder, index, backend_config)
             col.store.data_version = store.read_data_version()
             if not problems:
                 problems = col._catch_up()
@@ -190,6 +203,8 @@ class Collection:
                     f"{directory}: " + "; ".join(problems) + "; " + cons.REBUILD_HINT.format(dir=directory)
                 )
         except BaseException:
+            if "index" in locals():
+                index.close()
             store.close()
             raise
         return col
@@ -198,7 +213,7 @@ class Collection:
         """Add lagging rows from the database; returns drift problems (not repaired here)."""
         with self._write_lock():
             # Under the lock: a live writer's temp file is never taken for a killed one's.
-            for name in (INDEX_FILE, VECTORS_FILE, MANIFEST_FILE):
+            for name in (INDEX_FILE, VECTORS_FILE, MANIFEST_FILE, POINTER_FILE):
                 remove_stale_temps(self.directory, name)
             diff = cons.diff_ids(self.store.ids(), self._index.ids())
             if diff.drifted:
@@ -219,6 +234,10 @@ class Collection:
     def _index_device(embedder: Embedder) -> str:
         return "cuda" if embedder.device.type == "cuda" else "cpu"
 
+    def _store_device(self) -> str:
+        # FAISS keeps the device its index has (a placeholder after an unreadable index: cpu).
+        return self._index.device if self._index.device in ("cpu", "cuda") else self._index_device(self.embedder)
+
     def close(self) -> None:
         """Save pending index changes and release the database connections."""
         try:
@@ -226,6 +245,8 @@ class Collection:
                 with self._write_lock():
                     self._save()
         finally:
+            for index in (*self._retired, self._index):
+                index.close()
             self.store.close()
 
     def __enter__(self) -> Collection:
@@ -248,6 +269,10 @@ class Collection:
             self.manifest.save(self.directory)
         if self._index.index_type != "ivfpq":  # left over from an ivfpq index this collection switched from
             (self.directory / VECTORS_FILE).unlink(missing_ok=True)
+        for name in stale_files(self._index.backend):  # left over from the backend this collection switched from
+            (self.directory / name).unlink(missing_ok=True)
+        while self._retired:  # the saved files no longer name what a rebuild replaced
+            self._retired.pop().discard()
         self._dirty = False
         self._last_save = time.monotonic()
 
@@ -368,27 +393,33 @@ class Collection:
             "%s: rebuilt the %s index from the %d stored embeddings", self.directory, self.index_type, self.ntotal
         )
 
-    def set_index_type(self, index_type: str, options: dict[str, Any] | None = None) -> None:
-        """Switch index type/options; takes effect at the next :meth:`rebuild` (which saves it)."""
+    def set_index_type(
+        self, index_type: str, options: dict[str, Any] | None = None, *, backend: str | None = None
+    ) -> None:
+        """Switch index type/options (and backend: ``backend_config.milvus_uri`` is recorded for milvus); takes
+        effect at the next :meth:`rebuild` (which saves it)."""
         resolved = resolve_options(index_type, options)
+        if backend is None or backend == self.manifest.index.backend:
+            spec = IndexSpec(type=index_type, params=resolved, backend=self.manifest.index.backend,
+                             uri=self.manifest.index.uri)  # fmt: skip
+        else:
+            spec = index_spec(index_type, resolved, backend, self.backend_config, self.directory)
         with self._write_lock():
-            self.manifest.index = IndexSpec(type=index_type, params=resolved)
+            self.manifest.index = spec
 
-    def _build_from_db(self) -> VectorIndex:
-        fresh = VectorIndex(
-            self.manifest.index.type,
-            self.manifest.embedding_dim,
-            self.manifest.index.params,
-            device=self._index.device,
-        )
+    def _build_from_db(self) -> VectorStore:
+        fresh = new_store(self.manifest.index, self.manifest.embedding_dim, directory=self.directory,
+                          collection_id=self.manifest.collection_id, records=self.store.get_many,
+                          device=self._store_device(), config=self.backend_config)  # fmt: skip
         for ids, vectors in self.store.iter_embeddings():
             fresh.add(ids, vectors, train=False)
         fresh.maybe_train()
         return fresh
 
-    def _swap(self, index: VectorIndex) -> None:
+    def _swap(self, index: VectorStore) -> None:
         with self._rw.write():
-            self._index = index
+            old, self._index = self._index, index
+        self._retired.append(old)
         self._dirty = True
 
     # -- reads --------------------------------------------------------------------------------------------------
@@ -420,10 +451,12 @@ class Collection:
         def search_index(batch: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray, int]:
             with self._rw.read():
                 total = self._index.ntotal
-                scores, ids = self._index.search(batch, min(fetch, max(total, 1)))
+                # Filters are passed down: a backend that applies them (Milvus) needs no over-fetching.
+                scores, ids = self._index.search(batch, min(fetch, max(total, 1)), filters)
             return scores, ids, total
 
-        return filtered_search(search_index, self.store.get_many, q, k, filters)
+        pushdown = self._index.filters_pushed_down
+        return filtered_search(search_index, self.store.get_many, q, k, filters, pushdown=pushdown)
 
     def get(self, id: int) -> ImageRecord | None:
         return self.store.get_many([id]).get(int(id))

@@ -1,4 +1,4 @@
-"""Database <-> FAISS index <-> manifest checks, shared by ``Collection.open`` and ``Collection.verify``.
+"""Database <-> vector store (FAISS or Milvus) <-> manifest checks, shared by ``Collection.open`` / ``verify``.
 
 Vocabulary (also used in messages):
 
@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from indexer.embedder import Embedder
-from indexer.faiss_index import VectorIndex
 from indexer.manifest import Manifest
 
 if TYPE_CHECKING:
     from indexer.store import MetadataStore
+    from indexer.vector_store import VectorStore
 
 REBUILD_HINT = "run `msir-index rebuild {dir}` to rebuild the index from the database"
 SAMPLE = 256
@@ -71,7 +71,7 @@ def drift_problems(diff: IdDiff) -> list[str]:
 
 
 def identity_problems(
-    manifest: Manifest, info: dict[str, Any], embedder: Embedder, index: VectorIndex | None
+    manifest: Manifest, info: dict[str, Any], embedder: Embedder, index: VectorStore | None
 ) -> list[str]:
     """Checkpoint, dimension and pairing (manifest <-> database) disagreements."""
     problems = []
@@ -102,7 +102,7 @@ def identity_problems(
     return problems
 
 
-def deep_problems(store: MetadataStore, index: VectorIndex, manifest: Manifest, saved: bool) -> list[str]:
+def deep_problems(store: MetadataStore, index: VectorStore, manifest: Manifest, saved: bool) -> list[str]:
     """The slower checks of ``verify``: stored embeddings, duplicates, ivfpq parts, a sample of vectors."""
     problems = []
     found = store.problems(manifest.embedding_dim)

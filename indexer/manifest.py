@@ -39,6 +39,10 @@ class IndexSpec(BaseModel):
     type: str
     params: dict[str, Any]
     file: str = "index.faiss"
+    # Where the vectors live (indexer.vector_store): "faiss" (the file above) or "milvus" (a Milvus collection
+    # named by index.milvus.json). uri: the Milvus URI without credentials; None = milvus.db in the folder.
+    backend: str = "faiss"
+    uri: str | None = None
 
 
 class Manifest(BaseModel):
@@ -65,13 +69,16 @@ class Manifest(BaseModel):
         index_type: str,
         params: dict[str, Any],
         database: str | None,
+        *,
+        backend: str = "faiss",
+        uri: str | None = None,
     ) -> Manifest:
         now = now_iso()
         return cls(
             collection_id=collection_id,
             checkpoint=checkpoint,
             embedding_dim=embedding_dim,
-            index=IndexSpec(type=index_type, params=params),
+            index=IndexSpec(type=index_type, params=params, backend=backend, uri=uri),
             row_count=0,
             database=database,
             created_at=now,

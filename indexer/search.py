@@ -1,10 +1,11 @@
-"""Filtered k-NN over the FAISS index: over-fetch, filter on database rows, grow until k hits or exhausted.
+"""Filtered k-NN over the vector store: over-fetch, filter on database rows, grow until k hits or exhausted.
 
 Filters (labels, split, excluded ids / sha256) live in the database, not in FAISS, so a search asks the index for
 more candidates than needed (``4k`` plus the excluded count), drops the rows that do not pass, and asks again
 with four times as many until every query has ``k`` hits or the whole index has been ranked. Candidates whose row
-has just been deleted by a concurrent write are dropped the same way. One mechanism for every index type (an
-``IDSelector`` would only help the flat index, and only for id exclusions).
+has just been deleted by a concurrent write are dropped the same way. One mechanism for every FAISS index type
+(an ``IDSelector`` would only help the flat index, and only for id exclusions). A store that applies the filters
+itself (Milvus: scalar filters, ``pushdown``) is asked for exactly k; the rows are still read and checked here.
 """
 
 from __future__ import annotations
@@ -42,9 +43,12 @@ class Filters:
 
 
 def filtered_search(
-    search: SearchFn, get_many: GetMany, queries: np.ndarray, k: int, filters: Filters
+    search: SearchFn, get_many: GetMany, queries: np.ndarray, k: int, filters: Filters, *, pushdown: bool = False
 ) -> list[list[Hit]]:
-    fetch = k * 4 + len(filters.exclude_ids) + len(filters.exclude_sha256) if filters.active else k
+    """``pushdown``: ``search`` applies the filters itself (Milvus scalar filters), so it is asked for k and returns
+    fewer only when fewer rows pass; it is asked again for more only for rows deleted by a concurrent write."""
+    over_fetch = filters.active and not pushdown
+    fetch = k * 4 + len(filters.exclude_ids) + len(filters.exclude_sha256) if over_fetch else k
     results: list[list[Hit]] = [[] for _ in range(len(queries))]
     pending = list(range(len(queries)))
     while pending:
@@ -57,7 +61,8 @@ def filtered_search(
                 for s, i in zip(scores[row], ids[row], strict=True)
                 if i >= 0 and int(i) in records and filters.keep(records[int(i)])
             ]
-            if len(hits) >= k or fetch >= total:
+            exhausted = fetch >= total or (pushdown and int((ids[row] >= 0).sum()) < fetch)
+            if len(hits) >= k or exhausted:
                 results[qi] = hits[:k]
             else:
                 still.append(qi)

@@ -17,7 +17,7 @@ import os
 
 __all__ = ["NOISY_LOGGERS", "debug_requested", "quiet_library_loggers"]
 
-NOISY_LOGGERS = ("alembic", "faiss.loader")
+NOISY_LOGGERS = ("alembic", "faiss.loader", "milvus_lite")
 
 
 def debug_requested(flag: bool = False) -> bool:

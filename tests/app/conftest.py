@@ -63,13 +63,38 @@ def sqlite_template(
     return directory
 
 
+@pytest.fixture(scope="session")
+def milvus_template(
+    tmp_path_factory: pytest.TempPathFactory, checkpoint: Path, image_files: dict[str, list[Path]]
+) -> Path:
+    """The same collection on the milvus backend (milvus-lite: milvus.db in the folder, released once built)."""
+    directory = tmp_path_factory.mktemp("template-milvus") / "collection"
+    build_collection(directory, checkpoint, image_files, None, backend="milvus")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def index_backend() -> str:
+    """faiss by default; modules whose tests run on both backends override it with a parametrised fixture."""
+    return "faiss"
+
+
+def _template(request: pytest.FixtureRequest, backend: str) -> Path:
+    path: Path = request.getfixturevalue("milvus_template" if backend == "milvus" else "sqlite_template")
+    return path
+
+
 @pytest.fixture
 def sqlite_collection(
-    tmp_path: Path, sqlite_template: Path, checkpoint: Path, image_files: dict[str, list[Path]]
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    index_backend: str,
+    checkpoint: Path,
+    image_files: dict[str, list[Path]],
 ) -> Fixture:
-    """A private copy of the template (tests may write to it)."""
+    """A private copy of the template (tests may write to it), on the module's index backend."""
     directory = tmp_path / "collection"
-    shutil.copytree(sqlite_template, directory)
+    shutil.copytree(_template(request, index_backend), directory)
     return Fixture(directory, checkpoint, None, image_files)
 
 
@@ -105,9 +130,15 @@ def postgres_collection(
         drop_database(postgres_url, name)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def any_collection(request: pytest.FixtureRequest) -> Fixture:
-    """Both metadata backends."""
+@pytest.fixture(params=["sqlite", "sqlite-milvus", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_collection(
+    request: pytest.FixtureRequest, tmp_path: Path, checkpoint: Path, image_files: dict[str, list[Path]]
+) -> Fixture:
+    """Both metadata databases, and the milvus index backend (SQLite metadata, milvus-lite vectors)."""
+    if request.param == "sqlite-milvus":
+        directory = tmp_path / "collection"
+        shutil.copytree(_template(request, "milvus"), directory)
+        return Fixture(directory, checkpoint, None, image_files)
     name = "sqlite_collection" if request.param == "sqlite" else "postgres_collection"
     fixture: Fixture = request.getfixturevalue(name)
     return fixture
@@ -115,14 +146,15 @@ def any_collection(request: pytest.FixtureRequest) -> Fixture:
 
 @pytest.fixture(scope="module")
 def shared_collection(
+    request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
-    sqlite_template: Path,
+    index_backend: str,
     checkpoint: Path,
     image_files: dict[str, list[Path]],
 ) -> Fixture:
-    """One copy per module for tests that only read (opening a collection per test adds up)."""
+    """One copy per module (and backend) for tests that only read (opening a collection per test adds up)."""
     directory = tmp_path_factory.mktemp("shared") / "collection"
-    shutil.copytree(sqlite_template, directory)
+    shutil.copytree(_template(request, index_backend), directory)
     return Fixture(directory, checkpoint, None, image_files)
 
 

@@ -23,6 +23,8 @@ from indexer import Collection, NewImage
 CLASSES = ["red", "green", "blue"]
 PER_CLASS = 12
 API_KEY = "test-key-0123456789"
+# Index backends of the service tests: modules that run on both override the ``index_backend`` fixture.
+BACKENDS = ["faiss", "milvus"]
 REPO = Path(__file__).resolve().parents[2]
 AUTH = {"X-API-Key": API_KEY}
 
@@ -70,13 +72,15 @@ class Fixture:
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
-def build_collection(directory: Path, checkpoint: Path, files: dict[str, list[Path]], url: str | None) -> None:
+def build_collection(
+    directory: Path, checkpoint: Path, files: dict[str, list[Path]], url: str | None, backend: str = "faiss"
+) -> None:
     items = [
         NewImage(path=p, labels=[name], split="train" if i < PER_CLASS - 3 else "test", source="fixture")
         for name, paths in files.items()
         for i, p in enumerate(paths)
     ]
-    with Collection.create(directory, checkpoint, database_url=url, device="cpu") as col:
+    with Collection.create(directory, checkpoint, database_url=url, device="cpu", backend=backend) as col:
         report = col.add_images(items)
         assert len(report.added) == len(items), report
 

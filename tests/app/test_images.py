@@ -13,7 +13,13 @@ from PIL import Image
 
 from app.main import create_app
 from indexer import Collection
-from tests.app.helpers import AUTH, CLASSES, PER_CLASS, Fixture, class_image, png_bytes
+from tests.app.helpers import AUTH, BACKENDS, CLASSES, PER_CLASS, Fixture, class_image, png_bytes
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def index_backend(request: pytest.FixtureRequest) -> str:
+    """This module's tests run on both index backends (FAISS files; Milvus through milvus-lite)."""
+    return str(request.param)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -11,7 +12,13 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from indexer import Collection
-from tests.app.helpers import CLASSES, PER_CLASS, Fixture, class_image, png_bytes
+from tests.app.helpers import BACKENDS, CLASSES, PER_CLASS, Fixture, class_image, png_bytes
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def index_backend(request: pytest.FixtureRequest) -> str:
+    """This module's tests run on both index backends (FAISS files; Milvus through milvus-lite)."""
+    return str(request.param)
 
 
 def search(client: TestClient, data: bytes, **form: object) -> dict:
@@ -201,3 +208,14 @@ def test_cors_only_for_configured_origins(make_client) -> None:  # type: ignore[
     assert r.headers["access-control-allow-origin"] == "https://ui.example"
     r = client.options("/v1/search", headers={**preflight, "Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in r.headers
+
+
+def test_the_collection_is_served_from_the_backend_asked_for(
+    client: TestClient, shared_collection: Fixture, index_backend: str
+) -> None:
+    """Guards the parametrisation: the milvus run really serves a Milvus collection (no FAISS file)."""
+    manifest = json.loads((shared_collection.directory / "manifest.json").read_text())
+    assert manifest["index"]["backend"] == index_backend
+    assert (shared_collection.directory / "index.faiss").exists() == (index_backend == "faiss")
+    assert (shared_collection.directory / "index.milvus.json").exists() == (index_backend == "milvus")
+    assert client.get("/v1/collection").json()["size"] == len(CLASSES) * PER_CLASS

@@ -8,6 +8,7 @@ MSIR_MAX_K=20, 1 MB body limit); the last one shuts it down with SIGTERM while a
 from __future__ import annotations
 
 import asyncio
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -186,3 +187,31 @@ def test_invalid_settings_fail_fast(sqlite_collection: Fixture, tmp_path: Path) 
 def test_missing_collection_fails_at_startup(sqlite_collection: Fixture, tmp_path: Path) -> None:
     with pytest.raises(AssertionError, match="exited with 3"):
         start_server(sqlite_collection, tmp_path, MSIR_COLLECTION_DIR=str(tmp_path / "nothing-here"))
+
+
+def test_milvus_backed_server(
+    milvus_template: Path, checkpoint: Path, image_files: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    """The service on a Milvus collection, in its own process: MSIR_MILVUS_URI names the milvus-lite file (which
+    this test process released when it built the template, so the server can take its lock)."""
+    directory = tmp_path / "collection"
+    shutil.copytree(milvus_template, directory)
+    moved = tmp_path / "vectors.db"
+    (directory / "milvus.db").rename(moved)  # only the override finds it now
+    fixture = Fixture(directory, checkpoint, None, image_files)
+    # pymilvus adds seconds to the start-up (its imports), more on a busy shared machine.
+    live = start_server(fixture, tmp_path, timeout_s=180, MSIR_MILVUS_URI=str(moved))
+    try:
+        with httpx.Client(base_url=live.url, timeout=30) as client:
+            exercise(client)
+            form = {"k": "4", "label": "blue"}
+            r = client.post("/v1/search", files={"image": ("q.png", QUERY, "image/png")}, data=form)
+            assert r.status_code == 200 and [n["labels"] for n in r.json()["neighbours"]] == [["blue"]] * 4
+            assert client.delete("/v1/images/1", headers=AUTH).status_code == 204
+            neighbours = client.get("/v1/images/2/neighbours", params={"k": 50}).json()["neighbours"]
+            assert 1 not in [n["id"] for n in neighbours]
+            size = client.get("/v1/collection").json()["size"]
+    finally:
+        stop_server(live)
+    assert size == 36  # 36 built, one added by exercise(), one deleted
+    assert not (directory / "index.faiss").exists() and (directory / "index.milvus.json").exists()

@@ -19,6 +19,7 @@ from PIL import Image
 
 import models
 from models import PreprocessSpec
+from tests.indexer.backends import BACKENDS
 
 CLASSES = ["red", "green", "blue"]
 
@@ -85,6 +86,12 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def other_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("ckpt2") / "other", seed=1)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The index backend: ``faiss`` (files in the folder) or ``milvus`` (milvus-lite: ``milvus.db`` in the folder)."""
+    return str(request.param)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -7,15 +7,13 @@ import hashlib
 import shutil
 from pathlib import Path
 
-import faiss
-import numpy as np
 import pytest
 import sqlalchemy as sa
 
 from indexer import Collection, CollectionError, ConsistencyError, NewImage
-from indexer.faiss_index import INDEX_FILE
 from indexer.sources import from_dataset, from_folder
 from tests.fixtures_formats import write_not_an_image, write_truncated_jpeg
+from tests.indexer.backends import drop_saved_vectors
 from tests.indexer.conftest import CLASSES, write_images, write_labelled_folder
 
 
@@ -23,14 +21,18 @@ def _engine(col: Collection) -> sa.Engine:
     return col.store.engine
 
 
-@pytest.mark.parametrize("index_type", ["flat", "hnsw", "ivfpq"])
+@pytest.mark.parametrize(
+    ("backend", "index_type"),
+    # milvus-lite builds FLAT and HNSW indexes (no IVF_PQ: test_milvus_store checks the refusal).
+    [("faiss", "flat"), ("faiss", "hnsw"), ("faiss", "ivfpq"), ("milvus", "flat"), ("milvus", "hnsw")],
+)
 def test_build_add_dedup_remove_rebuild(
-    tmp_path: Path, checkpoint: Path, database_url: str | None, index_type: str
+    tmp_path: Path, checkpoint: Path, database_url: str | None, backend: str, index_type: str
 ) -> None:
     images = write_images(tmp_path / "imgs", 40)
     shutil.copy(images[0], tmp_path / "imgs" / "copy_of_0.png")  # same bytes, other name
     options = {"train_size": 30, "m": 8, "nbits": 4} if index_type == "ivfpq" else None
-    col = Collection.create(tmp_path / "col", checkpoint, database_url, index_type, options, device="cpu")
+    col = Collection.create(tmp_path / "col", checkpoint, database_url, index_type, options, "cpu", backend=backend)
     with col:
         report = col.add_source(from_folder(tmp_path / "imgs"), batch_size=8)
         assert len(report.added) == 40
@@ -75,9 +77,9 @@ def test_build_add_dedup_remove_rebuild(
         assert col.verify().ok
 
 
-def test_filters_and_dataset_labels(tmp_path: Path, checkpoint: Path, database_url: str | None) -> None:
+def test_filters_and_dataset_labels(tmp_path: Path, checkpoint: Path, database_url: str | None, backend: str) -> None:
     root = write_labelled_folder(tmp_path / "data", 6)
-    with Collection.create(tmp_path / "col", checkpoint, database_url, device="cpu") as col:
+    with Collection.create(tmp_path / "col", checkpoint, database_url, device="cpu", backend=backend) as col:
         report = col.add_source(from_dataset(root, "imagefolder"), batch_size=16)
         assert len(report.added) == 36
         query = col.vector(report.added[0])[None]
@@ -109,15 +111,15 @@ def test_corrupt_files_are_skipped_and_reported(tmp_path: Path, checkpoint: Path
         assert col.verify().ok
 
 
-def test_verify_finds_orphan_and_missing_rows(tmp_path: Path, checkpoint: Path, database_url: str | None) -> None:
+def test_verify_finds_orphan_and_missing_rows(
+    tmp_path: Path, checkpoint: Path, database_url: str | None, backend: str
+) -> None:
     write_images(tmp_path / "imgs", 12)
     directory = tmp_path / "col"
-    with Collection.create(directory, checkpoint, database_url, device="cpu") as col:
+    with Collection.create(directory, checkpoint, database_url, device="cpu", backend=backend) as col:
         ids = col.add_source(from_folder(tmp_path / "imgs")).added
     # Orphan row: a vector vanishes from the saved index (a row in the middle, so it is not "lagging").
-    index = faiss.read_index(str(directory / INDEX_FILE))
-    index.remove_ids(np.asarray([ids[3]], dtype=np.int64))
-    faiss.write_index(index, str(directory / INDEX_FILE))
+    drop_saved_vectors(directory, [ids[3]])
     with pytest.raises(ConsistencyError, match=r"orphan rows.*msir-index rebuild"):
         Collection.open(directory, database_url=database_url, device="cpu")
     with Collection.open(directory, database_url=database_url, device="cpu", strict=False) as col:
@@ -136,30 +138,29 @@ def test_verify_finds_orphan_and_missing_rows(tmp_path: Path, checkpoint: Path, 
 
 
 def test_foreign_checkpoint_and_wrong_database_refused(
-    tmp_path: Path, checkpoint: Path, other_checkpoint: Path
+    tmp_path: Path, checkpoint: Path, other_checkpoint: Path, backend: str
 ) -> None:
     write_images(tmp_path / "imgs", 4)
-    with Collection.create(tmp_path / "col", checkpoint, device="cpu") as col:
+    with Collection.create(tmp_path / "col", checkpoint, device="cpu", backend=backend) as col:
         col.add_source(from_folder(tmp_path / "imgs"))
     with pytest.raises(ConsistencyError, match="checkpoint mismatch"):
         Collection.open(tmp_path / "col", other_checkpoint, device="cpu")
     with pytest.raises(CollectionError, match="already a collection"):
         Collection.create(tmp_path / "col", checkpoint, device="cpu")
     # A second collection's database paired with the first folder.
-    with Collection.create(tmp_path / "col2", checkpoint, device="cpu"):
+    with Collection.create(tmp_path / "col2", checkpoint, device="cpu", backend=backend):
         pass
     with pytest.raises(ConsistencyError, match="database mismatch"):
         Collection.open(tmp_path / "col", database_url=f"sqlite:///{tmp_path / 'col2' / 'metadata.db'}")
 
 
-def test_lagging_index_is_caught_up_from_the_database(tmp_path: Path, checkpoint: Path) -> None:
+def test_lagging_index_is_caught_up_from_the_database(tmp_path: Path, checkpoint: Path, backend: str) -> None:
     write_images(tmp_path / "imgs", 10)
     directory = tmp_path / "col"
-    with Collection.create(directory, checkpoint, device="cpu") as col:
-        empty_index = (directory / INDEX_FILE).read_bytes()
-        col.add_source(from_folder(tmp_path / "imgs"))
-    # As after a kill between two index saves: rows in the database, index file from before.
-    (directory / INDEX_FILE).write_bytes(empty_index)
+    with Collection.create(directory, checkpoint, device="cpu", backend=backend) as col:
+        ids = col.add_source(from_folder(tmp_path / "imgs")).added
+    # As after a kill between two index saves: rows in the database, the newest ones not in the index yet.
+    drop_saved_vectors(directory, ids[6:])
     with Collection.open(directory, device="cpu") as col:
         assert col.ntotal == 10 and col.verify().ok
 
@@ -195,12 +196,12 @@ def test_uploads_not_indexed_or_deleted_leave_no_file_behind(tmp_path: Path, che
         assert col.verify().ok
 
 
-def test_two_writers_on_one_collection_stay_consistent(tmp_path: Path, checkpoint: Path) -> None:
+def test_two_writers_on_one_collection_stay_consistent(tmp_path: Path, checkpoint: Path, backend: str) -> None:
     """Another process (here: another Collection object) changed the database: the index resyncs before a write."""
     write_images(tmp_path / "a", 5, seed=1, prefix="a")
     write_images(tmp_path / "b", 5, seed=2, prefix="b")
     directory = tmp_path / "col"
-    with Collection.create(directory, checkpoint, device="cpu"):
+    with Collection.create(directory, checkpoint, device="cpu", backend=backend):
         pass
     first = Collection.open(directory, device="cpu")
     second = Collection.open(directory, device="cpu")
