@@ -188,6 +188,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "WHEELS": WHEELS,
         "POSTGRES_IMAGE": POSTGRES_IMAGE,
     }
+    for step in ("base_image_s", "wheelhouse_s"):  # measured by docker/offline/test-deploy.sh before pytest
+        if os.environ.get(f"DEPLOY_{step.upper()}"):
+            run.timings[step] = float(os.environ[f"DEPLOY_{step.upper()}"])
     run.env_file.write_text("".join(f"{k}={v}\n" for k, v in lines.items() if v))
     run.env_file.chmod(0o600)
     try:

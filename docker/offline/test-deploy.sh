@@ -38,11 +38,13 @@ if [ "${MSIR_DEPLOY_ONLINE:-}" = 1 ]; then
 else
   t=$(date +%s)
   DEPLOY_BASE_IMAGE="$(docker/offline/base_image.sh | tail -n 1)"
-  echo "base image: $(($(date +%s) - t)) s"
+  DEPLOY_BASE_IMAGE_S=$(($(date +%s) - t))
   t=$(date +%s)
   docker/offline/wheelhouse.sh
-  echo "wheelhouse: $(($(date +%s) - t)) s"
-  export DEPLOY_BASE_IMAGE DEPLOY_WHEELS=1 DEPLOY_POSTGRES_IMAGE="${DEPLOY_POSTGRES_IMAGE:-msir-postgres:15}"
+  DEPLOY_WHEELHOUSE_S=$(($(date +%s) - t))
+  echo "base image: $DEPLOY_BASE_IMAGE_S s, wheelhouse: $DEPLOY_WHEELHOUSE_S s"
+  export DEPLOY_BASE_IMAGE DEPLOY_BASE_IMAGE_S DEPLOY_WHEELHOUSE_S DEPLOY_WHEELS=1 \
+    DEPLOY_POSTGRES_IMAGE="${DEPLOY_POSTGRES_IMAGE:-msir-postgres:15}"
 fi
 export DEPLOY_TIMINGS="${DEPLOY_TIMINGS:-$MSIR_DEPLOY_CACHE/last-run.json}"
 
