@@ -207,7 +207,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             )
         run.timings["build_postgres_s"] = round(time.monotonic() - start, 1)
         start = time.monotonic()
-        run.compose("build", "api", timeout=1500)
+        run.compose("build", timeout=1500)  # msir:cpu, for api and indexer (api-gpu's profile is off)
         run.timings["build_msir_s"] = round(time.monotonic() - start, 1)
         run.timings["image_bytes"] = {"msir:cpu": image_size("msir:cpu")}
         if POSTGRES_IMAGE:
@@ -222,12 +222,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             Path(out).write_text(json.dumps(run.timings, indent=2) + "\n")
 
 
+def down(run: Stack, check: bool = True) -> None:
+    run.compose("down", "--volumes", "--remove-orphans", timeout=300, check=check)
+
+
 def teardown(run: Stack) -> None:
+    """Whatever a failed test left: the replica by name, then the project."""
     if run.replica:
-        subprocess.run(["docker", "rm", "-f", run.replica], capture_output=True, timeout=120, check=False)
-    run.compose(
-        "--profile", "index", "down", "--volumes", "--remove-orphans", "--timeout", "20", timeout=300, check=False
-    )
+        subprocess.run(["docker", "rm", "-f", "-v", run.replica], capture_output=True, timeout=120, check=False)
+    down(run, check=False)
 
 
 def test_1_index_into_postgres_and_serve(stack: Stack) -> None:
@@ -330,8 +333,9 @@ def test_3_postgres_restart_answers_503_then_200_without_api_restart(stack: Stac
 
 def test_4_two_replicas_share_the_database(stack: Stack) -> None:
     port = _free_port()
-    stack.replica = f"{stack.project}_api_replica"
-    stack.compose("run", "-d", "--no-deps", "--name", stack.replica, "-p", f"127.0.0.1:{port}:8000", "api")
+    started = stack.compose("run", "-d", "--no-deps", "-p", f"127.0.0.1:{port}:8000", "api")
+    stack.replica = started.stdout.split()[-1]  # `run -d` prints the container's name
+    assert inspect(stack.replica, "{{.State.Running}}") == "true"
     second = f"http://127.0.0.1:{port}"
     wait_for("replica /readyz", lambda: ready(second), 300)
     query = sorted((IMAGES / "horse").iterdir())[0].read_bytes()
@@ -383,7 +387,7 @@ def test_5_non_root_and_no_password_no_start(stack: Stack, tmp_path: Path) -> No
 
 def test_6_teardown_leaves_nothing(stack: Stack) -> None:
     start = time.monotonic()
-    teardown(stack)
+    down(stack)  # README's command: also removes the one-off replica container
     stack.timings["down_s"] = round(time.monotonic() - start, 1)
     assert stack.owned("ps -a") == []
     assert stack.owned("network ls") == []
