@@ -10,11 +10,12 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.msir-installed
 export MSIR_TEST_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 
-.PHONY: install test lint format demo browser clean-demo help
+.PHONY: install test test-deploy lint format demo browser clean-demo help
 
 help:
 	@echo "make demo   - build the demo collection and serve the web UI on http://127.0.0.1:8000"
 	@echo "make test   - lint + the whole test suite (CPU)"
+	@echo "make test-deploy - build the Docker images and run the docker-compose deployment (Docker; root installs it)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,8 +53,12 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# The deploy test (marker docker) needs a Docker engine and builds images: `make test-deploy` runs it.
 test: install browser lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -m "not docker"
+
+test-deploy: install
+	docker/offline/test-deploy.sh
 
 demo: install
 	$(PY) -m app.demo $(if $(DATA),--data "$(DATA)",)

