@@ -22,6 +22,7 @@ from app.settings import Settings
 from training.logs import quiet_library_loggers
 
 logger = logging.getLogger("app.cli")
+WORKER_HEALTHCHECK_S = 60
 
 OVERRIDES = {
     "collection_dir": "MSIR_COLLECTION_DIR",
@@ -84,7 +85,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     target: object
     if settings.workers > 1:
         # Several processes need an import string; each builds its app from the same environment.
-        target, common = "app.main:create_app", {**common, "factory": True, "workers": settings.workers}
+        # uvicorn kills a worker that does not answer its health check within timeout_worker_healthcheck (5 s by
+        # default) and starts another: a worker importing torch and loading its index on a busy machine takes longer,
+        # and was seen restarted dozens of times before any served. 60 s still replaces a hung worker.
+        multi = {"factory": True, "workers": settings.workers, "timeout_worker_healthcheck": WORKER_HEALTHCHECK_S}
+        target, common = "app.main:create_app", {**common, **multi}
     else:
         from app.main import create_app
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class ErrorDetail(BaseModel):
@@ -209,6 +209,52 @@ class AddImagesResponse(BaseModel):
     failures: list[FailedImage]
 
 
+def _check_label(value: str) -> str:
+    text = value.strip()
+    if not text or "|" in text or len(text) > 200:
+        raise ValueError(f"label {value!r}: expected 1-200 characters without '|' (which separates labels)")
+    return text
+
+
+class ImageEdit(BaseModel):
+    """A change to a stored image's labels and/or metadata (its embedding is untouched)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"labels": ["ship"], "metadata": {"reviewed": True}}]},
+    )
+
+    labels: list[str] | None = Field(None, description="Replace the image's labels with these.")
+    add_labels: list[str] = Field(default_factory=list, description="Labels to add (kept once).")
+    remove_labels: list[str] = Field(default_factory=list, description="Labels to remove.")
+    metadata: dict[str, Any] | None = Field(None, description="Metadata keys to set (merged into the stored object).")
+    replace_metadata: bool = Field(False, description="Replace the stored metadata object instead of merging.")
+
+    @field_validator("labels", "add_labels", "remove_labels")
+    @classmethod
+    def _labels(cls, values: list[str] | None) -> list[str] | None:
+        return None if values is None else list(dict.fromkeys(_check_label(v) for v in values))
+
+    @model_validator(mode="after")
+    def _something(self) -> ImageEdit:
+        if self.labels is None and not self.add_labels and not self.remove_labels and self.metadata is None:
+            raise ValueError("nothing to change: give labels, add_labels, remove_labels and/or metadata")
+        return self
+
+
+class SyncState(BaseModel):
+    """Where this server's index copy stands in the collection's change feed."""
+
+    generation: int = Field(description="Index generation (a rebuild by any process starts a new one).")
+    seq: int = Field(description="Change-feed position the served index reflects.")
+    head: int = Field(description="Newest change in the database at the last check.")
+    lag: int = Field(description="Changes committed but not yet applied here (head - seq).")
+    following: bool = Field(description="Whether this server follows the feed (MSIR_SYNC_INTERVAL_MS > 0).")
+    interval_ms: int = Field(description="Check interval: the staleness bound of searches.")
+    last_check_age_s: float | None = Field(None, description="Seconds since the last successful check.")
+    error: str | None = Field(None, description="Why the last check failed, when it did.")
+
+
 class CollectionInfo(BaseModel):
     model_config = ConfigDict(
         protected_namespaces=(),
@@ -231,10 +277,15 @@ class CollectionInfo(BaseModel):
 
     model: str
     checkpoint_sha256: str = Field(description="sha256 of the checkpoint weights.")
-    classes: list[str]
+    classes: list[str] = Field(description="The checkpoint's classes: what predictions (the classifier head) name.")
+    label_names: list[str] = Field(
+        default_factory=list,
+        description="The collection's labels (every label stored on an image): what filters and the kNN vote use.",
+    )
     multi_label: bool
     embedding_dim: int
     index_type: str
+    sync: SyncState | None = Field(None, description="Generation, feed position and lag of the served index.")
     size: int = Field(description="Images in the collection.")
     image_size: list[int]
     splits: dict[str, int] = Field(default_factory=dict, description="Images per split, when known.")
@@ -254,3 +305,4 @@ class Readiness(BaseModel):
     checks: dict[str, str] = Field(
         examples=[{"model": "ok", "index": "ok (50000 vectors)", "database": "ok"}],
     )
+    sync: SyncState | None = None

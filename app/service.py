@@ -26,18 +26,21 @@ from fastapi import UploadFile
 from app.batching import DirectEmbedder, MicroBatcher
 from app.errors import ApiError
 from app.metrics import Metrics
-from app.schemas import ClassScore, CollectionInfo, ImageInfo, KnnPrediction, Neighbour
+from app.schemas import ClassScore, CollectionInfo, ImageInfo, KnnPrediction, Neighbour, SyncState
 from app.settings import Settings
 from app.sqltiming import SqlTimer
 from app.thumbnails import ThumbnailCache
 from indexer import Collection, Hit, ImageRecord
 from indexer.predict import knn_vote
+from indexer.store import UNLABELLED
 from models import ImageDecodeError, ImageTooLargeError, PreprocessSpec, UnsupportedImageError, open_image, to_uint8
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-# /v1/collection counts labels over every row: cache them briefly (writes reset the cache).
+# /v1/collection counts labels over every row (a scan): cached, recomputed when the feed position moved (at most once
+# per STATS_MIN_AGE_S, so a stream of writes elsewhere does not turn every request into a scan) or after STATS_TTL_S.
 STATS_TTL_S = 30.0
+STATS_MIN_AGE_S = 1.0
 
 
 @dataclass
@@ -122,7 +125,7 @@ class Service:
             if settings.batching_enabled
             else DirectEmbedder(fn, self.limiter, metrics.observe_batch, self._search_batch)
         )
-        self._stats: tuple[float, dict[str, Any]] | None = None
+        self._stats: tuple[float, tuple[int, int], dict[str, Any]] | None = None
         self.db_timer = SqlTimer(collection.store.engine)
         self.thumbnails = ThumbnailCache(
             settings.resolved_thumbnail_dir(), settings.thumbnail_size, settings.max_pixels
@@ -134,8 +137,11 @@ class Service:
 
     async def start(self) -> None:
         await self.model.start()
+        # Other processes' writes (msir-index, other workers, replicas) reach this index within the interval.
+        self.collection.start_following(self.settings.sync_interval_ms / 1000.0)
 
     async def stop(self) -> None:
+        await self.blocking(self.collection.stop_following)
         await self.model.stop()
         self.db_timer.close()
 
@@ -357,43 +363,68 @@ class Service:
     def index_size(self) -> int:
         return int(self.collection.ntotal)
 
-    async def collection_info(self) -> CollectionInfo:
+    def _position(self) -> tuple[int, int]:
+        return self.collection.generation, self.collection.seq
+
+    async def stats(self, *, min_age_s: float = STATS_MIN_AGE_S) -> dict[str, Any]:
+        """Collection statistics, recomputed when the feed position moved (a write here or elsewhere) and they are
+        older than ``min_age_s``, or after STATS_TTL_S."""
         now = time.monotonic()
-        if self._stats is None or now - self._stats[0] > STATS_TTL_S:
-            self._stats = (now, await self.blocking(self.collection.stats))
-        stats = self._stats[1]
+        cached = self._stats
+        moved = cached is not None and cached[1] != self._position() and now - cached[0] >= min_age_s
+        if cached is None or moved or now - cached[0] > STATS_TTL_S:
+            position = self._position()
+            cached = (now, position, await self.blocking(self.collection.stats))
+            self._stats = cached
+        return cached[2]
+
+    def sync_state(self, head: int | None = None) -> SyncState:
+        return SyncState(**self.collection.sync_state(head), interval_ms=self.settings.sync_interval_ms)
+
+    async def collection_info(self) -> CollectionInfo:
+        stats = await self.stats()
         meta = self.collection.embedder.meta
+        labels = dict(stats.get("labels", {}))
         return CollectionInfo(
             model=meta.model_name,
             checkpoint_sha256=meta.weights_sha256,
             classes=self.class_names,
+            label_names=sorted(set(labels) - {UNLABELLED}),
             multi_label=self.multi_label,
             embedding_dim=int(meta.embedding_dim),
             index_type=str(self.collection.index_type),
             size=int(stats.get("rows", self.index_size())),
             image_size=list(self.spec.image_size),
             splits=dict(stats.get("splits", {})),
-            labels=dict(stats.get("labels", {})),
+            labels=labels,
             max_k=self.settings.max_k,
             default_k=self.settings.default_k,
             max_upload_bytes=self.settings.max_upload_bytes,
             writes_enabled=self.settings.api_key is not None,
+            sync=self.sync_state(),
         )
 
     def forget_stats(self) -> None:
         self._stats = None
 
-    def check_labels(self, values: list[str] | None, field_name: str = "label") -> list[str] | None:
-        """Class names from repeated and/or ``|``-separated values; 422 naming any unknown one."""
+    async def check_labels(self, values: list[str] | None, field_name: str = "label") -> list[str] | None:
+        """Filter labels from repeated and/or ``|``-separated values: any label stored in the collection; 422
+        naming the known ones for a label no image carries."""
         if not values:
             return None
         labels = split_labels(values)
-        unknown = [v for v in labels if v not in self.class_names]
+        # Known labels are taken from the cached statistics whatever their age (a search never waits for a scan
+        # because the collection changed); an unknown one is looked up again if the collection moved since.
+        known = set((await self.stats(min_age_s=float("inf"))).get("labels", {})) - {UNLABELLED}
+        if any(v not in known for v in labels):
+            known = set((await self.stats(min_age_s=0.0)).get("labels", {})) - {UNLABELLED}
+        unknown = [v for v in labels if v not in known]
         if unknown:
             raise ApiError(
                 422,
                 "unknown_label",
-                f"{field_name}: unknown label(s) {unknown}; the collection's classes are {self.class_names}",
+                f"{field_name}: no image in the collection carries label(s) {unknown}; the collection's labels are "
+                f"{sorted(known)}",
                 details=[{"field": field_name, "message": f"unknown label {v!r}"} for v in unknown],
             )
         return labels or None
@@ -412,6 +443,8 @@ class Service:
         return [ClassScore(label=self.class_names[i], probability=round(float(probs[i]), 6)) for i in order]
 
     def knn(self, hits: list[Hit]) -> KnnPrediction | None:
+        """Similarity-weighted vote of the neighbours over every label they carry (the collection's labels, not
+        only the checkpoint's classes): :func:`indexer.predict.knn_vote`."""
         vote = knn_vote(hits, self.class_names, self.multi_label)
         if vote is None:
             return None

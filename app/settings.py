@@ -101,8 +101,9 @@ class Settings(BaseSettings):
         1,
         ge=1,
         description=(
-            "Server processes. Each loads its own copy of the model and index, and /metrics reports per process; "
-            "on CPU one process with micro-batching is usually best."
+            "Server processes. Each loads its own copy of the model and index and follows the collection's change "
+            "feed (MSIR_SYNC_INTERVAL_MS), so a write through one is visible in all; /metrics reports per process. "
+            "On CPU one process with micro-batching is usually best."
         ),
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
@@ -173,6 +174,17 @@ class Settings(BaseSettings):
         10.0,
         ge=0,
         description="On SIGTERM/SIGINT, how long in-flight requests may take to finish before the server exits.",
+    )
+    sync_interval_ms: int = Field(
+        500,
+        ge=0,
+        le=60_000,
+        description=(
+            "How often the server checks the collection's change feed (one SELECT max(seq)) and applies what "
+            "other processes (msir-index, other workers and replicas) committed: a write anywhere is visible to "
+            "searches here within about this bound. 0 turns following off (the index then changes only with this "
+            "process's own writes)."
+        ),
     )
     retry_after_s: int = Field(
         5, ge=1, description="Retry-After (seconds) sent with 503 answers while the database is unreachable."

@@ -1,7 +1,7 @@
 """Adding uploaded images to the collection: form parsing, per-file validation, one batched add.
 
 A bad file never fails the whole request: it is reported under ``failures`` with the reason, and the good ones
-are added. Files are stored content-addressed by the collection (``Collection.store_upload``), so the name a client
+are added. Files are stored content-addressed by the collection (``Collection.add_uploads``), so the name a client
 sent is only ever echoed back, never used as a path.
 """
 
@@ -19,8 +19,9 @@ from PIL import Image
 
 from app.errors import ApiError
 from app.schemas import AddedImage, AddImagesResponse, DuplicateImage, FailedImage
-from app.service import Service
-from indexer import NewImage
+from app.service import Service, split_labels
+from indexer import Upload
+from indexer.uploads import final_path
 from models import ImageDecodeError, open_image
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ def check_image(data: bytes, max_pixels: int, name: str) -> str:
         return str(probe.format)
 
 
-def parse_labels(service: Service, labels: list[str] | None, count: int) -> list[list[str]]:
+def parse_labels(labels: list[str] | None, count: int) -> list[list[str]]:
+    """One label list per image. Any label is accepted: the collection's vocabulary is what its images carry."""
     if not labels:
         return [[] for _ in range(count)]
     if len(labels) != count:
@@ -59,10 +61,7 @@ def parse_labels(service: Service, labels: list[str] | None, count: int) -> list
             f"('|' between several labels of one image, an empty value for none)",
             details=[{"field": "labels", "message": f"expected {count} values, got {len(labels)}"}],
         )
-    parsed = []
-    for i, value in enumerate(labels):
-        parsed.append(service.check_labels([value], f"labels[{i}]") or [])
-    return parsed
+    return [split_labels([value]) if value else [] for value in labels]
 
 
 def parse_metadata(metadata: str | None, count: int) -> list[dict[str, Any]]:
@@ -93,7 +92,7 @@ async def add_uploads(
     split: str | None,
     metadata: str | None,
 ) -> AddImagesResponse:
-    per_labels = parse_labels(service, labels, len(images))
+    per_labels = parse_labels(labels, len(images))
     per_metadata = parse_metadata(metadata, len(images))
     failures: list[FailedImage] = []
     pending: dict[str, _Pending] = {}  # by sha256: the same bytes twice in one request are stored once
@@ -123,21 +122,22 @@ async def add_uploads(
         pending[sha] = _Pending(filename, data, sha, SUFFIXES[fmt], per_labels[i], per_metadata[i])
 
     items: list[_Pending] = list(pending.values())
-    new_images: list[NewImage] = []
+    directory = service.collection.directory
+    uploads: list[Upload] = []
     for item in items:
-        path = await service.blocking(service.collection.store_upload, item.data, item.suffix)
-        # The collection reports uploads by their resolved path (its uri).
-        item.uri = str(path.resolve())
-        new_images.append(
-            NewImage(
-                path=path,
+        # The collection reports uploads by their final, content-addressed path (their uri).
+        item.uri = str(final_path(directory, item.sha256, item.suffix).resolve())
+        uploads.append(
+            Upload(
+                data=item.data,
+                suffix=item.suffix,
                 labels=item.labels,
                 split=split or None,
-                source="upload",
                 metadata={**item.metadata, "filename": item.filename},
             )
         )
-    report = await service.blocking(service.collection.add_images, new_images) if new_images else None
+    # Files are written aside and moved in only once their rows are committed: a failed add leaves no file.
+    report = await service.blocking(service.collection.add_uploads, uploads) if uploads else None
 
     added: list[AddedImage] = []
     duplicates: list[DuplicateImage] = []

@@ -7,7 +7,7 @@ from indexer.collection import Collection
 from indexer.embedder import Embedder
 from indexer.errors import CollectionError, ConsistencyError, DatabaseUnavailable
 from indexer.pipeline import BuildReport
-from indexer.records import AddReport, EmbedResult, Hit, ImageRecord, NewImage, VerifyReport
+from indexer.records import AddReport, EmbedResult, Hit, ImageRecord, NewImage, Upload, VerifyReport
 
 __all__ = [
     "AddReport",
@@ -21,5 +21,6 @@ __all__ = [
     "Hit",
     "ImageRecord",
     "NewImage",
+    "Upload",
     "VerifyReport",
 ]

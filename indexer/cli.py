@@ -170,7 +170,9 @@ def build(
     data: Annotated[Path | None, typer.Option(help=DATA_HELP)] = None,
     kind: Annotated[str, typer.Option(help="Dataset kind for --data (auto detects).")] = "auto",
     split: Annotated[str | None, typer.Option(help="Only this split of --data/--manifest.")] = None,
-    folder: Annotated[Path | None, typer.Option(help="A folder of images (recursive, unlabelled).")] = None,
+    folder: Annotated[
+        Path | None, typer.Option(help="A folder of images (recursive); root/<class>/* is labelled by folder.")
+    ] = None,
     manifest: Annotated[Path | None, typer.Option(help="CSV manifest: path,label[,split].")] = None,
     db: Db = None,
     index: Annotated[str | None, typer.Option("--index", help="flat (default) | ivfpq | hnsw")] = None,
@@ -246,7 +248,9 @@ def build(
 def add(
     directory: Dir,
     files: Annotated[list[Path] | None, typer.Argument(help="Image files.")] = None,
-    folder: Annotated[Path | None, typer.Option(help="A folder of images (recursive, unlabelled).")] = None,
+    folder: Annotated[
+        Path | None, typer.Option(help="A folder of images (recursive); root/<class>/* is labelled by folder.")
+    ] = None,
     data: Annotated[Path | None, typer.Option(help=DATA_HELP)] = None,
     kind: Annotated[str, typer.Option(help="Dataset kind for --data.")] = "auto",
     manifest: Annotated[Path | None, typer.Option(help="CSV manifest.")] = None,
@@ -305,6 +309,61 @@ def remove(
                 console.print(f"removed {removed} image(s); {col.ntotal} remain")
 
     guarded(run)
+
+
+@app.command()
+def label(
+    directory: Dir,
+    ids: Annotated[list[int] | None, typer.Option("--id", help="Image id (repeatable).")] = None,
+    paths: Annotated[list[str] | None, typer.Option("--path", help="Image path or uri (repeatable).")] = None,
+    set_labels: Annotated[str | None, typer.Option("--set", help="Replace the labels: 'a|b' ('' for none).")] = None,
+    add_labels: Annotated[list[str] | None, typer.Option("--add", help="Add a label (repeatable).")] = None,
+    remove_labels: Annotated[list[str] | None, typer.Option("--remove", help="Remove a label (repeatable).")] = None,
+    metadata: Annotated[str | None, typer.Option("--metadata", help="JSON object merged into the metadata.")] = None,
+    replace_metadata: Annotated[bool, typer.Option(help="Replace the metadata instead of merging.")] = False,
+    checkpoint: Checkpoint = None,
+    db: Db = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Change the labels and/or metadata of stored images (no re-embedding); running servers see it at once."""
+    _setup_logging(verbose)
+    if not ids and not paths:
+        fail("give --id and/or --path")
+    if set_labels is None and not add_labels and not remove_labels and metadata is None:
+        fail("nothing to change: give --set, --add, --remove and/or --metadata")
+    meta: dict[str, Any] | None = None
+    if metadata is not None:
+        try:
+            meta = json.loads(metadata)
+        except json.JSONDecodeError as error:
+            fail(f"--metadata: not valid JSON ({error.msg} at position {error.pos})")
+        if not isinstance(meta, dict):
+            fail(f"--metadata: expected a JSON object, got {type(meta).__name__}")
+    labels = None if set_labels is None else [x.strip() for x in set_labels.split("|") if x.strip()]
+
+    def run() -> None:
+        with Collection.open(directory, checkpoint, db, "cpu") as col:
+            wanted = list(ids or []) + (col.store.ids_for_paths(_path_names(paths)) if paths else [])
+            changed = col.edit(
+                wanted,
+                labels=labels,
+                add_labels=add_labels or (),
+                remove_labels=remove_labels or (),
+                metadata=meta,
+                replace_metadata=replace_metadata,
+            )
+            missing = sorted(set(ids or []) - set(changed))
+            if json_out:
+                console.print_json(json.dumps({"changed": changed, "not_found": missing}))
+            else:
+                console.print(f"changed {len(changed)} image(s)" + (f"; no image with id {missing}" if missing else ""))
+
+    guarded(run)
+
+
+def _path_names(paths: list[str]) -> list[str]:
+    return [str(Path(p).resolve()) for p in paths] + list(paths)
 
 
 @app.command()
@@ -383,6 +442,7 @@ def stats(
 @app.command()
 def verify(
     directory: Dir,
+    repair: Annotated[bool, typer.Option("--repair", help="Fix what can be fixed, say what was done.")] = False,
     checkpoint: Checkpoint = None,
     db: Db = None,
     milvus_uri: MilvusUri = None,
@@ -390,13 +450,24 @@ def verify(
     json_out: Json = False,
     verbose: Verbose = False,
 ) -> None:
-    """Check database <-> index <-> manifest (ids, counts, dimension, checkpoint); exit 1 on any mismatch."""
+    """Check database <-> index <-> manifest <-> files (ids, index lag, counts, dimension, checkpoint, orphan and
+    missing files); exit 1 on any mismatch. --repair catches the index up (rebuilds it on drift), removes orphan
+    files, then checks again."""
     _setup_logging(verbose)
 
     def run() -> bool:
         config = _backend(milvus_uri, milvus_token)
-        with Collection.open(directory, checkpoint, db, "cpu", strict=False, backend_config=config) as col:
+        # Not caught up on open: a lagging index file is reported, not silently repaired.
+        with Collection.open(
+            directory, checkpoint, db, "cpu", strict=False, catch_up=False, backend_config=config
+        ) as col:
+            actions = col.repair() if repair else []
             report = col.verify()
+        if repair:
+            report.details["repaired"] = actions
+            if not json_out:
+                for line in actions or ["nothing to repair"]:
+                    console.print(f"repair: {line}", highlight=False, soft_wrap=True)
         out.verify_report(console, directory, report, json_out)
         return report.ok
 

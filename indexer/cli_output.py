@@ -32,11 +32,14 @@ def build_report(console: Console, report: BuildReport, vectors: int, as_json: b
         ("duplicates (same content)", len(report.duplicates)),
         ("failed (unreadable)", len(report.failed)),
         ("skipped while listing", len(report.listing_skipped)),
+        ("already present, labels added", report.labelled),
         ("vectors in the index", vectors),
         ("images/s", f"{report.images_per_s:,.1f}"),
     ):
         table.add_row(name, str(value))
     console.print(table)
+    if report.note:
+        console.print(f"labels: {report.note}", soft_wrap=True)
     stages = Table(title="stages (wall time)")
     stages.add_column("stage")
     stages.add_column("seconds", justify="right")
@@ -111,7 +114,11 @@ def verify_report(console: Console, directory: Path, report: VerifyReport, as_js
         return
     for problem in report.problems:
         console.print(f"[bold red]mismatch:[/] {problem}", highlight=False, soft_wrap=True)
-    console.print(f"fix: `msir-index rebuild {directory}` rebuilds the index from the database", soft_wrap=True)
+    console.print(
+        f"fix: `msir-index verify {directory} --repair` catches the index up (rebuilds it from the database on "
+        f"drift) and removes orphan files; `msir-index rebuild {directory}` rebuilds the index",
+        soft_wrap=True,
+    )
 
 
 def hits(console: Console, query: Path, found: list[Hit], prediction: Prediction, as_json: bool) -> None:

@@ -3,50 +3,43 @@
 The database is the source of truth, embeddings included; the FAISS index is a copy that is saved atomically,
 caught up from the database when it lags (a killed build) and rebuilt from it on demand.
 
-Concurrency: searches and reads run concurrently; writes (add/remove/rebuild) are serialised by a lock in the
-object and by ``<dir>/.write.lock`` between processes. A write commits to the database first, then applies the
-change to the index under the write side of a readers-writer lock (rebuilds build a new index aside and swap
-it), so a reader never sees a half-applied write. A process whose database was changed by another process
-(``data_version`` moved) resynchronises its index before its next write.
+Concurrency (many processes around one database): writes are serialised by a lock in the object and by
+``<dir>/.write.lock`` between processes; each commits its rows and change-feed entries in one transaction, then
+applies the change to this process's index under the write side of a readers-writer lock, so a reader never sees a
+half-applied write. How the index follows other processes' writes and rebuilds: :mod:`indexer.following`.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from indexer import consistency as cons
-from indexer import uploads
+from indexer import maintenance, uploads
 from indexer.db import default_url, is_default_url, safe_url
 from indexer.embedder import Embedder
 from indexer.errors import CollectionError, ConsistencyError
 from indexer.faiss_index import INDEX_FILE, VECTORS_FILE, resolve_options
-from indexer.locks import RWLock, directory_lock
-from indexer.manifest import MANIFEST_FILE, CheckpointRef, IndexSpec, Manifest, now_iso
-from indexer.milvus_store import POINTER_FILE
+from indexer.following import FollowingIndex
+from indexer.locks import directory_lock
+from indexer.manifest import CheckpointRef, IndexSpec, Manifest, now_iso
 from indexer.pipeline import DEFAULT_MAX_PIXELS, BuildReport, run_pipeline
-from indexer.records import AddReport, Hit, ImageRecord, NewImage, VerifyReport
+from indexer.records import AddReport, Hit, ImageRecord, NewImage, Upload, VerifyReport
 from indexer.search import Filters, filtered_search
-from indexer.sources import Source, from_new_images
+from indexer.sources import Source, WorkItem, from_new_images
 from indexer.store import MetadataStore
-from indexer.vector_store import BackendConfig, FaissStore, VectorStore, index_spec, load_store, new_store, stale_files
+from indexer.vector_store import BackendConfig, FaissStore, VectorStore, index_spec, load_store, new_store
 from models import read_checkpoint_meta
-from models.atomic import remove_stale_temps
 
 logger = logging.getLogger(__name__)
 
-SAVE_INTERVAL_S = 30.0
 
-
-class Collection:
+class Collection(FollowingIndex):
     """Use :meth:`create` or :meth:`open`; ``close()`` (or ``with``) saves pending index changes."""
 
     def __init__(
@@ -58,19 +51,9 @@ class Collection:
         index: VectorStore,
         backend_config: BackendConfig | None = None,
     ) -> None:
-        self.directory = directory
-        self.manifest = manifest
-        self.store = store
+        super().__init__(directory, manifest, store, index, backend_config)
         self.embedder = embedder
-        self._index = index
-        self.backend_config = backend_config or BackendConfig()
-        self._retired: list[VectorStore] = []  # replaced by a rebuild; discarded once the new index is saved
-        self._rw = RWLock()
-        self._write_mutex = threading.RLock()
-        self._dirty = False
-        self._last_save = time.monotonic()
-        # Seconds between index saves during long writes: rows committed since are caught up from the database.
-        self.save_interval_s = SAVE_INTERVAL_S
+        self._staged: dict[str, tuple[Path, Path]] = {}  # uri -> (pending, final) of uploads being added
         self.problems: list[str] = []  # consistency problems found by a non-strict open
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
@@ -123,6 +106,7 @@ class Collection:
                 index = new_store(spec, embedder.dim, directory=directory, collection_id=info["collection_id"],
                                   records=store.get_many, device=cls._index_device(embedder),
                                   config=backend_config)  # fmt: skip
+                head = store.head()
                 for ids, vectors in store.iter_embeddings():
                     index.add(ids, vectors, train=False)
                 index.maybe_train()
@@ -134,8 +118,11 @@ class Collection:
                 database = None if is_default_url(url, directory) else safe_url(url)
                 manifest = Manifest.new(info["collection_id"], ref, embedder.dim, index_type, options, database,
                                         backend=spec.backend, uri=spec.uri)  # fmt: skip
+                generation, _ = store.generation()
+                manifest.generation = generation + 1
+                manifest.seq = head
                 col = cls(directory, manifest, store, embedder, index, backend_config)
-                col.store.data_version = store.read_data_version()
+                col._publish_generation(head)
                 col._save()
         except BaseException:
             if "index" in locals():
@@ -156,10 +143,12 @@ class Collection:
         strict: bool = True,
         runtime: str = "torch",
         backend_config: BackendConfig | None = None,
+        catch_up: bool = True,
     ) -> Collection:
         """Open a collection. ``strict=False`` (used by ``verify``/``rebuild``) records consistency problems in
-        ``col.problems`` instead of raising :class:`ConsistencyError`. ``runtime``: torch or onnx (the checkpoint's
-        ONNX export, see :class:`indexer.embedder.Embedder`)."""
+        ``col.problems`` instead of raising :class:`ConsistencyError`; ``catch_up=False`` (``verify``) leaves the
+        index as saved, so a lagging index file is reported rather than silently caught up. ``runtime``: torch or
+        onnx (the checkpoint's ONNX export, see :class:`indexer.embedder.Embedder`)."""
         directory = Path(directory)
         manifest = Manifest.load(directory)
         if checkpoint is None:
@@ -184,9 +173,12 @@ class Collection:
             info = store.info()
             problems = cons.identity_problems(manifest, info, embedder, None)
             try:
-                index = load_store(manifest.index, manifest.embedding_dim, directory=directory,
-                                   collection_id=manifest.collection_id, records=store.get_many,
-                                   device=cls._index_device(embedder), config=backend_config)  # fmt: skip
+                # Under the directory lock: the index files and the manifest describing them are read as one set.
+                with directory_lock(directory):
+                    manifest = Manifest.load(directory)
+                    index = load_store(manifest.index, manifest.embedding_dim, directory=directory,
+                                       collection_id=manifest.collection_id, records=store.get_many,
+                                       device=cls._index_device(embedder), config=backend_config)  # fmt: skip
             except CollectionError as error:
                 if strict:
                     raise
@@ -194,8 +186,7 @@ class Collection:
                 # An empty in-memory placeholder (never saved): `rebuild` replaces it with the real backend's.
                 index = FaissStore(manifest.index.type, manifest.embedding_dim, manifest.index.params)
             col = cls(directory, manifest, store, embedder, index, backend_config)
-            col.store.data_version = store.read_data_version()
-            if not problems:
+            if not problems and catch_up:
                 problems = col._catch_up()
             col.problems = problems
             if problems and strict:
@@ -209,27 +200,6 @@ class Collection:
             raise
         return col
 
-    def _catch_up(self) -> list[str]:
-        """Add lagging rows from the database; returns drift problems (not repaired here)."""
-        with self._write_lock():
-            # Under the lock: a live writer's temp file is never taken for a killed one's.
-            for name in (INDEX_FILE, VECTORS_FILE, MANIFEST_FILE, POINTER_FILE):
-                remove_stale_temps(self.directory, name)
-            diff = cons.diff_ids(self.store.ids(), self._index.ids())
-            if diff.drifted:
-                return cons.drift_problems(diff)
-            if len(diff.lagging):
-                msg = "%s: index lags the database by %d row(s) (interrupted build?); adding their stored embeddings"
-                logger.warning(msg, self.directory, len(diff.lagging))
-                for ids, vectors in self.store.iter_embeddings(ids=diff.lagging.tolist()):
-                    with self._rw.write():
-                        self._index.add(ids, vectors, train=False)
-                with self._rw.write():
-                    self._index.maybe_train()
-                self._dirty = True
-                self._save()
-        return []
-
     @staticmethod
     def _index_device(embedder: Embedder) -> str:
         return "cuda" if embedder.device.type == "cuda" else "cpu"
@@ -239,7 +209,8 @@ class Collection:
         return self._index.device if self._index.device in ("cpu", "cuda") else self._index_device(self.embedder)
 
     def close(self) -> None:
-        """Save pending index changes and release the database connections."""
+        """Stop following, save pending index changes and release the database connections."""
+        self.stop_following()
         try:
             if self._dirty:
                 with self._write_lock():
@@ -255,50 +226,6 @@ class Collection:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- persistence --------------------------------------------------------------------------------------------
-    @contextmanager
-    def _write_lock(self) -> Iterator[None]:
-        with self._write_mutex, directory_lock(self.directory):
-            yield
-
-    def _save(self) -> None:
-        """Index files first, then the manifest (callers hold the write lock)."""
-        with self._rw.read():
-            self._index.save(self.directory)
-            self.manifest.row_count = self._index.ntotal
-            self.manifest.save(self.directory)
-        if self._index.index_type != "ivfpq":  # left over from an ivfpq index this collection switched from
-            (self.directory / VECTORS_FILE).unlink(missing_ok=True)
-        for name in stale_files(self._index.backend):  # left over from the backend this collection switched from
-            (self.directory / name).unlink(missing_ok=True)
-        while self._retired:  # the saved files no longer name what a rebuild replaced
-            self._retired.pop().discard()
-        self._dirty = False
-        self._last_save = time.monotonic()
-
-    def _maybe_save(self) -> None:
-        if self._dirty and time.monotonic() - self._last_save >= self.save_interval_s:
-            self._save()
-
-    def _sync(self) -> None:
-        """Before a write: if another process changed the database, bring the index in line with it."""
-        version = self.store.read_data_version()
-        if version == self.store.data_version:
-            return
-        diff = cons.diff_ids(self.store.ids(), self._index.ids())
-        logger.info("%s: database changed by another process; syncing the index", self.directory)
-        add = np.concatenate([diff.lagging, diff.orphans])
-        if len(diff.missing) and not self._index.supports_remove:
-            self._swap(self._build_from_db())
-        else:
-            with self._rw.write():
-                self._index.remove(diff.missing)
-            for ids, vectors in self.store.iter_embeddings(ids=add.tolist()):
-                with self._rw.write():
-                    self._index.add(ids, vectors, train=False)
-        self.store.data_version = version
-        self._dirty = True
-
     # -- writes -------------------------------------------------------------------------------------------------
     def existing_uris(self, uris: Sequence[str]) -> dict[str, int]:  # pipeline Sink
         return self.store.existing_uris(uris)
@@ -306,13 +233,18 @@ class Collection:
     def commit(self, rows: list[dict[str, Any]], vectors: np.ndarray) -> tuple[list[int | None], dict[int, int]]:
         """Pipeline Sink: one transaction for the batch, then the index; periodic saves."""
         with self._write_lock():
-            self._sync()
+            self._follow()
             ids, duplicate_of = self.store.insert_new(rows)
             keep = [i for i, new_id in enumerate(ids) if new_id is not None]
+            for i in keep:  # committed: an upload written aside moves into place now
+                staged = self._staged.get(rows[i]["uri"])
+                if staged is not None:
+                    uploads.settle(*staged)
             if keep:
                 with self._rw.write():
                     self._index.add(np.asarray([ids[i] for i in keep], np.int64), vectors[keep], train=False)
                 self._dirty = True
+                self._advance(self.store.last_feed)
             self._maybe_save()
         return ids, duplicate_of
 
@@ -337,7 +269,22 @@ class Collection:
                 self._dirty |= self._index.maybe_train()
             if self._dirty:
                 self._save()
+        result.note = source.note
+        result.labelled = self._label_unlabelled(source, result)
         return result
+
+    def _label_unlabelled(self, source: Source, result: BuildReport) -> int:
+        """Give the source's labels to images it lists that are already stored without any (a folder indexed before
+        its labels were read): re-running a build with a labelled source fixes a collection, no re-embedding."""
+        wanted = {item.uri: item.labels for item in source.items if item.labels}
+        targets = {image_id: wanted[uri] for uri, image_id in result.already_present if uri in wanted}
+        if not targets:
+            return 0
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for image_id, record in self.store.get_many(targets).items():
+            if not record.labels:
+                groups.setdefault(tuple(targets[image_id]), []).append(image_id)
+        return sum(len(self.store.edit(ids, labels=list(labels))) for labels, ids in groups.items())
 
     def add_images(self, items: Iterable[NewImage]) -> AddReport:
         result = self.add_source(from_new_images(items), report=False)
@@ -352,6 +299,41 @@ class Collection:
         )
         return report
 
+    def add_uploads(self, items: Sequence[Upload]) -> AddReport:
+        """Store and index uploaded bytes. Each file is written aside, moved to ``uploads/`` once its row is
+        committed and removed otherwise (a duplicate, undecodable bytes, a database outage): no file without a
+        row. Results are reported by the file's final path (its uri)."""
+        staged = [uploads.stage(self.directory, item.data, item.suffix) for item in items]
+        work = [
+            WorkItem(
+                uri=str(final.resolve()),
+                path=str(final.resolve()),
+                labels=tuple(item.labels),
+                split=item.split,
+                source="upload",
+                metadata=dict(item.metadata),
+                read_path=str(pending),
+            )
+            for item, (pending, final) in zip(items, staged, strict=True)
+        ]
+        mine = {w.uri: pair for w, pair in zip(work, staged, strict=True)}
+        with self._write_mutex:  # commit() reads the map; concurrent uploads each add their own entries
+            self._staged.update(mine)
+        try:
+            result = self.add_source(Source("uploads", work), report=False)
+        finally:
+            with self._write_mutex:
+                for uri, pair in mine.items():
+                    if self._staged.get(uri) is pair:
+                        del self._staged[uri]
+            for pending, _ in staged:  # not moved in: not committed
+                pending.unlink(missing_ok=True)
+        return AddReport(
+            added=result.added,
+            duplicates=result.already_present + result.duplicates,
+            failed=result.listing_skipped + result.failed,
+        )
+
     def store_upload(self, data: bytes, suffix: str) -> Path:
         """Write uploaded bytes to ``uploads/<sha256[:2]>/<sha256><suffix>`` (content-addressed, no user path)."""
         return uploads.store_upload(self.directory, data, suffix)
@@ -360,7 +342,7 @@ class Collection:
         """Delete rows and their vectors; returns how many existed. HNSW: the index is rebuilt from the DB."""
         wanted = sorted({int(i) for i in ids})
         with self._write_lock():
-            self._sync()
+            self._follow()
             files = [r.path for r in self.store.get_many(wanted).values() if r.path is not None]
             gone = self.store.delete(wanted)
             if not gone:
@@ -369,11 +351,37 @@ class Collection:
             if self._index.supports_remove:
                 with self._rw.write():
                     self._index.remove(np.asarray(gone, np.int64))
+                self._advance(self.store.last_feed)
             else:
                 self._swap(self._build_from_db())
             # Saved now: an index still holding deleted ids would be refused on the next open.
             self._save()
         return len(gone)
+
+    def edit(
+        self,
+        ids: Iterable[int],
+        *,
+        labels: list[str] | None = None,
+        add_labels: Sequence[str] = (),
+        remove_labels: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
+        replace_metadata: bool = False,
+    ) -> list[int]:
+        """Relabel / edit metadata of stored images without re-embedding (see :meth:`MetadataStore.edit`); the
+        index is untouched, followers see an ``update`` change. Returns the ids that exist."""
+        changed = self.store.edit(
+            ids,
+            labels=labels,
+            add_labels=add_labels,
+            remove_labels=remove_labels,
+            metadata=metadata,
+            replace_metadata=replace_metadata,
+        )
+        if changed:  # a store that keeps labels for its own filters (Milvus) takes the new ones
+            with self._rw.write():
+                self._index.refresh(np.asarray(changed, np.int64))
+        return changed
 
     def remove_paths(self, paths: Iterable[str | Path]) -> int:
         """Remove the rows whose path or uri is one of ``paths``."""
@@ -383,11 +391,18 @@ class Collection:
     def rebuild(self) -> None:
         """Rebuild the index from the embeddings stored in the database (no image is decoded); ivfpq retrains."""
         with self._write_lock():
+            head = self.store.head()
             self._swap(self._build_from_db())
             # The database is the truth: a manifest paired with it by mistake takes its collection id.
             self.manifest.collection_id = self.store.info().get("collection_id", self.manifest.collection_id)
-            self.store.data_version = self.store.read_data_version()
-            self._save()
+            published, _ = self.store.generation()
+            disk = Manifest.peek(self.directory)
+            on_disk = disk.generation if disk is not None else 0
+            # A new generation, above any this collection had: followers adopt it, no save can revert it.
+            self.manifest.generation = max(published, on_disk, self.manifest.generation) + 1
+            self.seq = head
+            self._save()  # files before the database: a follower told of the generation finds its files
+            self._publish_generation(head)
             self.problems = []
         logger.info(
             "%s: rebuilt the %s index from the %d stored embeddings", self.directory, self.index_type, self.ntotal
@@ -406,21 +421,6 @@ class Collection:
             spec = index_spec(index_type, resolved, backend, self.backend_config, self.directory)
         with self._write_lock():
             self.manifest.index = spec
-
-    def _build_from_db(self) -> VectorStore:
-        fresh = new_store(self.manifest.index, self.manifest.embedding_dim, directory=self.directory,
-                          collection_id=self.manifest.collection_id, records=self.store.get_many,
-                          device=self._store_device(), config=self.backend_config)  # fmt: skip
-        for ids, vectors in self.store.iter_embeddings():
-            fresh.add(ids, vectors, train=False)
-        fresh.maybe_train()
-        return fresh
-
-    def _swap(self, index: VectorStore) -> None:
-        with self._rw.write():
-            old, self._index = self._index, index
-        self._retired.append(old)
-        self._dirty = True
 
     # -- reads --------------------------------------------------------------------------------------------------
     def search(
@@ -481,37 +481,13 @@ class Collection:
     def ping(self) -> None:
         self.store.ping()
 
-    @property
-    def index_type(self) -> str:
-        return self._index.index_type
-
-    @property
-    def ntotal(self) -> int:
-        return self._index.ntotal
-
     def verify(self) -> VerifyReport:
-        """Database <-> index <-> manifest, checkpoint and dimension; pending index changes are saved first."""
-        with self._write_lock():
-            if self._dirty and not self.problems:
-                self._save()
-            saved = not self._dirty
-            info = self.store.info()
-            with self._rw.read():
-                problems = [p for p in self.problems if p.startswith("index unreadable")]
-                problems += cons.identity_problems(self.manifest, info, self.embedder, self._index)
-                diff = cons.diff_ids(self.store.ids(), self._index.ids())
-                problems += cons.drift_problems(diff)
-                if len(diff.lagging):
-                    problems.append(f"lagging rows: {len(diff.lagging)} database row(s) not in the index yet")
-                problems += cons.deep_problems(self.store, self._index, self.manifest, saved)
-        details = {
-            "rows": int(self.store.count()),
-            "vectors": self._index.ntotal,
-            "orphan_rows": [int(i) for i in diff.orphans[:1000]],
-            "missing_rows": [int(i) for i in diff.missing[:1000]],
-            "lagging_rows": len(diff.lagging),
-        }
-        return VerifyReport(ok=not problems, problems=problems, details=details)
+        """Database <-> index <-> manifest <-> files (:mod:`indexer.maintenance`); pending changes saved first."""
+        return maintenance.verify(self)
+
+    def repair(self) -> list[str]:
+        """Catch the index up (or rebuild it on drift), settle or delete orphan files; returns what was done."""
+        return maintenance.repair(self)
 
     def stats(self) -> dict[str, Any]:
         summary = self.store.summary()
@@ -536,6 +512,7 @@ class Collection:
             "created_at": self.manifest.created_at,
             "updated_at": self.manifest.updated_at,
             "unsaved_changes": self._dirty,
+            "sync": self.sync_state(),
             "file_bytes": files,
             **summary,
         }

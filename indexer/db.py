@@ -77,6 +77,21 @@ class ImageRow(Base):
     embedding: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class ChangeRow(Base):
+    """The change feed: one row per image added, removed or edited, plus one per index rebuild, written in the same
+    transaction as the change. ``seq`` only grows (never reused) and, because writers serialise their commits
+    (SQLite's write lock, a PostgreSQL advisory lock), a reader that sees ``max(seq) = S`` has seen every change up
+    to ``S``: a process that applied the feed up to ``S`` only needs the rows after it."""
+
+    __tablename__ = "changes"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    seq: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    image_id: Mapped[int | None] = mapped_column(IdType, nullable=True)
+    op: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class CollectionInfo(Base):
     """Key/value facts about the collection (id, checkpoint, embedding dim) so a database and a directory can be
     checked against each other."""

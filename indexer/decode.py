@@ -6,7 +6,13 @@ inherited from the parent under ``fork``, reopened from ``(kind, root)`` under `
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import logging
+import os
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +25,9 @@ from models import PreprocessSpec, open_image, to_uint8
 from training.data import DatasetReader, open_dataset
 
 _READER: DatasetReader | None = None
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+WATCHDOG_S = 0.5
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,34 @@ def set_reader(reader: DatasetReader | None) -> None:
     _READER = reader
 
 
-def init_worker(reader_args: tuple[str, str] | None, max_pixels: int | None) -> None:
+def die_with_parent(parent_pid: int) -> None:
+    """Make this worker process die with ``parent_pid``, whatever kills the parent (``kill -9`` included).
+
+    On Linux the kernel sends SIGKILL to the worker when its parent dies (``PR_SET_PDEATHSIG``); a watchdog thread
+    checking the parent pid covers the rest (another OS, or the parent's forking thread ending first, which also
+    fires the death signal on Linux but is not a parent exit)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+                logger.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d)", ctypes.get_errno())
+        except (OSError, AttributeError) as error:  # no libc symbol: the watchdog still works
+            logger.warning("prctl unavailable: %s", error)
+    if os.getppid() != parent_pid:  # the parent died before the death signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(WATCHDOG_S)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="msir-parent-watchdog", daemon=True).start()
+
+
+def init_worker(reader_args: tuple[str, str] | None, max_pixels: int | None, parent_pid: int | None = None) -> None:
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     if _READER is None and reader_args is not None:
         kind, root = reader_args
         set_reader(open_dataset(kind, root, max_pixels=max_pixels))
@@ -62,7 +98,7 @@ def decode_one(item: WorkItem, spec: PreprocessSpec, max_pixels: int | None) -> 
         return hashlib.sha256(Path(item.path).read_bytes()).hexdigest(), img
     if item.path is None:
         raise ValueError(f"{item.uri}: no file to read")
-    data = Path(item.path).read_bytes()
+    data = Path(item.read_path or item.path).read_bytes()
     return hashlib.sha256(data).hexdigest(), open_image(data, max_pixels=max_pixels, name=item.uri)
 
 

@@ -252,6 +252,13 @@ class VectorIndex:
         store = self.exact if self.exact is not None else self.main
         return np.sort(faiss.vector_to_array(store.id_map).astype(np.int64))
 
+    def contains(self, ids: np.ndarray | list[int]) -> list[bool]:
+        """Whether each id is in the index (what following the change feed checks before applying a change)."""
+        wanted = _as_ids(ids)
+        if len(wanted) == 0:
+            return []
+        return np.isin(wanted, self.ids(), assume_unique=False).tolist()
+
     def ann_ids(self) -> np.ndarray:
         """Ids held by the IVF-PQ part (ivfpq only; equals :meth:`ids` when consistent)."""
         if self.index_type != "ivfpq" or not self.trained:

@@ -1,7 +1,11 @@
 """``manifest.json``: what the FAISS index beside it was built from, so a mismatch is caught before a search.
 
-Written atomically after every index save. The checkpoint is identified by the sha256 of its weights (from the
-checkpoint JSON), not by its path: a moved checkpoint is fine, a retrained one is refused.
+Written atomically after every index save. ``generation`` numbers the index builds (a rebuild, by any process, bumps
+it and records it in the database too) and ``seq`` is the change-feed position the saved index reflects: a process
+never saves over a newer generation or a later position (:meth:`Manifest.is_newer_than`).
+
+The checkpoint is identified by the sha256 of its weights (from the checkpoint JSON), not by its path: a moved
+checkpoint is fine, a retrained one is refused.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from models.atomic import atomic_write_text
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "msir-collection"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: generation + seq
 
 
 def now_iso() -> str:
@@ -57,6 +61,8 @@ class Manifest(BaseModel):
     index: IndexSpec
     row_count: int
     database: str | None  # None: metadata.db in the collection folder; otherwise the URL without password
+    generation: int = 0  # index build number (0: a manifest older than the change feed)
+    seq: int = 0  # change-feed position the saved index reflects (changes after it are applied on load)
     created_at: str
     updated_at: str
 
@@ -116,6 +122,20 @@ class Manifest(BaseModel):
             return cls.model_validate(raw)
         except ValidationError as error:
             raise CollectionError(f"{path}: invalid manifest: {error}") from error
+
+    def position(self) -> tuple[int, int]:
+        return self.generation, self.seq
+
+    def is_newer_than(self, other: Manifest) -> bool:
+        return self.position() > other.position()
+
+    @classmethod
+    def peek(cls, directory: Path) -> Manifest | None:
+        """The manifest on disk, or None when there is none (or it cannot be read)."""
+        try:
+            return cls.load(directory)
+        except CollectionError:
+            return None
 
     def save(self, directory: Path) -> None:
         self.updated_at = now_iso()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import logging
 import multiprocessing
+import os
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -60,6 +61,8 @@ class BuildReport:
     duplicates: list[tuple[str, int]] = field(default_factory=list)  # (uri, id holding the same content)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (uri, reason)
     listing_skipped: list[tuple[str, str]] = field(default_factory=list)  # found bad while listing the source
+    labelled: int = 0  # already-present images without labels that this source's labels were given to
+    note: str | None = None  # how the source's labels were found
     timings: dict[str, float] = field(default_factory=dict)
     report_path: Path | None = None
 
@@ -86,6 +89,8 @@ class BuildReport:
             "duplicates": len(self.duplicates),
             "failed": len(self.failed),
             "listing_skipped": len(self.listing_skipped),
+            "labelled": self.labelled,
+            "note": self.note,
             "images_per_s": round(self.images_per_s, 2),
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "stages": [{"stage": n, "seconds": round(s, 4), "share": round(f, 4)} for n, s, f in self.stage_table()],
@@ -106,7 +111,8 @@ def _pool(workers: int, source: Source, max_pixels: int | None) -> ProcessPoolEx
         max_workers=workers,
         mp_context=multiprocessing.get_context(method),
         initializer=decode.init_worker,
-        initargs=(source.reader_args if method == "spawn" else None, max_pixels),
+        # The workers die with this process on any signal, SIGKILL included (no orphan decoding on for good).
+        initargs=(source.reader_args if method == "spawn" else None, max_pixels, os.getpid()),
     )
 
 

@@ -55,29 +55,33 @@ def head_scores(logits: np.ndarray, class_names: list[str], multi_label: bool, t
 
 
 def knn_vote(hits: list[Hit], class_names: list[str], multi_label: bool) -> KnnVote | None:
-    """The vote of ``hits`` (see :mod:`training.evaluation.knn`); labels outside ``class_names`` do not vote."""
+    """The vote of ``hits`` (see :mod:`training.evaluation.knn`) over every label they carry: a collection's labels
+    are what its images carry, checkpoint class or not. ``class_names`` only orders the candidates (the checkpoint's
+    classes first, then the others sorted), so ties break the same way everywhere. Neighbours with several labels
+    make it a multi-label vote."""
     if not hits:
         return None
-    index = {name: i for i, name in enumerate(class_names)}
+    carried = {label for h in hits for label in h.record.labels}
+    names = [c for c in class_names if c in carried] + sorted(carried - set(class_names))
+    index = {name: i for i, name in enumerate(names)}
+    if not names:
+        return KnnVote([], [], 0)
     scores = np.array([h.score for h in hits], dtype=np.float64)
-    num_classes = len(class_names)
-    if multi_label:
-        multi_hot = np.zeros((len(hits), num_classes), dtype=np.int64)
+    if multi_label or any(len(h.record.labels) > 1 for h in hits):
+        multi_hot = np.zeros((len(hits), len(names)), dtype=np.int64)
         for row, hit in enumerate(hits):
-            for label in hit.record.labels:
-                if label in index:
-                    multi_hot[row, index[label]] = 1
-        result = knn_predict(multi_hot, scores, num_classes, multi_label=True)
-        chosen = [class_names[i] for i in np.flatnonzero(result.predicted)]
-        used = len(hits)
+            multi_hot[row, [index[label] for label in hit.record.labels]] = 1
+        result = knn_predict(multi_hot, scores, len(names), multi_label=True)
+        chosen = [names[i] for i in np.flatnonzero(result.predicted)]
+        used = sum(1 for h in hits if h.record.labels)
     else:
-        first = [index.get(h.record.labels[0], -1) if h.record.labels else -1 for h in hits]
-        result = knn_predict(np.array(first, dtype=np.int64), scores, num_classes)
+        first = [index[h.record.labels[0]] if h.record.labels else -1 for h in hits]
+        result = knn_predict(np.array(first, dtype=np.int64), scores, len(names))
         predicted = int(result.predicted)
-        chosen = [class_names[predicted]] if predicted >= 0 else []
+        chosen = [names[predicted]] if predicted >= 0 else []
         used = sum(1 for c in first if c >= 0)
     distribution = [
-        (class_names[i], float(p)) for i, p in sorted(enumerate(result.distribution), key=lambda t: -t[1]) if p > 0
+        (names[i], float(p)) for i, p in sorted(enumerate(result.distribution), key=lambda t: -t[1]) if p > 0
     ]
     return KnnVote(chosen, distribution, used)
 

@@ -69,6 +69,17 @@ class NewImage:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Upload:
+    """Bytes to store in the collection (``uploads/``) and index; ``suffix`` is the file type (``.png``...)."""
+
+    data: bytes
+    suffix: str
+    labels: list[str] = field(default_factory=list)
+    split: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class AddReport:
     """Outcome of an add: new ids, ``(uri, existing id)`` duplicates and ``(uri, reason)`` failures."""

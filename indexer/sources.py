@@ -31,6 +31,7 @@ class WorkItem:
     source: str = "upload"
     metadata: dict[str, Any] = field(default_factory=dict)
     item: Item | None = None  # decoded through the dataset reader when set
+    read_path: str | None = None  # where the bytes are now, when not yet at ``path`` (an upload written aside)
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Source:
     reader: DatasetReader | None = None
     reader_args: tuple[str, str] | None = None  # (kind, root): lets spawned workers reopen the reader
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, reason)
+    note: str | None = None  # how labels were found, for the build summary
 
 
 def from_dataset(
@@ -79,7 +81,11 @@ def from_dataset(
 
 
 def from_folder(folder: str | Path, *, split: str | None = None, limit: int | None = None) -> Source:
-    """Every image file below ``folder`` (recursively, hidden entries ignored), unlabelled."""
+    """Every image file below ``folder`` (recursively, hidden entries ignored).
+
+    A class-per-folder tree (every image exactly one folder below ``folder``: ``root/<class>/*.jpg``) is labelled
+    with the folder names; anything else (images at the top, or at several depths) is stored unlabelled, and
+    :attr:`Source.note` says which it was."""
     root = Path(folder)
     if not root.is_dir():
         raise CollectionError(f"{root}: not a folder")
@@ -92,7 +98,18 @@ def from_folder(folder: str | Path, *, split: str | None = None, limit: int | No
     )
     if limit is not None:
         files = files[:limit]
-    return from_files(files, split=split, source="folder", name=f"folder {root}")
+    source = from_files(files, split=split, source="folder", name=f"folder {root}")
+    classes = {p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) == 2}
+    if files and all(len(p.relative_to(root).parts) == 2 for p in files):
+        by_path = {str(p.resolve()): p.relative_to(root).parts[0] for p in files}
+        source.items = [
+            WorkItem(uri=i.uri, path=i.path, labels=(by_path[i.uri],), split=i.split, source=i.source)
+            for i in source.items
+        ]
+        source.note = f"labels from the folder names: {len(classes)} class(es) ({', '.join(sorted(classes)[:10])})"
+    else:
+        source.note = "not a class-per-folder tree (images not all one folder below the root): stored unlabelled"
+    return source
 
 
 def from_files(

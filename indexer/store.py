@@ -11,14 +11,15 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Text, bindparam, cast, delete, func, insert, or_, select, text
+from sqlalchemy import Text, bindparam, cast, delete, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer.db import CollectionInfo, ImageRow, as_utc, db_errors, make_engine, migrate
+from indexer.db import ChangeRow, CollectionInfo, ImageRow, as_utc, db_errors, make_engine, migrate, utcnow
 from indexer.records import ImageRecord
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,9 @@ def from_bytes(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<f4").astype(np.float32)
 
 
+UNLABELLED = "(unlabelled)"
+
+
 def _chunks(values: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
     for start in range(0, len(values), size):
         yield values[start : start + size]
@@ -76,35 +80,69 @@ def _record(row: Any) -> ImageRecord:
     )
 
 
-VERSION_KEY = "data_version"
 # PostgreSQL advisory lock of one collection (one per schema): writers on any host queue on it, so sharded builds
 # (``msir-index build --shard I/N``) and servers can write into one collection at once.
 LOCK_KEY = "SELECT hashtext('msir-collection:' || current_schema())"
+GENERATION_KEY = "index_generation"
+INDEX_SPEC_KEY = "index_spec"
+
+
+@dataclass(frozen=True)
+class Change:
+    seq: int
+    image_id: int | None
+    op: str  # add | remove | update | rebuild
 
 
 class MetadataStore:
     """The metadata database of one collection.
 
-    Every write transaction also increments ``collection_info.data_version``, so a process holding an index in
-    memory can tell that another process changed the database and resynchronise before writing.
+    Every write also appends to the change feed (table ``changes``) in the same transaction; :meth:`head` is the
+    newest ``seq`` and :meth:`changes_since` what a process holding an index copy has not applied yet.
     """
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self.data_version = 0  # the value after this store's last write (or last read)
+        self._postgres = self.engine.dialect.name == "postgresql"
+        self.last_feed: tuple[int, int] | None = None  # (first, last) seq of this store's last add/remove
 
-    def read_data_version(self) -> int:
+    # -- change feed ----------------------------------------------------------------------------------------
+    def _feed(self, s: Session, ids: Sequence[int | None], op: str) -> tuple[int, int]:
+        """Append ``op`` for ``ids``; returns the first and last seq written (callers hold the feed lock)."""
+        now = utcnow()
+        stmt = insert(ChangeRow).returning(ChangeRow.seq, sort_by_parameter_order=True)
+        seqs = s.scalars(stmt, [{"image_id": i, "op": op, "at": now} for i in ids]).all()
+        return int(seqs[0]), int(seqs[-1])
+
+    def head(self) -> int:
+        """The newest change's seq (0: none). One indexed lookup: what a follower polls."""
         with db_errors(self.engine), self.session() as s:
-            row = s.get(CollectionInfo, VERSION_KEY)
-            return int(row.value) if row is not None else 0
+            return int(s.scalar(select(func.max(ChangeRow.seq))) or 0)
 
-    def _bump(self, s: Session) -> None:
-        row = s.get(CollectionInfo, VERSION_KEY)
-        value = (int(row.value) if row is not None else 0) + 1
-        s.merge(CollectionInfo(key=VERSION_KEY, value=value))
-        self.data_version = value
+    def changes_since(self, after: int, upto: int | None = None) -> list[Change]:
+        with db_errors(self.engine), self.session() as s:
+            query = select(ChangeRow.seq, ChangeRow.image_id, ChangeRow.op).where(ChangeRow.seq > after)
+            if upto is not None:
+                query = query.where(ChangeRow.seq <= upto)
+            rows = s.execute(query.order_by(ChangeRow.seq)).all()
+        return [Change(int(r.seq), None if r.image_id is None else int(r.image_id), r.op) for r in rows]
+
+    def generation(self) -> tuple[int, dict[str, Any] | None]:
+        """The index generation recorded by the last rebuild, and its index spec (``{"type", "params"}``)."""
+        with db_errors(self.engine), self.session() as s:
+            gen = s.get(CollectionInfo, GENERATION_KEY)
+            spec = s.get(CollectionInfo, INDEX_SPEC_KEY)
+            return (int(gen.value) if gen is not None else 0), (spec.value if spec is not None else None)
+
+    def record_rebuild(self, generation: int, spec: dict[str, Any]) -> int:
+        """Publish a rebuilt index: generation + spec and a ``rebuild`` change, in one transaction; returns its seq."""
+        with db_errors(self.engine), self.session() as s, s.begin():
+            self._lock_transaction(s)
+            s.merge(CollectionInfo(key=GENERATION_KEY, value=int(generation)))
+            s.merge(CollectionInfo(key=INDEX_SPEC_KEY, value=spec))
+            return self._feed(s, [None], "rebuild")[1]
 
     @property
     def display_url(self) -> str:
@@ -132,7 +170,8 @@ class MetadataStore:
 
     def _lock_transaction(self, s: Session) -> None:
         """Serialise this write transaction with every other writer of the collection (PostgreSQL): the
-        check-then-insert of :meth:`insert_new` and the data_version counter then cannot race between processes."""
+        check-then-insert of :meth:`insert_new` cannot race between processes, and change-feed seq numbers are handed
+        out in commit order (a follower never misses a change committed late with a smaller seq)."""
         if self.engine.dialect.name == "postgresql":
             s.execute(text(f"SELECT pg_advisory_xact_lock(({LOCK_KEY}))"))
 
@@ -207,6 +246,7 @@ class MetadataStore:
         """
         ids: list[int | None] = [None] * len(rows)
         duplicate_of: dict[int, int] = {}
+        self.last_feed: tuple[int, int] | None = None
         with db_errors(self.engine), self.session() as s, s.begin():
             self._lock_transaction(s)
             shas = [row["sha256"] for row in rows]
@@ -229,7 +269,7 @@ class MetadataStore:
                 new_ids = s.scalars(stmt, [rows[i] for i in fresh]).all()
                 for i, new_id in zip(fresh, new_ids, strict=True):
                     ids[i] = int(new_id)
-                self._bump(s)
+                self.last_feed = self._feed(s, [int(i) for i in new_ids], "add")
         for i, target in list(duplicate_of.items()):
             if target < 0:
                 duplicate_of[i] = ids[-1 - target]  # type: ignore[assignment]
@@ -239,14 +279,63 @@ class MetadataStore:
         """Delete rows; returns the ids that existed."""
         wanted = sorted({int(i) for i in ids})
         gone: list[int] = []
+        self.last_feed = None
         with db_errors(self.engine), self.session() as s, s.begin():
             self._lock_transaction(s)
             for part in _chunks(wanted):
                 gone.extend(int(i) for i in s.scalars(select(ImageRow.id).where(ImageRow.id.in_(part))))
                 s.execute(delete(ImageRow).where(ImageRow.id.in_(part)))
             if gone:
-                self._bump(s)
+                self.last_feed = self._feed(s, sorted(gone), "remove")
         return sorted(gone)
+
+    def edit(
+        self,
+        ids: Iterable[int],
+        *,
+        labels: list[str] | None = None,
+        add_labels: Sequence[str] = (),
+        remove_labels: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
+        replace_metadata: bool = False,
+    ) -> list[int]:
+        """Change labels (replace with ``labels``, or add/remove some) and/or metadata (merged, or replaced) of
+        rows, without touching their embeddings; returns the ids that exist. One transaction, one ``update``
+        change per row."""
+        wanted = sorted({int(i) for i in ids})
+        found: list[int] = []
+        with db_errors(self.engine), self.session() as s, s.begin():
+            self._lock_transaction(s)
+            for part in _chunks(wanted):
+                rows = s.execute(
+                    select(ImageRow.id, ImageRow.labels, ImageRow.user_metadata).where(ImageRow.id.in_(part))
+                ).all()
+                for row in rows:
+                    new_labels = list(labels) if labels is not None else list(row.labels or [])
+                    new_labels += [x for x in add_labels if x not in new_labels]
+                    new_labels = [x for x in new_labels if x not in remove_labels]
+                    new_meta = dict(row.user_metadata or {})
+                    if metadata is not None:
+                        new_meta = dict(metadata) if replace_metadata else {**new_meta, **metadata}
+                    s.execute(
+                        update(ImageRow).where(ImageRow.id == row.id).values(labels=new_labels, user_metadata=new_meta)
+                    )
+                    found.append(int(row.id))
+            if found:
+                self._feed(s, sorted(found), "update")
+        return sorted(found)
+
+    def existing_ids(self, ids: Iterable[int]) -> set[int]:
+        wanted = sorted({int(i) for i in ids})
+        out: set[int] = set()
+        with db_errors(self.engine), self.session() as s:
+            for part in _chunks(wanted):
+                out.update(int(i) for i in s.scalars(select(ImageRow.id).where(ImageRow.id.in_(part))))
+        return out
+
+    def label_names(self) -> list[str]:
+        """Every label stored on at least one image, sorted: the collection's label vocabulary."""
+        return sorted(self.summary()["labels"].keys() - {UNLABELLED})
 
     # -- reads --------------------------------------------------------------------------------------------
     def get_many(self, ids: Iterable[int]) -> dict[int, ImageRecord]:
@@ -346,7 +435,7 @@ class MetadataStore:
                 sources[row[1]] += int(row[2])
             query = select(ImageRow.labels).execution_options(yield_per=20_000)
             for (row_labels,) in s.execute(query):
-                labels.update(row_labels or ["(unlabelled)"])
+                labels.update(row_labels or [UNLABELLED])
         return {"splits": dict(splits), "labels": dict(labels.most_common()), "sources": dict(sources)}
 
     def problems(self, dim: int) -> dict[str, list[int] | list[str]]:
@@ -359,6 +448,13 @@ class MetadataStore:
                 select(ImageRow.sha256).group_by(ImageRow.sha256).having(func.count() > 1).limit(100)
             ).all()
         return {"bad_embedding": [int(i) for i in bad], "duplicate_sha256": list(dups)}
+
+    def iter_paths(self) -> Iterator[tuple[int, str]]:
+        """``(id, path)`` of every row with a file of its own."""
+        with db_errors(self.engine), self.session() as s:
+            query = select(ImageRow.id, ImageRow.path).where(ImageRow.path.is_not(None)).order_by(ImageRow.id)
+            for row in s.execute(query.execution_options(yield_per=20_000)):
+                yield int(row.id), str(row.path)
 
     def max_id(self) -> int:
         with db_errors(self.engine), self.session() as s:

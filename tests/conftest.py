@@ -1,9 +1,15 @@
-"""Suite-wide pytest wiring: the `cuda` and `postgres` markers."""
+"""Suite-wide pytest wiring: the `cuda` and `postgres` markers, and the check that no test leaves a process behind."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +55,79 @@ def postgres_url() -> Iterator[str]:
             pytest.fail(message + " — required when CI=true")
         pytest.skip(message)
     yield POSTGRES_URL
+
+
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+LEFTOVER_GRACE_S = 5.0
+
+
+def _parents() -> dict[int, tuple[int, str, str]]:
+    """pid -> (parent pid, state, command line) of every process visible in /proc."""
+    out: dict[int, tuple[int, str, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:  # exited meanwhile
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after its last ")".
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[int(entry.name)] = (int(fields[1]), fields[0], cmdline)
+    return out
+
+
+def live_descendants(root: int) -> dict[int, str]:
+    """Descendants of ``root`` that are still running (zombies, already dead, are left out)."""
+    table = _parents()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found: dict[int, str] = {}
+    stack = list(children.get(root, []))
+    while stack:
+        pid = stack.pop()
+        _, state, cmdline = table[pid]
+        if state != "Z":
+            found[pid] = cmdline
+        stack.extend(children.get(pid, []))
+    return found
+
+
+def _reap() -> None:
+    # Orphans reparented to this process (the subreaper) are reaped here; Popen objects of finished tests are gone.
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind() -> Iterator[None]:
+    """Fail the run when the suite leaves a process behind (a server not stopped, a decode worker that outlived a
+    killed build...). This process becomes a child subreaper, so an orphaned grandchild is re-parented here instead
+    of to PID 1 and is still found. Set up first, torn down last: after every other session fixture stopped its
+    processes."""
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    yield
+    deadline = time.monotonic() + LEFTOVER_GRACE_S
+    left = live_descendants(os.getpid())
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        _reap()
+        left = live_descendants(os.getpid())
+    if left:
+        for pid in left:  # leave nothing running, then say what it was
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _reap()
+        listing = "\n".join(f"  {pid}: {cmd[:200]}" for pid, cmd in sorted(left.items()))
+        pytest.fail(f"the test run left {len(left)} process(es) behind (killed now):\n{listing}", pytrace=False)

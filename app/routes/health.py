@@ -32,15 +32,22 @@ async def readyz(request: Request) -> Response:
     retry = str(request.app.state.settings.retry_after_s)
     if service is None:
         return _not_ready("not_ready", "the model and collection are still loading", {"model": "loading"}, retry)
-    checks = {"model": "ok", "index": f"ok ({service.index_size()} vectors)"}
+    col = service.collection
+    checks = {
+        "model": "ok",
+        "index": f"ok ({service.index_size()} vectors, {col.index_type}, generation {col.generation})",
+    }
     try:
-        await service.blocking(service.collection.ping)
+        await service.blocking(col.ping)
+        head = await service.blocking(col.store.head)
     except CollectionError as exc:  # DatabaseUnavailable and anything else the ping refuses
         logger.warning("readiness check failed: %s", exc)
         checks["database"] = "unavailable (details in the server log)"
         return _not_ready("database_unavailable", "the metadata database is unreachable", checks, retry)
     checks["database"] = "ok"
-    return JSONResponse(Readiness(status="ready", checks=checks).model_dump())
+    sync = service.sync_state(head)
+    checks["sync"] = f"seq {sync.seq} of {sync.head} (lag {sync.lag})"
+    return JSONResponse(Readiness(status="ready", checks=checks, sync=sync).model_dump())
 
 
 def _not_ready(code: str, message: str, checks: dict[str, str], retry: str) -> JSONResponse:

@@ -16,7 +16,7 @@ from PIL import Image
 from app.deps import ServiceDep, require_read_key, require_write_key, resolve_k
 from app.errors import ApiError
 from app.routes import errors
-from app.schemas import AddImagesResponse, ImageInfo, ImagePage, SearchResponse, Timings
+from app.schemas import AddImagesResponse, ImageEdit, ImageInfo, ImagePage, SearchResponse, Timings
 from app.service import Service, StageTimer, image_info, neighbour
 from app.uploads import add_uploads
 from indexer import ImageRecord
@@ -86,7 +86,7 @@ async def list_images(
     label: Annotated[list[str] | None, Query(description="Only images carrying one of these labels.")] = None,
     split: Annotated[str | None, Query(max_length=64, description="Only images of this split.")] = None,
 ) -> ImagePage:
-    labels = service.check_labels(label)
+    labels = await service.check_labels(label)
     records, total = await service.blocking(
         service.collection.list_images, after=after, limit=limit, labels=labels, split=split or None
     )
@@ -155,7 +155,7 @@ async def get_neighbours(
     split: Annotated[str | None, Query(description="Only neighbours from this split.")] = None,
 ) -> SearchResponse:
     k = resolve_k(k, service.settings)
-    labels = service.check_labels(label)
+    labels = await service.check_labels(label)
     timer = StageTimer()
     record = await fetch_record(service, image_id)
     vector = await service.blocking(service.collection.vector, image_id)
@@ -234,3 +234,26 @@ async def delete_image(service: ServiceDep, image_id: ImageId) -> Response:
         await service.blocking(service.thumbnails.discard, record.sha256)
     service.metrics.index_size.set(await service.blocking(service.index_size))
     return Response(status_code=204)
+
+
+@router.patch(
+    "/{image_id}",
+    response_model=ImageInfo,
+    summary="Change an image's labels and/or metadata (API key); the embedding is kept",
+    dependencies=[Depends(require_write_key)],
+    responses=errors(401, 403, 404, 422, 503),
+)
+async def edit_image(service: ServiceDep, image_id: ImageId, edit: ImageEdit) -> ImageInfo:
+    changed = await service.blocking(
+        service.collection.edit,
+        [image_id],
+        labels=edit.labels,
+        add_labels=edit.add_labels,
+        remove_labels=edit.remove_labels,
+        metadata=edit.metadata,
+        replace_metadata=edit.replace_metadata,
+    )
+    if not changed:
+        raise ApiError(404, "image_not_found", f"no image with id {image_id} in the collection")
+    service.forget_stats()
+    return image_info(await fetch_record(service, image_id))

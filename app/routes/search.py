@@ -38,7 +38,8 @@ async def search(
         bool, Form(description="Leave out stored images with exactly the same content (sha256) as the query.")
     ] = False,
 ) -> Response:
-    args = SearchArgs(resolve_k(k, service.settings), service.check_labels(label), split or None, exclude_duplicates)
+    labels = await service.check_labels(label)
+    args = SearchArgs(resolve_k(k, service.settings), labels, split or None, exclude_duplicates)
     timer = StageTimer()
     result = await service.query(image, "image", timer, args)
     hits = result.hits or []
@@ -79,7 +80,8 @@ async def search_batch(
             f"form field 'images': {len(images)} files; at most {MAX_BATCH_QUERIES} per request",
             details=[{"field": "images", "message": f"at most {MAX_BATCH_QUERIES} files"}],
         )
-    args = SearchArgs(resolve_k(k, service.settings), service.check_labels(label), split or None, exclude_duplicates)
+    labels = await service.check_labels(label)
+    args = SearchArgs(resolve_k(k, service.settings), labels, split or None, exclude_duplicates)
     timer = StageTimer()
     results = await service.query_batch(images, "images", timer, args)
     service.observe(timer)
@@ -107,7 +109,7 @@ async def search_batch(
 )
 async def search_vector(service: ServiceDep, body: VectorSearchRequest) -> SearchResponse:
     k = resolve_k(body.k, service.settings)
-    labels = service.check_labels(body.labels, "labels")
+    labels = await service.check_labels(body.labels, "labels")
     vector = service.check_vector(body.vector)
     timer = StageTimer()
     hits = await service.search(vector, k, timer, labels=labels, split=body.split or None)

@@ -105,11 +105,12 @@ async function loadCollection() {
     const info = await api("/v1/collection");
     maxUploadBytes = info.max_upload_bytes;
     els.info.textContent =
-      `${info.size.toLocaleString()} images · model ${info.model} · ${info.classes.length} classes` +
+      `${info.size.toLocaleString()} images · model ${info.model} · ${info.label_names.length} labels` +
       ` · ${info.index_type} index`;
     els.k.max = String(info.max_k);
     els.k.value = String(Math.min(Number(els.k.value) || info.default_k, info.max_k));
-    for (const name of info.classes) {
+    // The collection's own labels (what its images carry), not the checkpoint's classes: filters accept these.
+    for (const name of info.label_names) {
       const option = document.createElement("option");
       option.value = name;
       option.textContent = name;

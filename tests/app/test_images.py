@@ -141,7 +141,6 @@ def test_add_reports_duplicates_and_failures_without_losing_the_good_ones(
     ("data", "mentions"),
     [
         ({"labels": ["red", "green"]}, "labels"),
-        ({"labels": ["purple"]}, "purple"),
         ({"metadata": "{not json"}, "metadata"),
         ({"metadata": "[1, 2]"}, "metadata"),
         ({"split": "x" * 65}, "split"),

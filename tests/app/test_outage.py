@@ -24,6 +24,8 @@ def check_outage_and_recovery(client: TestClient, go_down: Callable[[], None], c
     assert before.status_code == 200
     assert client.get("/readyz").status_code == 200
     new_image = png_bytes(class_image(2, 321))
+    uploads = client.app.state.service.collection.directory / "uploads"  # type: ignore[attr-defined]
+    files_before = sorted(p for p in uploads.rglob("*") if p.is_file())
 
     go_down()
     ready = client.get("/readyz")
@@ -40,6 +42,8 @@ def check_outage_and_recovery(client: TestClient, go_down: Callable[[], None], c
         assert response.status_code == 503, response.text
         assert response.headers["retry-after"] == "7"
         assert response.json()["error"]["code"] == "database_unavailable"
+    # The refused upload left no file behind (written aside, removed when the add failed).
+    assert sorted(p for p in uploads.rglob("*") if p.is_file()) == files_before
     # What needs no database keeps working.
     assert client.get("/healthz").status_code == 200
     assert client.post("/v1/classify", files={"image": ("q.png", QUERY, "image/png")}).status_code == 200

@@ -11,9 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import faiss
 from typer.testing import CliRunner
 
 from indexer.cli import app
+from tests.conftest import live_descendants
 from tests.indexer.conftest import write_images
 
 runner = CliRunner()
@@ -28,6 +30,14 @@ def _rows(db: Path) -> int:
             return int(conn.execute("SELECT count(*) FROM images").fetchone()[0])
     except sqlite3.Error:  # not created / not migrated yet
         return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"  # a zombie is dead, waiting to be reaped
 
 
 def _cli(*args: str | Path) -> list[str]:
@@ -53,7 +63,7 @@ def test_build_killed_midway_resumes(tmp_path: Path, checkpoint: Path) -> None:
         "--batch-size",
         "2",
         "--workers",
-        "1",
+        "2",
         "--device",
         "cpu",
         "--save-every",
@@ -66,10 +76,23 @@ def test_build_killed_midway_resumes(tmp_path: Path, checkpoint: Path) -> None:
         assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
         assert time.monotonic() < deadline, "build made no progress"
         time.sleep(0.02)
+    workers = live_descendants(proc.pid)
+    assert len(workers) >= 2, workers  # the two decode workers
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = _rows(directory / "metadata.db")
     assert proc.returncode == -signal.SIGKILL and 40 <= killed_at < N_IMAGES
+    # Nothing of the build outlives it: its workers die with it (no orphan holding the database).
+    time.sleep(2.0)
+    assert not [pid for pid in workers if _alive(pid)], workers
+
+    # verify reports a lagging index with its count (it does not catch it up silently).
+    in_file = faiss.read_index(str(directory / "index.faiss")).ntotal
+    checked = runner.invoke(app, ["verify", str(directory), "--json"])
+    if in_file < killed_at:  # killed between a commit and the index save that follows it
+        assert checked.exit_code == 1, checked.output
+        assert json.loads(checked.stdout)["lagging_rows"] == killed_at - in_file
+        assert any(p.startswith("index lag") for p in json.loads(checked.stdout)["problems"])
 
     # The re-run and the check run in this process (a fresh process is what was killed; startup is the slow part).
     rerun = runner.invoke(app, [*build[3:], "--resume"])
