@@ -53,7 +53,8 @@ class Prepared:
 
 def _prepare(data: bytes, spec: PreprocessSpec, max_pixels: int, name: str) -> Prepared:
     started = time.perf_counter()
-    image = open_image(data, max_pixels=max_pixels, name=name)
+    # Large JPEGs are decoded at a reduced DCT scale, never below the model's input size (as the indexer does).
+    image = open_image(data, max_pixels=max_pixels, name=name, min_size=max(spec.image_size))
     sha = hashlib.sha256(data).hexdigest()
     decoded = time.perf_counter()
     array = to_uint8(image, spec)
