@@ -25,6 +25,7 @@ from fastapi import UploadFile
 
 from app.batching import DirectEmbedder, MicroBatcher
 from app.errors import ApiError
+from app.metadata import servable
 from app.metrics import Metrics
 from app.schemas import ClassScore, CollectionInfo, ImageInfo, KnnPrediction, Neighbour
 from app.settings import Settings
@@ -431,7 +432,7 @@ def neighbour(hit: Hit) -> Neighbour:
         score=round(float(hit.score), 6),
         labels=list(record.labels),
         split=record.split,
-        metadata=dict(record.metadata or {}),
+        metadata=servable(record.metadata),
         **image_urls(hit.id),
     )
 
@@ -446,7 +447,7 @@ def image_info(record: ImageRecord) -> ImageInfo:
         sha256=record.sha256,
         source=record.source,
         added_at=record.added_at,
-        metadata=dict(record.metadata or {}),
+        metadata=servable(record.metadata),
         **image_urls(record.id),
     )
 
