@@ -14,16 +14,18 @@ from pathlib import Path
 
 import anyio.to_thread
 import torch
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
+from app.deps import single_values
 from app.errors import install_error_handlers
 from app.limits import AdmissionMiddleware, BodyLimitMiddleware
 from app.metrics import Metrics, MetricsMiddleware
+from app.openapi import install_openapi
 from app.routes import classify, collection, health, images, search
 from app.service import Service
 from app.settings import Settings
@@ -117,7 +119,10 @@ def create_app(settings: Settings | None = None, opened: Collection | None = Non
         # with no internet access. ReDoc would need a CDN too, so it is off.
         docs_url=None,
         redoc_url=None,
+        # A single-value field sent twice is a 422, not silently the last one.
+        dependencies=[Depends(single_values)],
     )
+    install_openapi(app, settings)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.service = None

@@ -1,0 +1,108 @@
+"""The OpenAPI document as the running server behaves under its settings, and the ``Allow`` header of 405s.
+
+FastAPI documents what the route declarations say; some of what the server enforces depends on the settings:
+
+* the read endpoints take the API key only with ``MSIR_READ_REQUIRES_KEY``: otherwise they declare no security and
+  no 401/403 answer;
+* ``k`` is bounded by ``1..MSIR_MAX_K``;
+* ``images`` needs at least one file.
+
+schemathesis (tests/app/test_schemathesis.py) checks the server against this document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import fastapi.routing
+from fastapi import FastAPI
+from fastapi.dependencies.models import Dependant
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
+
+from app.deps import require_read_key
+from app.settings import Settings
+
+
+def api_routes(app: FastAPI) -> Iterator[tuple[str, set[str], Any, Dependant]]:
+    """``(path template, methods, path regex, dependant)`` of every API route, included routers' too."""
+    contexts = getattr(fastapi.routing, "iter_route_contexts", None)
+    if contexts is None:  # FastAPI without route contexts: included routes are plain APIRoutes
+        for route in app.routes:
+            if isinstance(route, APIRoute):
+                yield route.path_format, set(route.methods), route.path_regex, route.dependant
+        return
+    for context in contexts(app.routes):
+        if isinstance(context.original_route, APIRoute):
+            yield context.path_format, set(context.methods or ()), context.path_regex, context.dependant
+
+
+def _uses(dependant: Dependant, call: Any) -> bool:
+    return any(d.call is call or _uses(d, call) for d in dependant.dependencies)
+
+
+def _integer_branch(schema: dict[str, Any]) -> dict[str, Any]:
+    """The ``integer`` schema of ``int`` or ``int | None`` (``anyOf`` with null)."""
+    for branch in schema.get("anyOf", []):
+        if branch.get("type") == "integer":
+            return branch  # type: ignore[no-any-return]
+    return schema
+
+
+def _bound_k(schema: dict[str, Any], max_k: int) -> None:
+    target = _integer_branch(schema)
+    target["minimum"] = 1
+    target["maximum"] = max_k
+
+
+def build_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
+    document = get_openapi(
+        title=app.title,
+        version=app.version,
+        summary=app.summary,
+        description=app.description,
+        routes=app.routes,
+    )
+    open_reads = {
+        (path, method.lower())
+        for path, methods, _, dependant in api_routes(app)
+        if _uses(dependant, require_read_key) and not settings.read_requires_key
+        for method in methods
+    }
+    for path, operations in document.get("paths", {}).items():
+        for method, operation in operations.items():
+            if (path, method) in open_reads:
+                operation.pop("security", None)
+                for status in ("401", "403"):
+                    operation.get("responses", {}).pop(status, None)
+            for parameter in operation.get("parameters", []):
+                if parameter.get("name") == "k":
+                    _bound_k(parameter["schema"], settings.max_k)
+    for name, schema in document.get("components", {}).get("schemas", {}).items():
+        properties = schema.get("properties", {})
+        if not name.startswith("Body_"):
+            continue
+        if "k" in properties:
+            _bound_k(properties["k"], settings.max_k)
+        if properties.get("images", {}).get("type") == "array":
+            properties["images"]["minItems"] = 1
+    return document
+
+
+def install_openapi(app: FastAPI, settings: Settings) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build_openapi(app, settings)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method some route of this path accepts: Starlette's 405 names only the first route's."""
+    methods: set[str] = set()
+    for _, route_methods, regex, _ in api_routes(app):
+        if regex is not None and regex.match(path):
+            methods |= route_methods
+    return sorted(methods)
