@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,10 @@ def parse(text: str, limits: MetadataLimits) -> Any:
         raise MetadataError(_too_deep(limits)) from exc
     except json.JSONDecodeError as exc:
         raise MetadataError(f"not valid JSON ({exc.msg} at position {exc.pos})") from exc
+    if value is None:  # JSON null: no metadata
+        return {}
+    if not _encodable(value):
+        raise MetadataError("holds a lone UTF-16 surrogate (a \\udXXX escape without its pair): not valid Unicode")
     depth, keys = measure(value)
     if depth > limits.max_depth:
         raise MetadataError(_too_deep(limits, depth))
@@ -76,25 +81,46 @@ def measure(value: Any) -> tuple[int, int]:
 
 def servable(metadata: dict[str, Any] | None) -> dict[str, Any]:
     """A stored row's metadata as it can be put in a response: containers deeper than :data:`SERVED_DEPTH`
-    become a marker string, non-finite numbers become null. Rows within the limits come back unchanged."""
+    become a marker string, non-finite numbers null, lone surrogates "?". Rows within the limits come back
+    unchanged."""
     if not metadata:
         return {}
-    if measure(metadata)[0] <= SERVED_DEPTH and not _has_non_finite(metadata):
+    if measure(metadata)[0] <= SERVED_DEPTH and _encodable(metadata) and not _has_non_finite(metadata):
         return dict(metadata)
     return _clip(metadata, 1)  # type: ignore[no-any-return]
 
 
-def _has_non_finite(value: Any) -> bool:
+def _scalars(value: Any) -> Iterator[Any]:
+    """Every key and leaf value of a JSON value, without recursion."""
     stack = [value]
     while stack:
         item = stack.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            return True
         if isinstance(item, dict):
+            yield from item.keys()
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-    return False
+        else:
+            yield item
+
+
+def _has_non_finite(value: Any) -> bool:
+    return any(isinstance(v, float) and not math.isfinite(v) for v in _scalars(value))
+
+
+def _encodable(value: Any) -> bool:
+    """No string holds a lone surrogate (JSON allows the escape; UTF-8, and so the response, does not)."""
+    for item in _scalars(value):
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+    return True
+
+
+def _text(value: str) -> str:
+    return value.encode("utf-8", "replace").decode("utf-8") if not _encodable(value) else value
 
 
 def _clip(value: Any, level: int) -> Any:
@@ -102,9 +128,11 @@ def _clip(value: Any, level: int) -> Any:
     if isinstance(value, dict | list) and level > SERVED_DEPTH:
         return CLIPPED.format(depth=SERVED_DEPTH)
     if isinstance(value, dict):
-        return {str(k): _clip(v, level + 1) for k, v in value.items()}
+        return {_text(str(k)): _clip(v, level + 1) for k, v in value.items()}
     if isinstance(value, list):
         return [_clip(v, level + 1) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, str):
+        return _text(value)
     return value

@@ -5,13 +5,16 @@ FastAPI documents what the route declarations say; some of what the server enfor
 * the read endpoints take the API key only with ``MSIR_READ_REQUIRES_KEY``: otherwise they declare no security and
   no 401/403 answer;
 * ``k`` is bounded by ``1..MSIR_MAX_K``;
-* ``images`` needs at least one file.
+* ``images`` needs at least one file, and a query ``image`` at least one byte;
+* a label value is one of the model's classes (or several joined by ``|``);
+* ``metadata`` is JSON text: documented as the JSON object it must hold.
 
 schemathesis (tests/app/test_schemathesis.py) checks the server against this document.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -56,7 +59,40 @@ def _bound_k(schema: dict[str, Any], max_k: int) -> None:
     target["maximum"] = max_k
 
 
-def build_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
+def label_pattern(classes: list[str]) -> str:
+    """Values ``split_labels`` + ``check_labels`` accept: class names joined by ``|``, spaces around, blanks."""
+    names = "|".join(re.escape(name) for name in sorted(classes, key=len, reverse=True))
+    one = f"(?: *(?:(?:{names}) *)?)"
+    return f"^{one}(?:\\|{one})*$"
+
+
+def _label_items(schema: dict[str, Any], pattern: str) -> None:
+    for branch in [schema, *schema.get("anyOf", [])]:
+        if branch.get("type") == "array" and branch.get("items", {}).get("type") == "string":
+            branch["items"]["pattern"] = pattern
+
+
+def _file(schema: dict[str, Any]) -> None:
+    for branch in [schema, schema.get("items", {})]:
+        if branch.get("type") == "string" and ("contentMediaType" in branch or branch.get("format") == "binary"):
+            branch["format"] = "binary"  # what OpenAPI tools (and schemathesis's file strategies) look for
+    if schema.get("type") == "string":
+        # A query image must hold bytes. (One of several uploaded files may be empty: it is reported under
+        # `failures` while the others are added.)
+        schema["minLength"] = 1
+
+
+METADATA_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "Metadata",
+    "description": (
+        "JSON object stored with every image (sent as JSON text). A JSON list with one object per image is "
+        "accepted too. Bounded by MSIR_MAX_METADATA_BYTES, MSIR_MAX_METADATA_DEPTH and MSIR_MAX_METADATA_KEYS."
+    ),
+}
+
+
+def build_openapi(app: FastAPI, settings: Settings, classes: list[str] | None = None) -> dict[str, Any]:
     document = get_openapi(
         title=app.title,
         version=app.version,
@@ -79,21 +115,45 @@ def build_openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
             for parameter in operation.get("parameters", []):
                 if parameter.get("name") == "k":
                     _bound_k(parameter["schema"], settings.max_k)
+                if parameter.get("name") == "label" and classes:
+                    _label_items(parameter["schema"], label_pattern(classes))
     for name, schema in document.get("components", {}).get("schemas", {}).items():
         properties = schema.get("properties", {})
         if not name.startswith("Body_"):
             continue
+        for prop in properties.values():
+            # A form has no null: an optional field is left out. (Sent as text, "null" is a value like any other.)
+            branches = prop.get("anyOf")
+            if branches and any(b.get("type") == "null" for b in branches):
+                rest = [b for b in branches if b.get("type") != "null"]
+                prop.pop("anyOf")
+                if len(rest) == 1:
+                    prop.update(rest[0])
+                else:
+                    prop["anyOf"] = rest
         if "k" in properties:
             _bound_k(properties["k"], settings.max_k)
         if properties.get("images", {}).get("type") == "array":
             properties["images"]["minItems"] = 1
+        for field in ("image", "images"):
+            if field in properties:
+                _file(properties[field])
+        for field in ("label", "labels"):
+            if field in properties and classes:
+                _label_items(properties[field], label_pattern(classes))
+        if "metadata" in properties:
+            properties["metadata"] = dict(METADATA_SCHEMA)
     return document
 
 
 def install_openapi(app: FastAPI, settings: Settings) -> None:
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            app.openapi_schema = build_openapi(app, settings)
+        # The label pattern needs the model's classes: known once the lifespan has opened the collection.
+        service = getattr(app.state, "service", None)
+        classes = list(service.class_names) if service is not None else None
+        if app.openapi_schema is None or (classes and not getattr(app.state, "openapi_has_classes", False)):
+            app.openapi_schema = build_openapi(app, settings, classes)
+            app.state.openapi_has_classes = bool(classes)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -453,11 +453,12 @@ def image_info(record: ImageRecord) -> ImageInfo:
 
 
 def split_labels(values: list[str]) -> list[str]:
-    """``["a|b", "c"]`` -> ``["a", "b", "c"]`` (order kept, blanks and repeats dropped)."""
+    """``["a|b", "c"]`` -> ``["a", "b", "c"]`` (order kept, blanks and repeats dropped). Only spaces around a
+    name are dropped: the OpenAPI document's pattern for label values (app.openapi) says exactly this."""
     out: list[str] = []
     for value in values:
         for part in value.split("|"):
-            label = part.strip()
+            label = part.strip(" ")
             if label and label not in out:
                 out.append(label)
     return out
