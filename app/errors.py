@@ -100,7 +100,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route {request.method} {request.url.path}; the API lives under /v1 (see /docs)"
         elif exc.status_code == 400 and "multipart" in message.lower():
-            message = f"{message}: the body is not valid multipart/form-data (or its boundary is missing)"
+            message = f"{message.rstrip('.')}: the body is not valid multipart/form-data (or its boundary is missing)"
         headers = getattr(exc, "headers", None)
         if exc.status_code == 405:
             from app.openapi import allowed_methods  # app.openapi imports the routes' dependencies
