@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -93,7 +94,7 @@ def _setup_logging(verbose: bool) -> None:
 
 def fail(message: str, code: int = ExitCode.USAGE, error: BaseException | None = None) -> NoReturn:
     if error is not None and debug_enabled(logging.getLogger().isEnabledFor(logging.DEBUG)):
-        logging.getLogger("msir-index").error("refused", exc_info=error)
+        err.print("".join(traceback.format_exception(error)), highlight=False, markup=False)
     err.print(f"[bold red]error:[/] {one_line(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(int(code))
 

@@ -7,9 +7,9 @@ program's ``--verbose``). It lives in ``models`` because every package depends o
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
+import traceback
 from enum import IntEnum
 from typing import NoReturn, TextIO
 
@@ -48,7 +48,7 @@ def refuse(
     """Print ``program: message`` as one line (plus the traceback at debug level) and exit with ``code``."""
     out = stream or sys.stderr
     if exc is not None and debug_enabled(verbose):
-        logging.getLogger(program).error("%s refused to run", program, exc_info=exc)
+        out.write("".join(traceback.format_exception(exc)))
     out.write(f"{program}: {one_line(message)}\n")
     out.flush()
     raise SystemExit(int(code))
