@@ -312,3 +312,10 @@ def test_chunked_body_over_the_limit_names_the_limit(edge_server: tuple[LiveServ
     assert r.status_code == 413
     message = r.json()["error"]["message"]
     assert message.startswith("request body exceeds the limit of") and "of more" not in message
+
+
+def test_413_messages_read_well() -> None:
+    from app.limits import BodyTooLarge
+
+    assert BodyTooLarge(1000).message == "request body exceeds the limit of 1,000 bytes (MSIR_MAX_UPLOAD_BYTES)"
+    assert BodyTooLarge(1000, 5000).message.startswith("request body of 5,000 bytes exceeds the limit of 1,000")
