@@ -21,7 +21,7 @@ REPO_SERVE = Path(sys.executable).with_name("msir-serve")
 def refuse(fixture: Fixture, cwd: Path, **extra: str) -> tuple[int, str]:
     env = serve_env(fixture, free_port(), **extra)
     command = [str(REPO_SERVE)] if REPO_SERVE.exists() else [sys.executable, "-m", "app.cli"]
-    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
     return done.returncode, done.stdout + done.stderr
 
 
