@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import signal
+import sys
 from collections.abc import Sequence
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -25,8 +26,6 @@ from pydantic import ValidationError
 
 from app import connections
 from app.settings import Settings
-from indexer.refusals import EXPLAINED, explain
-from models.refusals import ExitCode, refuse
 from training.logs import quiet_library_loggers
 
 if TYPE_CHECKING:
@@ -80,7 +79,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         problems = "; ".join(
             f"MSIR_{'_'.join(str(p) for p in e['loc']).upper() or 'SETTINGS'}: {e['msg']}" for e in exc.errors()
         )
-        refuse("msir-serve", f"invalid settings: {problems}", ExitCode.USAGE, exc)
+        # Written here, not through models.refusals: importing models would load torch first, and a wrong setting
+        # is refused at once. 2 is ExitCode.USAGE.
+        sys.stderr.write(f"msir-serve: invalid settings: {problems}\n")
+        raise SystemExit(2) from exc
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -118,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _open_or_refuse(settings: Settings) -> Collection:
     from app.main import open_collection
+    from indexer.refusals import EXPLAINED, explain
+    from models.refusals import refuse
 
     try:
         return open_collection(settings)

@@ -13,8 +13,7 @@ have to be set before the first ``import faiss``, which ``import indexer`` does.
 from __future__ import annotations
 
 import logging
-
-from models.refusals import debug_enabled
+import os
 
 __all__ = ["NOISY_LOGGERS", "debug_requested", "quiet_library_loggers"]
 
@@ -22,8 +21,8 @@ NOISY_LOGGERS = ("alembic", "faiss.loader", "milvus_lite")
 
 
 def debug_requested(flag: bool = False) -> bool:
-    """True when a CLI's debug flag is set or ``MSIR_LOG_LEVEL`` is ``debug`` (one rule with the refusals')."""
-    return debug_enabled(flag)
+    """True when a CLI's debug flag is set or ``MSIR_LOG_LEVEL`` is ``debug``."""
+    return flag or os.environ.get("MSIR_LOG_LEVEL", "").strip().lower() == "debug"
 
 
 def quiet_library_loggers(debug: bool, extra: tuple[str, ...] = ()) -> None:
