@@ -82,6 +82,8 @@ def _file(schema: dict[str, Any]) -> None:
         schema["minLength"] = 1
 
 
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
 METADATA_SCHEMA: dict[str, Any] = {
     "type": "object",
     "title": "Metadata",
@@ -117,8 +119,21 @@ def build_openapi(app: FastAPI, settings: Settings, classes: list[str] | None = 
                     _bound_k(parameter["schema"], settings.max_k)
                 if parameter.get("name") == "label" and classes:
                     _label_items(parameter["schema"], label_pattern(classes))
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            content = operation.get("requestBody", {}).get("content", {})
+            if any(t in content for t in FORM_TYPES) and "400" not in operation.get("responses", {}):
+                operation["responses"]["400"] = {
+                    "description": "A body that is not valid multipart/form-data.",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+                }
     for name, schema in document.get("components", {}).get("schemas", {}).items():
         properties = schema.get("properties", {})
+        for field in ("label", "labels"):
+            if field in properties and classes and not name.startswith("Body_"):
+                _label_items(properties[field], label_pattern(classes))
+                # Examples from other collections ("cat") would contradict the pattern.
+                properties[field].pop("examples", None)
         if not name.startswith("Body_"):
             continue
         for prop in properties.values():
