@@ -94,7 +94,9 @@ METADATA_SCHEMA: dict[str, Any] = {
 }
 
 
-def build_openapi(app: FastAPI, settings: Settings, classes: list[str] | None = None) -> dict[str, Any]:
+def build_openapi(
+    app: FastAPI, settings: Settings, classes: list[str] | None = None, dim: int | None = None
+) -> dict[str, Any]:
     document = get_openapi(
         title=app.title,
         version=app.version,
@@ -129,6 +131,9 @@ def build_openapi(app: FastAPI, settings: Settings, classes: list[str] | None = 
                 }
     for name, schema in document.get("components", {}).get("schemas", {}).items():
         properties = schema.get("properties", {})
+        vector = properties.get("vector", {})
+        if dim and vector.get("type") == "array":
+            vector["minItems"] = vector["maxItems"] = dim  # the collection's embedding_dim
         for field in ("label", "labels"):
             if field in properties and classes and not name.startswith("Body_"):
                 _label_items(properties[field], label_pattern(classes))
@@ -166,8 +171,9 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
         # The label pattern needs the model's classes: known once the lifespan has opened the collection.
         service = getattr(app.state, "service", None)
         classes = list(service.class_names) if service is not None else None
+        dim = int(service.collection.embedder.dim) if service is not None else None
         if app.openapi_schema is None or (classes and not getattr(app.state, "openapi_has_classes", False)):
-            app.openapi_schema = build_openapi(app, settings, classes)
+            app.openapi_schema = build_openapi(app, settings, classes, dim)
             app.state.openapi_has_classes = bool(classes)
         return app.openapi_schema
 

@@ -88,5 +88,8 @@ def filter_case(context: schemathesis.HookContext, case: Any) -> bool:
     for name in SCALAR_FIELDS:
         if isinstance(body.get(name), list) and len(body[name]) <= 1:
             return False
+    # The integers 0 and 1 are, as form text, two of the spellings of a boolean.
+    if body.get("exclude_duplicates") in (0, 1) and not isinstance(body.get("exclude_duplicates"), bool):
+        return False
     metadata = body.get("metadata")
     return not (isinstance(metadata, list) and all(isinstance(item, dict) for item in metadata))
