@@ -134,6 +134,7 @@ def build_openapi(
         vector = properties.get("vector", {})
         if dim and vector.get("type") == "array":
             vector["minItems"] = vector["maxItems"] = dim  # the collection's embedding_dim
+            vector["contains"] = {"not": {"const": 0}}  # an all-zero vector has no direction to search along
         for field in ("label", "labels"):
             if field in properties and classes and not name.startswith("Body_"):
                 _label_items(properties[field], label_pattern(classes))
