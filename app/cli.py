@@ -3,6 +3,11 @@
 Options given here override the environment (they are written to ``MSIR_*`` variables so that every worker process
 reads the same settings). SIGTERM/SIGINT stop accepting connections, let in-flight requests finish (up to
 ``MSIR_GRACEFUL_TIMEOUT_S``), close the collection and exit 0.
+
+The collection is opened before the server starts, so a server that cannot serve refuses in one line naming the
+file, what is wrong and the command that fixes it, with the exit code of its class (``models.refusals.ExitCode``:
+2 settings, 3 collection, 4 checkpoint, 5 database); the traceback only with ``MSIR_LOG_LEVEL=debug``. Connections
+are served by ``app.connections`` (header timeout, minimum body rate, connection cap).
 """
 
 from __future__ import annotations
@@ -14,12 +19,17 @@ import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 from pydantic import ValidationError
 
+from app import connections
 from app.settings import Settings
 from training.logs import quiet_library_loggers
+
+if TYPE_CHECKING:
+    from indexer import Collection
 
 logger = logging.getLogger("app.cli")
 WORKER_HEALTHCHECK_S = 60
@@ -67,7 +77,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         settings = Settings()
     except ValidationError as exc:
-        sys.stderr.write(f"msir-serve: invalid settings:\n{exc}\n")
+        problems = "; ".join(
+            f"MSIR_{'_'.join(str(p) for p in e['loc']).upper() or 'SETTINGS'}: {e['msg']}" for e in exc.errors()
+        )
+        # Written here, not through models.refusals: importing models would load torch first, and a wrong setting
+        # is refused at once. 2 is ExitCode.USAGE.
+        sys.stderr.write(f"msir-serve: invalid settings: {problems}\n")
         raise SystemExit(2) from exc
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -81,19 +96,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         "timeout_graceful_shutdown": settings.graceful_timeout_s,
         "access_log": settings.access_log,
         "proxy_headers": True,
+        # uvicorn's httptools protocol plus a header timeout, a minimum body rate and a connection cap.
+        "http": connections.PROTOCOL,
     }
+    connections.configure(settings)
+    from app.main import create_app
+
+    collection = _open_or_refuse(settings)
     target: object
     if settings.workers > 1:
-        # Several processes need an import string; each builds its app from the same environment.
+        # Checked above; several processes need an import string, each builds its app from the same environment.
         # uvicorn kills a worker that does not answer its health check within timeout_worker_healthcheck (5 s by
         # default) and starts another: a worker importing torch and loading its index on a busy machine takes longer,
         # and was seen restarted dozens of times before any served. 60 s still replaces a hung worker.
+        collection.close()
         multi = {"factory": True, "workers": settings.workers, "timeout_worker_healthcheck": WORKER_HEALTHCHECK_S}
         target, common = "app.main:create_app", {**common, **multi}
     else:
-        from app.main import create_app
-
-        target = create_app(settings)
+        target = create_app(settings, opened=collection)
     previous = {sig: signal.signal(sig, _after_graceful_shutdown) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         uvicorn.run(target, **common)  # type: ignore[arg-type]
@@ -101,6 +121,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     logger.info("msir-serve stopped")
+
+
+def _open_or_refuse(settings: Settings) -> Collection:
+    from app.main import open_collection
+    from indexer.refusals import EXPLAINED, explain
+    from models.refusals import refuse
+
+    try:
+        return open_collection(settings)
+    except EXPLAINED as exc:
+        message, code = explain(exc, settings.collection_dir)
+        refuse("msir-serve", message, code, exc)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ pool, which would cost every request three thread hand-offs before the route eve
 from __future__ import annotations
 
 import secrets
-from typing import Annotated
+from typing import Annotated, Any, get_args, get_origin
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from app.errors import ApiError
@@ -82,6 +83,52 @@ def resolve_k(k: int | None, settings: Settings, field: str = "k") -> int:
             details=[{"field": field, "message": f"must be between 1 and {settings.max_k}"}],
         )
     return k
+
+
+def _is_sequence(annotation: Any) -> bool:
+    """``list[str]``, ``list[UploadFile] | None``...: a field that may legitimately repeat."""
+    if get_origin(annotation) in (list, tuple, set, frozenset):
+        return True
+    return any(_is_sequence(arg) for arg in get_args(annotation) if arg is not type(None))
+
+
+def _params(dependant: Dependant, kind: str) -> list[Any]:
+    """The route's query or body parameters, those of its dependencies included."""
+    own = list(getattr(dependant, kind))
+    return own + [p for sub in dependant.dependencies for p in _params(sub, kind)]
+
+
+async def single_values(request: Request) -> None:
+    """422 when a single-value query parameter or form field is sent more than once (``k`` twice, ``image``
+    twice): FastAPI would silently keep the last one."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    repeated: list[tuple[str, str, int]] = []
+    body_params = _params(dependant, "body_params")
+    for field in _params(dependant, "query_params"):
+        count = len(request.query_params.getlist(field.alias))
+        if count > 1 and not _is_sequence(field.field_info.annotation):
+            repeated.append(("query", field.alias, count))
+    content_type = request.headers.get("content-type", "")
+    if body_params and content_type.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        form = await request.form()  # already parsed (and cached) by FastAPI for the route's own fields
+        for field in body_params:
+            count = len(form.getlist(field.alias))
+            if count > 1 and not _is_sequence(field.field_info.annotation):
+                repeated.append(("body", field.alias, count))
+    if repeated:
+        kinds = {"query": "query parameter", "body": "form field"}
+        raise ApiError(
+            422,
+            "validation_error",
+            "; ".join(f"{kinds[where]} '{name}': sent {count} times, expected once" for where, name, count in repeated),
+            details=[
+                {"field": name, "in": where, "message": f"sent {count} times, expected once", "type": "repeated"}
+                for where, name, count in repeated
+            ],
+        )
 
 
 ServiceDep = Annotated[Service, Depends(get_service)]

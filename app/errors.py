@@ -99,9 +99,16 @@ def install_error_handlers(app: FastAPI) -> None:
         message = str(exc.detail)
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route {request.method} {request.url.path}; the API lives under /v1 (see /docs)"
-        elif exc.status_code == 405:
-            message = f"method {request.method} is not allowed on {request.url.path}"
-        return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
+        elif exc.status_code == 400 and "multipart" in message.lower():
+            message = f"{message.rstrip('.')}: the body is not valid multipart/form-data (or its boundary is missing)"
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            from app.openapi import allowed_methods  # app.openapi imports the routes' dependencies
+
+            allowed = allowed_methods(request.app, request.url.path)
+            message = f"method {request.method} is not allowed on {request.url.path}; allowed: {', '.join(allowed)}"
+            headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+        return error_response(exc.status_code, code, message, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,14 +1,22 @@
-"""Request body limit as a pure ASGI middleware.
+"""Pure ASGI middlewares bounding what one request may cost: its body size, and how many run at once.
 
-A declared ``Content-Length`` over the limit is answered 413 before the application runs and before a byte of
-the body is read. Bodies without one (chunked) are counted as they stream in: the moment the count passes the
-limit, reading stops and the request fails with 413. Nothing is ever buffered here.
+Body limit: a declared ``Content-Length`` over the limit is answered 413 before the application runs and before a
+byte of the body is read. Bodies without one (chunked) are counted as they stream in: the moment the count passes
+the limit, reading stops and the request fails with 413. Nothing is ever buffered here.
+
+Admission: at most ``MSIR_MAX_IN_FLIGHT`` API requests are handled at once; up to ``MSIR_MAX_QUEUED`` more wait for
+a slot, each for at most ``MSIR_QUEUE_TIMEOUT_S``. A request beyond the queue, or one that waited its budget out,
+is answered 503 + Retry-After instead of piling up: under overload, the requests that are accepted stay fast and
+the rest learn at once to come back later. (Slow connections are handled below the application, in
+``app.connections``.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections import deque
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -19,11 +27,11 @@ logger = logging.getLogger(__name__)
 
 class BodyTooLarge(ApiError):
     def __init__(self, limit: int, seen: int | None = None) -> None:
-        amount = f"{seen:,} bytes" if seen is not None else "more"
+        what = f"request body of {seen:,} bytes" if seen is not None else "request body"
         super().__init__(
             413,
             "payload_too_large",
-            f"request body of {amount} exceeds the limit of {limit:,} bytes (MSIR_MAX_UPLOAD_BYTES)",
+            f"{what} exceeds the limit of {limit:,} bytes (MSIR_MAX_UPLOAD_BYTES)",
             # Close the connection: otherwise the server would go on receiving (and discarding) the rest.
             headers={"Connection": "close"},
         )
@@ -86,16 +94,91 @@ def _content_length(scope: Scope) -> int | None:
 
 
 async def _send_413(send: Send, exc: BodyTooLarge) -> None:
-    body = json.dumps(error_body(exc.code, exc.message)).encode()
+    await _send_json(send, 413, error_body(exc.code, exc.message), [(b"connection", b"close")])
+
+
+async def _send_json(send: Send, status: int, content: dict[str, object], headers: list[tuple[bytes, bytes]]) -> None:
+    body = json.dumps(content).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
+                *headers,
             ],
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class AdmissionMiddleware:
+    """Cap the API requests handled at once; queue a bounded number for a bounded time; shed the rest with 503.
+
+    Only paths under ``/v1/`` are admitted this way: probes (``/healthz``, ``/readyz``), ``/metrics`` and the
+    static UI must keep answering while the API is saturated.
+    """
+
+    def __init__(
+        self, app: ASGIApp, max_in_flight: int, max_queued: int, queue_timeout_s: float, retry_after_s: int
+    ) -> None:
+        self.app = app
+        self.max_in_flight = max_in_flight
+        self.max_queued = max_queued
+        self.queue_timeout_s = queue_timeout_s
+        self.retry_after_s = retry_after_s
+        self.in_flight = 0
+        self._waiting: deque[asyncio.Future[None]] = deque()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        if not await self._acquire():
+            await _send_json(
+                send,
+                503,
+                error_body(
+                    "overloaded",
+                    f"the server is handling as many requests as it can (MSIR_MAX_IN_FLIGHT={self.max_in_flight}); "
+                    f"retry in {self.retry_after_s} s",
+                ),
+                [(b"retry-after", str(self.retry_after_s).encode())],
+            )
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._release()
+
+    async def _acquire(self) -> bool:
+        if self.in_flight < self.max_in_flight and not self._waiting:
+            self.in_flight += 1
+            return True
+        if len(self._waiting) >= self.max_queued:
+            return False
+        slot: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(slot)
+        try:
+            await asyncio.wait_for(asyncio.shield(slot), self.queue_timeout_s)
+            return True  # _release handed its slot over: in_flight already counts this request
+        except TimeoutError:
+            if slot.done():  # handed over just as the budget ran out: take it after all
+                return True
+            self._waiting.remove(slot)
+            return False
+        except BaseException:  # cancelled (client gone, shutdown): pass a slot handed over meanwhile on
+            if slot.done():
+                self._release()
+            elif slot in self._waiting:
+                self._waiting.remove(slot)
+            raise
+
+    def _release(self) -> None:
+        while self._waiting:
+            slot = self._waiting.popleft()
+            if not slot.done():
+                slot.set_result(None)  # the slot passes to the longest waiter: in_flight is unchanged
+                return
+        self.in_flight -= 1

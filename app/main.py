@@ -14,16 +14,18 @@ from pathlib import Path
 
 import anyio.to_thread
 import torch
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
+from app.deps import single_values
 from app.errors import install_error_handlers
-from app.limits import BodyLimitMiddleware
+from app.limits import AdmissionMiddleware, BodyLimitMiddleware
 from app.metrics import Metrics, MetricsMiddleware
+from app.openapi import install_openapi
 from app.routes import classify, collection, health, images, search
 from app.service import Service
 from app.settings import Settings
@@ -73,8 +75,11 @@ def torch_threads(settings: Settings) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the service; nothing heavy happens until the lifespan starts (model, index, database)."""
+def create_app(settings: Settings | None = None, opened: Collection | None = None) -> FastAPI:
+    """Build the service; nothing heavy happens until the lifespan starts (model, index, database).
+
+    ``opened``: a collection already opened (``msir-serve`` opens it first, to refuse cleanly when it cannot be); the
+    app takes it over and closes it at shutdown."""
     settings = settings or Settings()
     metrics = Metrics()
 
@@ -86,7 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def _serving(app: FastAPI) -> AsyncIterator[None]:
-        col = await anyio.to_thread.run_sync(open_collection, settings)
+        col = opened if opened is not None else await anyio.to_thread.run_sync(open_collection, settings)
         service = Service(settings, col, metrics)
         await service.start()
         metrics.index_size.set(service.index_size())
@@ -114,7 +119,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # with no internet access. ReDoc would need a CDN too, so it is off.
         docs_url=None,
         redoc_url=None,
+        # A single-value field sent twice is a 422, not silently the last one.
+        dependencies=[Depends(single_values)],
     )
+    install_openapi(app, settings)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.service = None
@@ -139,8 +147,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             swagger_favicon_url="/docs-assets/favicon-32x32.png",
         )
 
-    # Added innermost first: metrics (outermost) -> CORS -> body limit -> routes.
+    # Added innermost first: metrics (outermost) -> CORS (so that a browser can read a 503 too) -> admission ->
+    # body limit -> routes.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        AdmissionMiddleware,
+        max_in_flight=settings.max_in_flight,
+        max_queued=settings.max_queued,
+        queue_timeout_s=settings.queue_timeout_s,
+        retry_after_s=settings.retry_after_s,
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

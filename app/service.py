@@ -25,6 +25,7 @@ from fastapi import UploadFile
 
 from app.batching import DirectEmbedder, MicroBatcher
 from app.errors import ApiError
+from app.metadata import servable
 from app.metrics import Metrics
 from app.schemas import ClassScore, CollectionInfo, ImageInfo, KnnPrediction, Neighbour, SyncState
 from app.settings import Settings
@@ -56,7 +57,8 @@ class Prepared:
 
 def _prepare(data: bytes, spec: PreprocessSpec, max_pixels: int, name: str) -> Prepared:
     started = time.perf_counter()
-    image = open_image(data, max_pixels=max_pixels, name=name)
+    # Large JPEGs are decoded at a reduced DCT scale, never below the model's input size (as the indexer does).
+    image = open_image(data, max_pixels=max_pixels, name=name, min_size=max(spec.image_size))
     sha = hashlib.sha256(data).hexdigest()
     decoded = time.perf_counter()
     array = to_uint8(image, spec)
@@ -463,7 +465,7 @@ def neighbour(hit: Hit) -> Neighbour:
         score=round(float(hit.score), 6),
         labels=list(record.labels),
         split=record.split,
-        metadata=dict(record.metadata or {}),
+        metadata=servable(record.metadata),
         **image_urls(hit.id),
     )
 
@@ -478,17 +480,18 @@ def image_info(record: ImageRecord) -> ImageInfo:
         sha256=record.sha256,
         source=record.source,
         added_at=record.added_at,
-        metadata=dict(record.metadata or {}),
+        metadata=servable(record.metadata),
         **image_urls(record.id),
     )
 
 
 def split_labels(values: list[str]) -> list[str]:
-    """``["a|b", "c"]`` -> ``["a", "b", "c"]`` (order kept, blanks and repeats dropped)."""
+    """``["a|b", "c"]`` -> ``["a", "b", "c"]`` (order kept, blanks and repeats dropped). Only spaces around a
+    name are dropped: the OpenAPI document's pattern for label values (app.openapi) says exactly this."""
     out: list[str] = []
     for value in values:
         for part in value.split("|"):
-            label = part.strip()
+            label = part.strip(" ")
             if label and label not in out:
                 out.append(label)
     return out

@@ -86,6 +86,23 @@ class Settings(BaseSettings):
         gt=0,
         description="Largest image accepted, in pixels (width x height), read from the header before decoding.",
     )
+    max_metadata_bytes: int = Field(
+        16 * 1024,
+        gt=0,
+        description="Largest 'metadata' form field accepted on upload, in bytes of JSON text: 422 beyond it.",
+    )
+    max_metadata_depth: int = Field(
+        8,
+        ge=1,
+        le=32,
+        description=(
+            "Deepest nesting of objects and lists accepted in upload metadata (a top-level object is 1): 422 "
+            "beyond it. Stored rows deeper than 32 levels (written by other tools) are served clipped."
+        ),
+    )
+    max_metadata_keys: int = Field(
+        256, ge=1, description="Most object keys (at every level together) accepted in upload metadata: 422 beyond."
+    )
     max_k: int = Field(100, ge=1, description="Largest number of neighbours a client may ask for (k).")
     default_k: int = Field(10, ge=1, description="Number of neighbours returned when the request gives no k.")
     cors_origins: Annotated[list[str], NoDecode] = Field(
@@ -186,8 +203,61 @@ class Settings(BaseSettings):
             "process's own writes)."
         ),
     )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "Slow clients: a request's line and headers must arrive within this many seconds of the connection "
+            "opening (or of the request's first byte on a kept-alive connection); otherwise 408 and the connection "
+            "is closed."
+        ),
+    )
+    max_header_bytes: int = Field(
+        65_536, ge=1024, description="Largest request line + headers accepted, in bytes: 431 and close beyond it."
+    )
+    body_grace_s: float = Field(
+        10.0,
+        ge=0,
+        description="Slow clients: seconds a request body may take before MSIR_MIN_BODY_RATE is enforced.",
+    )
+    min_body_rate: int = Field(
+        4096,
+        gt=0,
+        description=(
+            "Slow clients: after MSIR_BODY_GRACE_S, a request body must arrive at this many bytes per second on "
+            "average, or 408 and the connection is closed."
+        ),
+    )
+    max_connections: int = Field(
+        512,
+        ge=1,
+        description=(
+            "Open connections per server process; a connection beyond it is answered 503 + Retry-After and closed."
+        ),
+    )
+    max_in_flight: int = Field(
+        16,
+        ge=1,
+        description=(
+            "Overload: API requests (/v1/...) handled at once per process. More wait in a bounded queue "
+            "(MSIR_MAX_QUEUED, MSIR_QUEUE_TIMEOUT_S); beyond it they are answered 503 + Retry-After at once. "
+            "Measured with benchmarks/overload.py."
+        ),
+    )
+    max_queued: int = Field(
+        32, ge=0, description="Overload: API requests that may wait for a slot; one more is answered 503 at once."
+    )
+    queue_timeout_s: float = Field(
+        0.25,
+        ge=0,
+        description="Overload: longest wait for a slot, in seconds, before a queued request is answered 503.",
+    )
     retry_after_s: int = Field(
-        5, ge=1, description="Retry-After (seconds) sent with 503 answers while the database is unreachable."
+        5,
+        ge=1,
+        description=(
+            "Retry-After (seconds) sent with 503 answers: database unreachable, overload, too many connections."
+        ),
     )
 
     @field_validator("cors_origins", mode="before")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +17,7 @@ from fastapi import UploadFile
 from PIL import Image
 
 from app.errors import ApiError
+from app.metadata import MetadataError, MetadataLimits, parse
 from app.schemas import AddedImage, AddImagesResponse, DuplicateImage, FailedImage
 from app.service import Service, split_labels
 from indexer import Upload
@@ -64,14 +64,17 @@ def parse_labels(labels: list[str] | None, count: int) -> list[list[str]]:
     return [split_labels([value]) if value else [] for value in labels]
 
 
-def parse_metadata(metadata: str | None, count: int) -> list[dict[str, Any]]:
+def parse_metadata(metadata: str | None, count: int, limits: MetadataLimits) -> list[dict[str, Any]]:
     if metadata is None or not metadata.strip():
         return [{} for _ in range(count)]
     try:
-        value = json.loads(metadata)
-    except json.JSONDecodeError as exc:
+        value = parse(metadata, limits)
+    except MetadataError as exc:
         raise ApiError(
-            422, "validation_error", f"form field 'metadata': not valid JSON ({exc.msg} at position {exc.pos})"
+            422,
+            "validation_error",
+            f"form field 'metadata': {exc}",
+            details=[{"field": "metadata", "in": "body", "message": str(exc)}],
         ) from exc
     if isinstance(value, dict):
         return [dict(value) for _ in range(count)]
@@ -85,6 +88,11 @@ def parse_metadata(metadata: str | None, count: int) -> list[dict[str, Any]]:
     )
 
 
+def metadata_limits(service: Service) -> MetadataLimits:
+    settings = service.settings
+    return MetadataLimits(settings.max_metadata_bytes, settings.max_metadata_depth, settings.max_metadata_keys)
+
+
 async def add_uploads(
     service: Service,
     images: list[UploadFile],
@@ -93,7 +101,7 @@ async def add_uploads(
     metadata: str | None,
 ) -> AddImagesResponse:
     per_labels = parse_labels(labels, len(images))
-    per_metadata = parse_metadata(metadata, len(images))
+    per_metadata = parse_metadata(metadata, len(images), metadata_limits(service))
     failures: list[FailedImage] = []
     pending: dict[str, _Pending] = {}  # by sha256: the same bytes twice in one request are stored once
     for i, upload in enumerate(images):

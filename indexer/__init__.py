@@ -5,13 +5,14 @@
 
 from indexer.collection import Collection
 from indexer.embedder import Embedder
-from indexer.errors import CollectionError, ConsistencyError, DatabaseUnavailable
+from indexer.errors import CheckpointMismatch, CollectionError, ConsistencyError, DatabaseUnavailable
 from indexer.pipeline import BuildReport
 from indexer.records import AddReport, EmbedResult, Hit, ImageRecord, NewImage, Upload, VerifyReport
 
 __all__ = [
     "AddReport",
     "BuildReport",
+    "CheckpointMismatch",
     "Collection",
     "CollectionError",
     "ConsistencyError",

@@ -1,6 +1,9 @@
 """``msir-index``: build, extend, check and query image collections.
 
-Exit codes: 0 ok, 1 ``verify`` found a mismatch, 2 usage or configuration error (a clear message, no traceback).
+Exit codes (``models.refusals.ExitCode``, one line on stderr naming the file and the fix; the traceback only with
+``--verbose`` or ``MSIR_LOG_LEVEL=debug``): 0 ok, 1 ``verify`` found a mismatch, 2 usage or configuration error,
+3 collection unusable or inconsistent, 4 checkpoint unusable or not the collection's, 5 metadata database
+unusable or unreachable, 6 image file unreadable.
 Human output is rich tables on stdout; ``--json`` prints one JSON document instead.
 """
 
@@ -9,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -19,21 +23,21 @@ from rich.logging import RichHandler
 
 from indexer import cli_output as out
 from indexer.collection import Collection
-from indexer.errors import CollectionError
 from indexer.faiss_index import DEFAULT_OPTIONS, INDEX_TYPES
 from indexer.manifest import Manifest
 from indexer.predict import predict
+from indexer.refusals import EXPLAINED, explain
 from indexer.shards import Shard, build_shard
 from indexer.sources import Source, from_dataset, from_files, from_folder
 from indexer.vector_store import BACKENDS, BackendConfig
-from models import CheckpointError, ImageDecodeError, open_image
+from models import ImageDecodeError, open_image
+from models.refusals import ExitCode, debug_enabled, one_line
 from training.logs import debug_requested, quiet_library_loggers
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 console = Console()
 err = Console(stderr=True)
 T = TypeVar("T")
-USER_ERRORS = (CollectionError, CheckpointError, ImageDecodeError, OSError)
 
 Dir = Annotated[
     Path, typer.Argument(help="Collection folder (manifest.json, index.faiss or index.milvus.json, metadata.db).")
@@ -88,19 +92,23 @@ def _setup_logging(verbose: bool) -> None:
     quiet_library_loggers(debug)
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+def fail(message: str, code: int = ExitCode.USAGE, error: BaseException | None = None) -> NoReturn:
+    if error is not None and debug_enabled(logging.getLogger().isEnabledFor(logging.DEBUG)):
+        err.print("".join(traceback.format_exception(error)), highlight=False, markup=False)
+    err.print(f"[bold red]error:[/] {one_line(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(int(code))
 
 
-def guarded(fn: Callable[[], T]) -> T:
-    """Run a command body; user and configuration errors become a message and exit code 2."""
+def guarded(fn: Callable[[], T], directory: Path) -> T:
+    """Run a command body; user, configuration and file errors become one line and their class's exit code."""
     try:
         return fn()
-    except USER_ERRORS as error:
-        fail(str(error))
+    except ImageDecodeError as error:
+        fail(str(error), ExitCode.DATA, error)
+    except EXPLAINED as error:
+        fail(*explain(error, directory), error)
     except ValueError as error:  # DatasetError, bad option values
-        fail(str(error))
+        fail(str(error), ExitCode.USAGE, error)
 
 
 def _default_workers() -> int:
@@ -241,7 +249,7 @@ def build(
             )
             out.build_report(console, report, col.ntotal, json_out)
 
-    guarded(run)
+    guarded(run, directory)
 
 
 @app.command()
@@ -278,7 +286,7 @@ def add(
             report = col.add_source(source, batch_size=batch_size, workers=n_workers, progress=not json_out)
             out.build_report(console, report, col.ntotal, json_out)
 
-    guarded(run)
+    guarded(run, directory)
 
 
 @app.command()
@@ -308,7 +316,7 @@ def remove(
             else:
                 console.print(f"removed {removed} image(s); {col.ntotal} remain")
 
-    guarded(run)
+    guarded(run, directory)
 
 
 @app.command()
@@ -416,7 +424,7 @@ def rebuild(
             where = col.manifest.index.backend
             console.print(f"rebuilt the {col.index_type} index ({where}) of {directory}: {col.ntotal} vectors")
 
-    guarded(run)
+    guarded(run, directory)
 
 
 @app.command()
@@ -436,7 +444,7 @@ def stats(
         with Collection.open(directory, checkpoint, db, "cpu", strict=False, backend_config=config) as col:
             out.stats(console, col.stats(), col.problems, json_out)
 
-    guarded(run)
+    guarded(run, directory)
 
 
 @app.command()
@@ -471,7 +479,7 @@ def verify(
         out.verify_report(console, directory, report, json_out)
         return report.ok
 
-    if not guarded(run):
+    if not guarded(run, directory):
         raise typer.Exit(1)
 
 
@@ -502,7 +510,7 @@ def search(
             hits = col.search(query.embeddings, k, labels=label, split=split)[0]
             out.hits(console, image, hits, predict(query.logits[0], hits, emb.class_names, emb.multi_label), json_out)
 
-    guarded(run)
+    guarded(run, directory)
 
 
 @app.command("eval")
@@ -533,7 +541,7 @@ def evaluate(
             metrics = evaluate_collection(col, query_split, db_split, k_values)
         out.metrics(console, metrics, json_out)
 
-    guarded(run)
+    guarded(run, directory)
 
 
 if __name__ == "__main__":

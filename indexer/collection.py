@@ -23,7 +23,7 @@ from indexer import consistency as cons
 from indexer import maintenance, uploads
 from indexer.db import default_url, is_default_url, safe_url
 from indexer.embedder import Embedder
-from indexer.errors import CollectionError, ConsistencyError
+from indexer.errors import CheckpointMismatch, CollectionError, ConsistencyError
 from indexer.faiss_index import INDEX_FILE, VECTORS_FILE, resolve_options
 from indexer.following import FollowingIndex
 from indexer.locks import directory_lock
@@ -160,7 +160,7 @@ class Collection(FollowingIndex):
                 )
         meta = read_checkpoint_meta(checkpoint)
         if strict and meta.weights_sha256 != manifest.checkpoint.sha256:
-            raise ConsistencyError(
+            raise CheckpointMismatch(
                 f"checkpoint mismatch: {directory} was built with {manifest.checkpoint.path} (weights sha256 "
                 f"{manifest.checkpoint.sha256[:12]}…), got {checkpoint} ({meta.weights_sha256[:12]}…); open it "
                 f"with the original checkpoint, or build a new collection for the new one"

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from indexer.sources import WorkItem
-from models import PreprocessSpec, open_image, to_uint8
+from models import PreprocessSpec, open_image, original_size, to_uint8
 from training.data import DatasetReader, open_dataset
 
 _READER: DatasetReader | None = None
@@ -99,7 +99,9 @@ def decode_one(item: WorkItem, spec: PreprocessSpec, max_pixels: int | None) -> 
     if item.path is None:
         raise ValueError(f"{item.uri}: no file to read")
     data = Path(item.read_path or item.path).read_bytes()
-    return hashlib.sha256(data).hexdigest(), open_image(data, max_pixels=max_pixels, name=item.uri)
+    # Large JPEGs are decoded at a reduced DCT scale, never below the model's input size (as the service does).
+    image = open_image(data, max_pixels=max_pixels, name=item.uri, min_size=max(spec.image_size))
+    return hashlib.sha256(data).hexdigest(), image
 
 
 def decode_chunk(
@@ -111,7 +113,7 @@ def decode_chunk(
     for position, item in enumerate(items):
         try:
             sha, img = decode_one(item, spec, max_pixels)
-            width, height = img.size
+            width, height = original_size(img)  # the stored size, not a reduced decoding's
             out.append(Decoded(position, sha, width, height, to_uint8(img, spec)))
         except (OSError, ValueError) as error:  # ImageDecodeError and BadItemError are ValueErrors
             out.append(Failed(position, str(error) or type(error).__name__))

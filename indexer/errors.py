@@ -11,5 +11,9 @@ class ConsistencyError(CollectionError):
     """The database, the FAISS index and the manifest disagree (or a foreign checkpoint was given)."""
 
 
+class CheckpointMismatch(ConsistencyError):
+    """A checkpoint other than the one the collection was built with (its embeddings would not match)."""
+
+
 class DatabaseUnavailable(CollectionError):
     """The metadata database cannot be reached (connection refused, dropped, locked for too long)."""

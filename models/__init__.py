@@ -17,6 +17,7 @@ from models.preprocessing import (
     UnsupportedImageError,
     normalize,
     open_image,
+    original_size,
     preprocess,
     to_uint8,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "normalize",
     "open_image",
     "options_of",
+    "original_size",
     "preprocess",
     "read_checkpoint_meta",
     "save_checkpoint",

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 import numpy as np
+import simplejpeg
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 ResizePolicy = Literal["crop", "pad", "stretch"]
@@ -100,28 +101,38 @@ class PreprocessSpec(BaseModel):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def open_image(source: ImageSource, max_pixels: int | None = None, name: str | None = None) -> Image.Image:
-    """Decode an image fully, safely, and upright.
+JPEG_SOI = b"\xff\xd8\xff"
+# Key of ``Image.info`` where :func:`open_image` records the stored size of an image it decoded at a reduced scale.
+ORIGINAL_SIZE = "msir.original_size"
+
+
+def open_image(
+    source: ImageSource, max_pixels: int | None = None, name: str | None = None, min_size: int | None = None
+) -> Image.Image:
+    """Decode an image fully, safely, strictly and upright.
 
     The pixel count is checked from the header *before* any decoding (decompression bombs), the whole file is
     decoded here so truncated files fail now rather than mid-batch, EXIF orientation is applied and animated
-    images give their first frame. Every failure is an :class:`ImageDecodeError` naming the source.
+    images give their first frame. JPEGs are decoded by libjpeg-turbo through simplejpeg in strict mode: the
+    "Corrupt JPEG data" warnings that Pillow ignores (garbage pixels decoded without complaint) are errors here.
+    ``min_size``: the caller only needs an image whose sides are at least this long (a model input), so a large
+    JPEG is decoded at a reduced DCT scale (1/2, 1/4, 1/8) no smaller than that; ``original_size(img)`` gives
+    the stored size. Every failure is an :class:`ImageDecodeError` naming the source.
     """
     label = name or (str(source) if isinstance(source, str | Path) else "<upload>")
-    if isinstance(source, bytes):
-        if not source:
-            raise ImageDecodeError(f"{label}: empty file (0 bytes)")
-        source = io.BytesIO(source)
     try:
+        data = _read_source(source, label)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as img:
+            with Image.open(io.BytesIO(data)) as img:
                 width, height = img.size
                 if max_pixels is not None and width * height > max_pixels:
                     raise ImageTooLargeError(
                         f"{label}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
                         f"{max_pixels:,} pixels"
                     )
+                if data.startswith(JPEG_SOI) and img.format in ("JPEG", "MPO"):
+                    return _open_jpeg(data, img, min_size)
                 img.seek(0)
                 img.load()
                 return ImageOps.exif_transpose(img)
@@ -135,6 +146,55 @@ def open_image(source: ImageSource, max_pixels: int | None = None, name: str | N
         raise ImageDecodeError(f"{label}: file not found") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise ImageDecodeError(f"{label}: corrupt or truncated image ({exc})") from exc
+
+
+def original_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) of the stored image, before any reduced-scale decoding by :func:`open_image`."""
+    size = img.info.get(ORIGINAL_SIZE)
+    return (int(size[0]), int(size[1])) if size else img.size
+
+
+def _read_source(source: ImageSource, label: str) -> bytes:
+    if isinstance(source, str | Path):
+        data = Path(source).read_bytes()
+    elif isinstance(source, bytes):
+        data = source
+    else:
+        data = source.read()
+    if not data:
+        raise ImageDecodeError(f"{label}: empty file (0 bytes)")
+    return data
+
+
+def _open_jpeg(data: bytes, header: Image.Image, min_size: int | None) -> Image.Image:
+    """Strict libjpeg-turbo decoding of a JPEG whose header Pillow has read (and the pixel limit passed).
+
+    Grey and colour JPEGs are decoded by simplejpeg, at a reduced DCT scale when ``min_size`` allows; CMYK (and
+    Adobe-inverted CMYK) keeps Pillow's conversion, after simplejpeg has checked the data strictly. EXIF
+    orientation is applied from the original header, exactly as for the other formats.
+    """
+    if header.mode not in ("L", "RGB"):
+        simplejpeg.decode_jpeg(data, colorspace="CMYK", strict=True)  # raises ValueError on corrupt data
+        header.load()
+        return ImageOps.exif_transpose(header)
+    # Either side may end up as the height after the EXIF rotation: both must stay >= min_size.
+    side = min_size or 0
+    pixels = simplejpeg.decode_jpeg(
+        data,
+        colorspace="GRAY" if header.mode == "L" else "RGB",
+        min_height=side,
+        min_width=side,
+        strict=True,
+    )
+    img = Image.fromarray(pixels[:, :, 0] if header.mode == "L" else pixels)
+    img.info.update(header.info)  # exif, xmp (orientation), icc_profile, dpi... as Pillow's own decoding keeps
+    if img.size != header.size:
+        w, h = header.size
+        # Orientations 5-8 turn the image by 90 degrees: the stored sides swap too.
+        swapped = img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+        img.info[ORIGINAL_SIZE] = (h, w) if swapped else (w, h)
+    upright = ImageOps.exif_transpose(img)
+    return upright
 
 
 def to_mode(img: Image.Image, channels: int) -> Image.Image:

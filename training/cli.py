@@ -3,6 +3,10 @@
     msir-train --config configs/cnn/mscfnet4_cifar10.yaml --data-root ~/.cache/msir/datasets/cifar10 \
         --set optim.lr0=5e-4 --epochs 2 --limit-train 5000
     torchrun --nproc-per-node 4 $(which msir-train) --config ...   # DDP on 4 GPUs (README "Scaling out")
+
+A refusal is one line on stderr (the traceback only with --verbose or MSIR_LOG_LEVEL=debug), with the exit code of
+its class (``models.refusals.ExitCode``): 2 configuration or options, 4 checkpoint or run state to resume from,
+6 dataset, 7 the training diverged.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from models import CheckpointError
+from models.refusals import ExitCode, refuse
 from training.config import ConfigError, load_config
 
 app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
@@ -75,15 +81,20 @@ def main(
     try:
         cfg, raw = load_config(config, overrides)
         result = train(cfg, raw, resume=resume)
-    except (ConfigError, DatasetError, ResumeError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    except ConfigError as exc:
+        refuse("msir-train", f"{config}: {exc}", ExitCode.USAGE, exc, verbose=verbose)
+    except DatasetError as exc:
+        refuse("msir-train", f"dataset: {exc}", ExitCode.DATA, exc, verbose=verbose)
+    except (ResumeError, CheckpointError) as exc:
+        fix = "; --no-resume starts the run afresh" if isinstance(exc, ResumeError) else ""
+        refuse("msir-train", f"{exc}{fix}", ExitCode.CHECKPOINT, exc, verbose=verbose)
     except TrainingDivergedError as exc:
-        console.print(f"[red]training diverged:[/red] {exc}")
-        raise typer.Exit(3) from exc
+        refuse("msir-train", f"training diverged: {exc}", ExitCode.DIVERGED, exc, verbose=verbose)
     except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        refuse("msir-train", str(exc), ExitCode.USAGE, exc, verbose=verbose)
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        refuse("msir-train", f"{where}{exc.strerror or exc}", ExitCode.DATA, exc, verbose=verbose)
 
     if quiet:
         return

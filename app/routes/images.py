@@ -183,7 +183,7 @@ async def get_neighbours(
     dependencies=[Depends(require_write_key)],
     responses={
         200: {"model": AddImagesResponse, "description": "Nothing new added: every image was a duplicate."},
-        **errors(401, 403, 413, 422, 503),
+        **errors(400, 401, 403, 413, 422, 503),
     },
 )
 async def add_images(

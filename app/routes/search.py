@@ -23,7 +23,7 @@ router = APIRouter(prefix="/v1", tags=["search"], dependencies=[Depends(require_
     "/search",
     response_model=SearchResponse,
     summary="Find the images most similar to an uploaded image",
-    responses=errors(401, 403, 413, 415, 422, 503),
+    responses=errors(400, 401, 403, 413, 415, 422, 503),
 )
 async def search(
     service: ServiceDep,

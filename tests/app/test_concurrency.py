@@ -30,7 +30,10 @@ def test_100_concurrent_searches_match_sequential(any_collection: Fixture) -> No
     queries = (queries * 7)[:100]
 
     async def run() -> None:
-        async with async_client(any_collection.settings(batch_max_size=16, batch_max_wait_ms=5)) as client:
+        # Admission control would shed part of 100 requests at once (tests/app/test_edge.py tests that); here every
+        # request must run.
+        settings = any_collection.settings(batch_max_size=16, batch_max_wait_ms=5, max_in_flight=200)
+        async with async_client(settings) as client:
             one_by_one = [await _search(client, q) for q in queries]
             passes0, images0 = _batches((await client.get("/metrics")).text)
             together = await asyncio.gather(*(_search(client, q) for q in queries))
@@ -55,7 +58,7 @@ def test_write_during_concurrent_reads(any_collection: Fixture) -> None:
     queries = [png_bytes(class_image(i % 3, 80 + i)) for i in range(60)]
 
     async def run() -> None:
-        async with async_client(any_collection.settings()) as client:
+        async with async_client(any_collection.settings(max_in_flight=200)) as client:
 
             async def write() -> dict:
                 await asyncio.sleep(0.01)

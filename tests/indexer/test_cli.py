@@ -107,37 +107,38 @@ def test_verify_exits_1_on_mismatch_and_rebuild_repairs(built: Path) -> None:
     report = json.loads(run("verify", built, "--json", code=1))
     assert report["ok"] is False and report["orphan_rows"] == [5]
     assert "orphan rows" in run("verify", built, code=1)
-    # Other commands refuse the inconsistent collection with a clear message (exit 2).
+    # Other commands refuse the inconsistent collection with a clear message (exit 3: the collection).
     result = runner.invoke(app, ["search", str(built), "--image", str(next(built.parent.rglob("*.png")))])
-    assert result.exit_code == 2 and "msir-index rebuild" in result.output
+    assert result.exit_code == 3 and "msir-index rebuild" in result.output
     run("rebuild", built)
     assert json.loads(run("verify", built, "--json"))["ok"] is True
 
 
-def test_user_errors_exit_2(tmp_path: Path, checkpoint: Path, other_checkpoint: Path) -> None:
+def test_user_errors_exit_with_their_class(tmp_path: Path, checkpoint: Path, other_checkpoint: Path) -> None:
+    """One line, no traceback, and the exit code of the class: 2 usage, 3 collection, 4 checkpoint."""
     write_images(tmp_path / "imgs", 3)
     directory = tmp_path / "col"
     cases = [
-        (["build", directory, "-c", checkpoint], "exactly one image source"),
-        (["build", directory, "-c", checkpoint, "--folder", tmp_path / "imgs", "--data", tmp_path], "exactly one"),
-        (["build", directory, "-c", checkpoint, "--folder", tmp_path / "imgs", "--index", "lsh"], "lsh"),
-        (["build", directory, "-c", checkpoint, "--folder", tmp_path / "imgs", "--nlist", "4"], "--nlist"),
-        (["build", directory, "-c", tmp_path / "nope", "--folder", tmp_path / "imgs"], "nope"),
-        (["stats", tmp_path / "imgs"], "not a collection"),
-        (["remove", tmp_path / "imgs"], "--id"),
+        (["build", directory, "-c", checkpoint], "exactly one image source", 2),
+        (["build", directory, "-c", checkpoint, "--folder", tmp_path / "imgs", "--data", tmp_path], "exactly one", 2),
+        (["build", directory, "-c", checkpoint, "--folder", tmp_path / "imgs", "--index", "lsh"], "lsh", 2),
+        (["build", directory, "-c", checkpoint, "--folder", tmp_path / "imgs", "--nlist", "4"], "--nlist", 2),
+        (["build", directory, "-c", tmp_path / "nope", "--folder", tmp_path / "imgs"], "nope", 4),
+        (["stats", tmp_path / "imgs"], "not a collection", 3),
+        (["remove", tmp_path / "imgs"], "--id", 2),
     ]
-    for args, message in cases:
+    for args, message, code in cases:
         result = runner.invoke(app, [str(a) for a in args])
-        assert result.exit_code == 2, (args, result.output)
+        assert result.exit_code == code, (args, result.output)
         assert message in result.output and "Traceback" not in result.output
     run("build", directory, "-c", checkpoint, "--folder", tmp_path / "imgs", "--workers", "0", "--device", "cpu")
-    for args, message in [
-        (["add", directory, "-c", other_checkpoint, "--folder", tmp_path / "imgs"], "checkpoint mismatch"),
-        (["build", directory, "-c", checkpoint, "--folder", tmp_path / "imgs", "--index", "hnsw"], "rebuild"),
-        (["eval", directory], "no images"),
+    for args, message, code in [
+        (["add", directory, "-c", other_checkpoint, "--folder", tmp_path / "imgs"], "checkpoint mismatch", 4),
+        (["build", directory, "-c", checkpoint, "--folder", tmp_path / "imgs", "--index", "hnsw"], "rebuild", 2),
+        (["eval", directory], "no images", 3),
     ]:
         result = runner.invoke(app, [str(a) for a in args])
-        assert result.exit_code == 2 and message in result.output, result.output
+        assert result.exit_code == code and message in result.output, result.output
     # Re-running the build indexes nothing twice; `add FILES` reports duplicates.
     out = json.loads(
         run(

@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from models import (
     ImageDecodeError,
@@ -16,6 +16,7 @@ from models import (
     UnsupportedImageError,
     normalize,
     open_image,
+    original_size,
     preprocess,
     to_uint8,
 )
@@ -164,3 +165,52 @@ def test_spec_validation_and_round_trip() -> None:
     assert PreprocessSpec.for_dataset("cifar10", 24).cache_key() != spec.cache_key()
     grey = PreprocessSpec.for_dataset("imagenet", 28, channels=1)
     assert grey.channels == 1 and len(grey.mean) == 1
+
+
+def _noise_jpeg(width: int, height: int, mode: str = "RGB", **save: object) -> bytes:
+    rng = np.random.default_rng(7)
+    shape = (height, width) if mode == "L" else (height, width, 3)
+    return encode(Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).convert(mode), "JPEG", **save)
+
+
+def test_corrupt_jpeg_data_is_an_error() -> None:
+    # 200 bytes overwritten in the entropy-coded data: Pillow decodes garbage without complaint, strict libjpeg not.
+    data = bytearray(_noise_jpeg(256, 256))
+    middle = len(data) // 2
+    data[middle : middle + 200] = bytes(200)
+    with Image.open(io.BytesIO(bytes(data))) as lenient:
+        lenient.load()  # what the service used to accept
+    with pytest.raises(ImageDecodeError, match="Corrupt JPEG data"):
+        open_image(bytes(data), name="bad.jpg")
+
+
+def test_corrupt_cmyk_jpeg_is_an_error_and_good_cmyk_keeps_pillows_conversion() -> None:
+    good = _noise_jpeg(64, 48, "CMYK")
+    with Image.open(io.BytesIO(good)) as ref:
+        ref.load()
+        expected = np.asarray(ImageOps.exif_transpose(ref))
+    opened = open_image(good)
+    assert opened.mode == "CMYK" and np.array_equal(np.asarray(opened), expected)
+    bad = bytearray(good)
+    bad[len(bad) // 2 : len(bad) // 2 + 100] = bytes(100)
+    with pytest.raises(ImageDecodeError):
+        open_image(bytes(bad))
+
+
+def test_large_jpeg_is_decoded_at_a_reduced_dct_scale_no_smaller_than_asked() -> None:
+    data = _noise_jpeg(1600, 1200)
+    full = open_image(data)
+    assert full.size == (1600, 1200) and original_size(full) == (1600, 1200)
+    reduced = open_image(data, min_size=150)
+    assert reduced.size == (200, 150)  # 1/8: the largest factor keeping both sides >= 150
+    assert original_size(reduced) == (1600, 1200)
+    assert open_image(data, min_size=700).size == (1000, 750)  # 5/8: 4/8 would make the height 600
+
+
+def test_reduced_decoding_keeps_exif_orientation_and_grey() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees
+    rotated = open_image(_noise_jpeg(800, 400, exif=exif.tobytes()), min_size=50)
+    assert rotated.size == (50, 100) and original_size(rotated) == (400, 800)
+    grey = open_image(_noise_jpeg(640, 480, "L"), min_size=60)
+    assert grey.mode == "L" and grey.size == (80, 60)

@@ -1,0 +1,138 @@
+"""Limits on the free-form ``metadata`` JSON stored with uploaded images, and serving stored rows safely.
+
+An upload's metadata is bounded in bytes, nesting depth and key count (``MSIR_MAX_METADATA_*``): one deeply nested
+object must not be able to break serialisation of every search whose top-k contains it. Rows written before the
+limits existed, or by ``msir-index``, are still served: whatever lies deeper than :data:`SERVED_DEPTH` is replaced
+by a marker instead of failing the response.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+# Deepest nesting ever put in a response (MSIR_MAX_METADATA_DEPTH may not exceed it); pydantic's own serialisation
+# limit lies far above.
+SERVED_DEPTH = 32
+CLIPPED = "[nested deeper than {depth} levels: not served]"
+
+
+class MetadataError(ValueError):
+    """Metadata over a limit or not JSON; the message names the limit and its setting."""
+
+
+@dataclass(frozen=True)
+class MetadataLimits:
+    max_bytes: int
+    max_depth: int
+    max_keys: int
+
+
+def _no_constants(name: str) -> Any:
+    raise MetadataError(f"{name} is not valid JSON (non-finite numbers cannot be stored)")
+
+
+def parse(text: str, limits: MetadataLimits) -> Any:
+    """JSON text -> value, refusing anything over ``limits`` before it is stored."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > limits.max_bytes:
+        raise MetadataError(f"{size:,} bytes exceeds the limit of {limits.max_bytes:,} bytes (MSIR_MAX_METADATA_BYTES)")
+    try:
+        value = json.loads(text, parse_constant=_no_constants)
+    except RecursionError as exc:
+        raise MetadataError(_too_deep(limits)) from exc
+    except json.JSONDecodeError as exc:
+        raise MetadataError(f"not valid JSON ({exc.msg} at position {exc.pos})") from exc
+    if value is None:  # JSON null: no metadata
+        return {}
+    if not _encodable(value):
+        raise MetadataError("holds a lone UTF-16 surrogate (a \\udXXX escape without its pair): not valid Unicode")
+    depth, keys = measure(value)
+    if depth > limits.max_depth:
+        raise MetadataError(_too_deep(limits, depth))
+    if keys > limits.max_keys:
+        raise MetadataError(f"{keys:,} keys exceeds the limit of {limits.max_keys:,} keys (MSIR_MAX_METADATA_KEYS)")
+    return value
+
+
+def _too_deep(limits: MetadataLimits, depth: int | None = None) -> str:
+    nested = f"nested {depth} levels deep" if depth is not None else "nested too deep to parse"
+    return f"{nested}, over the limit of {limits.max_depth} levels (MSIR_MAX_METADATA_DEPTH)"
+
+
+def measure(value: Any) -> tuple[int, int]:
+    """(nesting depth, object keys in all) of a JSON value, without recursion: a top-level object is depth 1."""
+    depth = keys = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            keys += len(item)
+            depth = max(depth, level + 1)
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            depth = max(depth, level + 1)
+            stack.extend((v, level + 1) for v in item)
+    return depth, keys
+
+
+def servable(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """A stored row's metadata as it can be put in a response: containers deeper than :data:`SERVED_DEPTH`
+    become a marker string, non-finite numbers null, lone surrogates "?". Rows within the limits come back
+    unchanged."""
+    if not metadata:
+        return {}
+    if measure(metadata)[0] <= SERVED_DEPTH and _encodable(metadata) and not _has_non_finite(metadata):
+        return dict(metadata)
+    return _clip(metadata, 1)  # type: ignore[no-any-return]
+
+
+def _scalars(value: Any) -> Iterator[Any]:
+    """Every key and leaf value of a JSON value, without recursion."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            yield from item.keys()
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        else:
+            yield item
+
+
+def _has_non_finite(value: Any) -> bool:
+    return any(isinstance(v, float) and not math.isfinite(v) for v in _scalars(value))
+
+
+def _encodable(value: Any) -> bool:
+    """No string holds a lone surrogate (JSON allows the escape; UTF-8, and so the response, does not)."""
+    for item in _scalars(value):
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+    return True
+
+
+def _text(value: str) -> str:
+    return value.encode("utf-8", "replace").decode("utf-8") if not _encodable(value) else value
+
+
+def _clip(value: Any, level: int) -> Any:
+    # Recursion is bounded by SERVED_DEPTH: nothing deeper is descended into.
+    if isinstance(value, dict | list) and level > SERVED_DEPTH:
+        return CLIPPED.format(depth=SERVED_DEPTH)
+    if isinstance(value, dict):
+        return {_text(str(k)): _clip(v, level + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clip(v, level + 1) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, str):
+        return _text(value)
+    return value

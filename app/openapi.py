@@ -1,0 +1,190 @@
+"""The OpenAPI document as the running server behaves under its settings, and the ``Allow`` header of 405s.
+
+FastAPI documents what the route declarations say; some of what the server enforces depends on the settings:
+
+* the read endpoints take the API key only with ``MSIR_READ_REQUIRES_KEY``: otherwise they declare no security and
+  no 401/403 answer;
+* ``k`` is bounded by ``1..MSIR_MAX_K``;
+* ``images`` needs at least one file, and a query ``image`` at least one byte;
+* a label value is one of the model's classes (or several joined by ``|``);
+* ``metadata`` is JSON text: documented as the JSON object it must hold.
+
+schemathesis (tests/app/test_schemathesis.py) checks the server against this document.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import fastapi.routing
+from fastapi import FastAPI
+from fastapi.dependencies.models import Dependant
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
+
+from app.deps import require_read_key
+from app.settings import Settings
+
+
+def api_routes(app: FastAPI) -> Iterator[tuple[str, set[str], Any, Dependant]]:
+    """``(path template, methods, path regex, dependant)`` of every API route, included routers' too."""
+    contexts = getattr(fastapi.routing, "iter_route_contexts", None)
+    if contexts is None:  # FastAPI without route contexts: included routes are plain APIRoutes
+        for route in app.routes:
+            if isinstance(route, APIRoute):
+                yield route.path_format, set(route.methods), route.path_regex, route.dependant
+        return
+    for context in contexts(app.routes):
+        if isinstance(context.original_route, APIRoute):
+            yield context.path_format, set(context.methods or ()), context.path_regex, context.dependant
+
+
+def _uses(dependant: Dependant, call: Any) -> bool:
+    return any(d.call is call or _uses(d, call) for d in dependant.dependencies)
+
+
+def _integer_branch(schema: dict[str, Any]) -> dict[str, Any]:
+    """The ``integer`` schema of ``int`` or ``int | None`` (``anyOf`` with null)."""
+    for branch in schema.get("anyOf", []):
+        if branch.get("type") == "integer":
+            return branch  # type: ignore[no-any-return]
+    return schema
+
+
+def _bound_k(schema: dict[str, Any], max_k: int) -> None:
+    target = _integer_branch(schema)
+    target["minimum"] = 1
+    target["maximum"] = max_k
+
+
+def label_pattern(classes: list[str]) -> str:
+    """Values ``split_labels`` + ``check_labels`` accept: class names joined by ``|``, spaces around, blanks."""
+    names = "|".join(re.escape(name) for name in sorted(classes, key=len, reverse=True))
+    one = f"(?: *(?:(?:{names}) *)?)"
+    return f"^{one}(?:\\|{one})*$"
+
+
+def _label_items(schema: dict[str, Any], pattern: str) -> None:
+    for branch in [schema, *schema.get("anyOf", [])]:
+        if branch.get("type") == "array" and branch.get("items", {}).get("type") == "string":
+            branch["items"]["pattern"] = pattern
+
+
+def _file(schema: dict[str, Any]) -> None:
+    for branch in [schema, schema.get("items", {})]:
+        if branch.get("type") == "string" and ("contentMediaType" in branch or branch.get("format") == "binary"):
+            branch["format"] = "binary"  # what OpenAPI tools (and schemathesis's file strategies) look for
+    if schema.get("type") == "string":
+        # A query image must hold bytes. (One of several uploaded files may be empty: it is reported under
+        # `failures` while the others are added.)
+        schema["minLength"] = 1
+
+
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+METADATA_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "Metadata",
+    "description": (
+        "JSON object stored with every image (sent as JSON text). A JSON list with one object per image is "
+        "accepted too. Bounded by MSIR_MAX_METADATA_BYTES, MSIR_MAX_METADATA_DEPTH and MSIR_MAX_METADATA_KEYS."
+    ),
+}
+
+
+def build_openapi(
+    app: FastAPI, settings: Settings, classes: list[str] | None = None, dim: int | None = None
+) -> dict[str, Any]:
+    document = get_openapi(
+        title=app.title,
+        version=app.version,
+        summary=app.summary,
+        description=app.description,
+        routes=app.routes,
+    )
+    open_reads = {
+        (path, method.lower())
+        for path, methods, _, dependant in api_routes(app)
+        if _uses(dependant, require_read_key) and not settings.read_requires_key
+        for method in methods
+    }
+    for path, operations in document.get("paths", {}).items():
+        for method, operation in operations.items():
+            if (path, method) in open_reads:
+                operation.pop("security", None)
+                for status in ("401", "403"):
+                    operation.get("responses", {}).pop(status, None)
+            for parameter in operation.get("parameters", []):
+                if parameter.get("name") == "k":
+                    _bound_k(parameter["schema"], settings.max_k)
+                if parameter.get("name") == "label" and classes:
+                    _label_items(parameter["schema"], label_pattern(classes))
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            content = operation.get("requestBody", {}).get("content", {})
+            if any(t in content for t in FORM_TYPES) and "400" not in operation.get("responses", {}):
+                operation["responses"]["400"] = {
+                    "description": "A body that is not valid multipart/form-data.",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+                }
+    for name, schema in document.get("components", {}).get("schemas", {}).items():
+        properties = schema.get("properties", {})
+        vector = properties.get("vector", {})
+        if dim and vector.get("type") == "array":
+            vector["minItems"] = vector["maxItems"] = dim  # the collection's embedding_dim
+            vector["contains"] = {"not": {"const": 0}}  # an all-zero vector has no direction to search along
+        for field in ("label", "labels"):
+            if field in properties and classes and not name.startswith("Body_"):
+                _label_items(properties[field], label_pattern(classes))
+                # Examples from other collections ("cat") would contradict the pattern.
+                properties[field].pop("examples", None)
+        if not name.startswith("Body_"):
+            continue
+        for prop in properties.values():
+            # A form has no null: an optional field is left out. (Sent as text, "null" is a value like any other.)
+            branches = prop.get("anyOf")
+            if branches and any(b.get("type") == "null" for b in branches):
+                rest = [b for b in branches if b.get("type") != "null"]
+                prop.pop("anyOf")
+                if len(rest) == 1:
+                    prop.update(rest[0])
+                else:
+                    prop["anyOf"] = rest
+        if "k" in properties:
+            _bound_k(properties["k"], settings.max_k)
+        if properties.get("images", {}).get("type") == "array":
+            properties["images"]["minItems"] = 1
+        for field in ("image", "images"):
+            if field in properties:
+                _file(properties[field])
+        for field in ("label", "labels"):
+            if field in properties and classes:
+                _label_items(properties[field], label_pattern(classes))
+        if "metadata" in properties:
+            properties["metadata"] = dict(METADATA_SCHEMA)
+    return document
+
+
+def install_openapi(app: FastAPI, settings: Settings) -> None:
+    def openapi() -> dict[str, Any]:
+        # The label pattern needs the model's classes: known once the lifespan has opened the collection.
+        service = getattr(app.state, "service", None)
+        classes = list(service.class_names) if service is not None else None
+        dim = int(service.collection.embedder.dim) if service is not None else None
+        if app.openapi_schema is None or (classes and not getattr(app.state, "openapi_has_classes", False)):
+            app.openapi_schema = build_openapi(app, settings, classes, dim)
+            app.state.openapi_has_classes = bool(classes)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method some route of this path accepts: Starlette's 405 names only the first route's."""
+    methods: set[str] = set()
+    for _, route_methods, regex, _ in api_routes(app):
+        if regex is not None and regex.match(path):
+            methods |= route_methods
+    return sorted(methods)
