@@ -118,16 +118,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._in_head:
-            self._head_bytes += len(data)
-            if self._head_bytes > self.limits.max_header_bytes:
-                self._refuse(
-                    431,
-                    "Request Header Fields Too Large",
-                    f"request line and headers over {self.limits.max_header_bytes:,} bytes (MSIR_MAX_HEADER_BYTES)",
-                )
-                return
+        # Parse first: one read may carry a complete head plus the start of a large body (coalesced TCP segments
+        # on a busy host); only bytes that leave the head still incomplete count against the header limit.
+        was_in_head = self._in_head
         super().data_received(data)
+        if not (was_in_head and self._in_head) or self.transport.is_closing():
+            return
+        self._head_bytes += len(data)
+        if self._head_bytes > self.limits.max_header_bytes:
+            self._refuse(
+                431,
+                "Request Header Fields Too Large",
+                f"request line and headers over {self.limits.max_header_bytes:,} bytes (MSIR_MAX_HEADER_BYTES)",
+            )
 
     # --- parser callbacks --------------------------------------------------------------------------------------
 

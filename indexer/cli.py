@@ -367,7 +367,7 @@ def label(
             else:
                 console.print(f"changed {len(changed)} image(s)" + (f"; no image with id {missing}" if missing else ""))
 
-    guarded(run)
+    guarded(run, directory)
 
 
 def _path_names(paths: list[str]) -> list[str]:

@@ -274,7 +274,7 @@ def test_openapi_is_exact_and_repeated_fields_are_refused(edge_server: tuple[Liv
         assert next(b for b in k["anyOf"] if b.get("type") == "integer")["maximum"] == 100
 
         allowed = client.request("OPTIONS", "/v1/images/1")
-        assert allowed.status_code == 405 and allowed.headers["allow"] == "DELETE, GET"
+        assert allowed.status_code == 405 and allowed.headers["allow"] == "DELETE, GET, PATCH"
         broken = client.post(
             "/v1/search",
             content=b"--xx\r\nContent-Disposition: form-data",
