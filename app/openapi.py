@@ -135,11 +135,12 @@ def build_openapi(
         if dim and vector.get("type") == "array":
             vector["minItems"] = vector["maxItems"] = dim  # the collection's embedding_dim
             vector["contains"] = {"not": {"const": 0}}  # an all-zero vector has no direction to search along
-        for field in ("label", "labels"):
-            if field in properties and classes and not name.startswith("Body_"):
-                _label_items(properties[field], label_pattern(classes))
-                # Examples from other collections ("cat") would contradict the pattern.
-                properties[field].pop("examples", None)
+        # Filters take labels some image carries (else 422); stored and uploaded labels are free text (the label
+        # contract), so only filter fields get the pattern. The checkpoint's classes stand for the carried labels.
+        if name == "VectorSearchRequest" and "labels" in properties and classes:
+            _label_items(properties["labels"], label_pattern(classes))
+            # Examples from other collections ("cat") would contradict the pattern.
+            properties["labels"].pop("examples", None)
         if not name.startswith("Body_"):
             continue
         for prop in properties.values():
@@ -159,9 +160,8 @@ def build_openapi(
         for field in ("image", "images"):
             if field in properties:
                 _file(properties[field])
-        for field in ("label", "labels"):
-            if field in properties and classes:
-                _label_items(properties[field], label_pattern(classes))
+        if "label" in properties and classes:  # the search forms' filter field (uploads' "labels" are free)
+            _label_items(properties["label"], label_pattern(classes))
         if "metadata" in properties:
             properties["metadata"] = dict(METADATA_SCHEMA)
     return document
