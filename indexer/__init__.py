@@ -8,6 +8,7 @@ from indexer.embedder import Embedder
 from indexer.errors import CollectionError, ConsistencyError, DatabaseUnavailable
 from indexer.pipeline import BuildReport
 from indexer.records import AddReport, EmbedResult, Hit, ImageRecord, NewImage, VerifyReport
+from training.evaluation.rerank import RerankConfig, RerankMethod  # search option, re-exported for the app
 
 __all__ = [
     "AddReport",
@@ -21,5 +22,7 @@ __all__ = [
     "Hit",
     "ImageRecord",
     "NewImage",
+    "RerankConfig",
+    "RerankMethod",
     "VerifyReport",
 ]
