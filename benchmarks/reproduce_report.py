@@ -16,7 +16,7 @@ from matplotlib.patches import Patch
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("benchmarks.reproduce")
 
-BUDGETS = ("cpu-small", "gpu-full")
+BUDGETS = ("cpu-small", "cpu-paper", "gpu-full")
 GRIDS = ("paper-cnn", "vit-ablation")
 KS = (1, 2, 5, 10)
 CHANCE_AUC = 0.6  # below this macro AUC an ablation arm has learnt next to nothing (0.5 = chance)
