@@ -31,7 +31,7 @@ from app.schemas import ClassScore, CollectionInfo, ImageInfo, KnnPrediction, Ne
 from app.settings import Settings
 from app.sqltiming import SqlTimer
 from app.thumbnails import ThumbnailCache
-from indexer import Collection, Hit, ImageRecord
+from indexer import Collection, Hit, ImageRecord, RerankConfig
 from indexer.predict import knn_vote
 from indexer.store import UNLABELLED
 from models import ImageDecodeError, ImageTooLargeError, PreprocessSpec, UnsupportedImageError, open_image, to_uint8
@@ -73,6 +73,7 @@ class SearchArgs:
     labels: list[str] | None = None
     split: str | None = None
     exclude_duplicates: bool = False
+    rerank: RerankConfig | None = None
 
 
 @dataclass
@@ -220,16 +221,17 @@ class Service:
         ``(hits, search s, database s)`` per request (the call's time is shared by its requests)."""
         groups: dict[tuple[Any, ...], list[int]] = {}
         for i, (args, sha) in enumerate(contexts):
-            key = (args.k, tuple(args.labels or ()), args.split, sha if args.exclude_duplicates else None)
+            key = (args.k, tuple(args.labels or ()), args.split, sha if args.exclude_duplicates else None, args.rerank)
             groups.setdefault(key, []).append(i)
         out: list[tuple[list[Hit], float, float]] = [([], 0.0, 0.0)] * len(contexts)
-        for (k, labels, split, exclude), rows in groups.items():
+        for (k, labels, split, exclude, rerank), rows in groups.items():
             hits, search_s, db_s = self._timed_search(
                 embeddings[rows],
                 k,
                 labels=list(labels) or None,
                 split=split,
                 exclude_sha256={exclude} if exclude is not None else None,
+                rerank=rerank,
             )
             for row, found in zip(rows, hits, strict=True):
                 out[row] = (found, search_s, db_s)
@@ -251,6 +253,7 @@ class Service:
             labels=search.labels or None,
             split=search.split,
             exclude_sha256={prepared.sha256} if search.exclude_duplicates else None,
+            rerank=search.rerank,
         )
         return QueryResult(prepared, embeddings[0], logits[0], hits[0] if hits else []), forward_s, search_s, db_s
 
@@ -285,7 +288,12 @@ class Service:
         forward_s = time.perf_counter() - started
         exclude = {p.sha256 for p in prepared} if search.exclude_duplicates else None
         hits, search_s, db_s = self._timed_search(
-            embeddings, search.k, labels=search.labels or None, split=search.split, exclude_sha256=exclude
+            embeddings,
+            search.k,
+            labels=search.labels or None,
+            split=search.split,
+            exclude_sha256=exclude,
+            rerank=search.rerank,
         )
         stages = {
             "decode": sum(p.decode_s for p in prepared),
@@ -335,6 +343,7 @@ class Service:
         split: str | None = None,
         exclude_ids: set[int] | None = None,
         exclude_sha256: set[str] | None = None,
+        rerank: RerankConfig | None = None,
     ) -> list[Hit]:
         hits, seconds, db_seconds = await self.blocking(
             self._timed_search,
@@ -344,6 +353,7 @@ class Service:
             split=split,
             exclude_ids=exclude_ids,
             exclude_sha256=exclude_sha256,
+            rerank=rerank,
         )
         # Collection.search reads the neighbours' rows itself: its SQL time is the "database" stage.
         timer.add("search", max(seconds - db_seconds, 0.0))

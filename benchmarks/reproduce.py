@@ -8,7 +8,8 @@ Grids: ``paper-cnn`` (MSCFNet paper 000, Tables 1-3: CNN-5, ResNet18, ResNet50, 
 CIFAR-100, Fashion-MNIST) and ``vit-ablation`` (MS-ViT paper 003, §5.3: ViT, ViT MultiScale, ViT MultiLoss and
 both, on ChestX-ray14). Budgets are config files, never overrides in this code: ``gpu-full`` runs the configs
 as shipped (``configs/cnn``, ``configs/vit``); ``cpu-small`` runs ``configs/reproduce/cpu_small/<name>.yaml``
-(a shipped config plus a budget layer), and a run without such a file is outside that budget.
+(a shipped config plus a budget layer), ``cpu-paper`` (the paper's 10 epochs on the full training sets, on a CPU)
+``configs/reproduce/cpu_paper/<name>.yaml``; a run without such a file is outside that budget.
 
 Each run trains with :class:`training.trainer.Trainer` (checkpoints under ``--runs-dir``, outside the repository),
 then its best checkpoint is evaluated with ``training.evaluation``: classification on the full test split, and
@@ -94,9 +95,10 @@ def default_grid() -> list[Entry]:
         configs = {"gpu-full": REPO / "configs" / "vit" / f"{arm}_chestxray14.yaml"}
         entries.append(Entry(f"{arm}_chestxray14", "vit-ablation", "chestxray14", arm, configs))
     for e in entries:
-        small = REPO / "configs" / "reproduce" / "cpu_small" / f"{e.name}.yaml"
-        if small.is_file():
-            e.configs["cpu-small"] = small
+        for budget in ("cpu-small", "cpu-paper"):
+            layered = REPO / "configs" / "reproduce" / budget.replace("-", "_") / f"{e.name}.yaml"
+            if layered.is_file():
+                e.configs[budget] = layered
     return entries
 
 

@@ -8,6 +8,7 @@ from indexer.embedder import Embedder
 from indexer.errors import CheckpointMismatch, CollectionError, ConsistencyError, DatabaseUnavailable
 from indexer.pipeline import BuildReport
 from indexer.records import AddReport, EmbedResult, Hit, ImageRecord, NewImage, Upload, VerifyReport
+from training.evaluation.rerank import RerankConfig, RerankMethod  # search option, re-exported for the app
 
 __all__ = [
     "AddReport",
@@ -22,6 +23,8 @@ __all__ = [
     "Hit",
     "ImageRecord",
     "NewImage",
+    "RerankConfig",
+    "RerankMethod",
     "Upload",
     "VerifyReport",
 ]

@@ -32,6 +32,7 @@ from indexer.sources import Source, from_dataset, from_files, from_folder
 from indexer.vector_store import BACKENDS, BackendConfig
 from models import ImageDecodeError, open_image
 from models.refusals import ExitCode, debug_enabled, one_line
+from training.evaluation.rerank import RerankConfig, RerankError
 from training.logs import debug_requested, quiet_library_loggers
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -490,6 +491,9 @@ def search(
     k: Annotated[int, typer.Option("-k", help="Number of results.")] = 10,
     label: Annotated[list[str] | None, typer.Option("--label", help="Keep images with this label.")] = None,
     split: Annotated[str | None, typer.Option(help="Keep images of this split.")] = None,
+    rerank: Annotated[
+        str, typer.Option(help="Re-ranking: none, aqe, dba or kreciprocal (measured in results/RESULTS.md).")
+    ] = "none",
     checkpoint: Checkpoint = None,
     db: Db = None,
     device: Device = "auto",
@@ -502,12 +506,16 @@ def search(
     _setup_logging(False)
 
     def run() -> None:
+        try:
+            how = RerankConfig(method=rerank)  # type: ignore[arg-type]
+        except RerankError as exc:
+            fail(f"--{exc}")
         with Collection.open(
             directory, checkpoint, db, device, runtime=runtime, backend_config=_backend(milvus_uri, milvus_token)
         ) as col:
             emb = col.embedder
             query = emb.embed_images([open_image(image, max_pixels=64_000_000)])
-            hits = col.search(query.embeddings, k, labels=label, split=split)[0]
+            hits = col.search(query.embeddings, k, labels=label, split=split, rerank=how)[0]
             out.hits(console, image, hits, predict(query.logits[0], hits, emb.class_names, emb.multi_label), json_out)
 
     guarded(run, directory)

@@ -30,11 +30,12 @@ from indexer.locks import directory_lock
 from indexer.manifest import CheckpointRef, IndexSpec, Manifest, now_iso
 from indexer.pipeline import DEFAULT_MAX_PIXELS, BuildReport, run_pipeline
 from indexer.records import AddReport, Hit, ImageRecord, NewImage, Upload, VerifyReport
-from indexer.search import Filters, filtered_search
+from indexer.search import Filters, filtered_search, reranked_search
 from indexer.sources import Source, WorkItem, from_new_images
 from indexer.store import MetadataStore
 from indexer.vector_store import BackendConfig, FaissStore, VectorStore, index_spec, load_store, new_store
 from models import read_checkpoint_meta
+from training.evaluation.rerank import RerankConfig
 
 logger = logging.getLogger(__name__)
 
@@ -432,9 +433,10 @@ class Collection(FollowingIndex):
         split: str | None = None,
         exclude_ids: set[int] | None = None,
         exclude_sha256: set[str] | None = None,
+        rerank: RerankConfig | None = None,
     ) -> list[list[Hit]]:
         """k nearest images per query (cosine similarity), best first; filters as in :mod:`indexer.search`
-        (``labels`` keeps images having any of them)."""
+        (``labels`` keeps images having any of them); ``rerank`` as in :func:`indexer.search.reranked_search`."""
         if k < 1:
             raise CollectionError(f"k must be >= 1, got {k}")
         q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
@@ -456,7 +458,22 @@ class Collection(FollowingIndex):
             return scores, ids, total
 
         pushdown = self._index.filters_pushed_down
+        if rerank is not None and rerank.active:
+
+            def search_all(batch: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray, int]:
+                with self._rw.read():  # unfiltered: the neighbours re-ranking averages describe the vectors
+                    total = self._index.ntotal
+                    scores, ids = self._index.search(batch, min(fetch, max(total, 1)), None)
+                return scores, ids, total
+
+            return reranked_search(
+                search_index, search_all, self._reconstruct, self.store.get_many, q, k, filters, rerank, pushdown
+            )
         return filtered_search(search_index, self.store.get_many, q, k, filters, pushdown=pushdown)
+
+    def _reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        with self._rw.read():
+            return self._index.reconstruct(ids)
 
     def get(self, id: int) -> ImageRecord | None:
         return self.store.get_many([id]).get(int(id))

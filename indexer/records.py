@@ -44,7 +44,8 @@ class ImageRecord:
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result; ``score`` is the cosine similarity (inner product of L2-normalised embeddings)."""
+    """One search result; ``score`` is the cosine similarity (inner product of L2-normalised embeddings), or
+    with re-ranking the re-ranking's score (higher is better; :func:`indexer.search.reranked_search`)."""
 
     id: int
     score: float

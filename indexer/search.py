@@ -11,11 +11,14 @@ itself (Milvus: scalar filters, ``pushdown``) is asked for exactly k; the rows a
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from indexer.records import Hit, ImageRecord
+from training.evaluation.rerank import RerankConfig, expand_queries, rerank_shortlist
 
 # (queries, k) -> (scores [Q, k], ids [Q, k], number of vectors in the index)
 SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray, int]]
@@ -68,4 +71,59 @@ def filtered_search(
                 still.append(qi)
         pending = still
         fetch *= 4
+    return results
+
+
+# ids [M] (no -1) -> stored vectors [M, D]
+Reconstruct = Callable[[np.ndarray], np.ndarray]
+
+
+def reranked_search(
+    search: SearchFn,
+    search_all: SearchFn,
+    reconstruct: Reconstruct,
+    get_many: GetMany,
+    queries: np.ndarray,
+    k: int,
+    filters: Filters,
+    rerank: RerankConfig,
+    pushdown: bool = False,
+) -> list[list[Hit]]:
+    """:func:`filtered_search` with re-ranking (:mod:`training.evaluation.rerank`, the code msir-eval measures).
+
+    αQE: the expanded queries (over their nearest stored vectors, filters not applied: the expansion describes
+    the query, not the answer) are searched with the filters. DBA / k-reciprocal: the top ``shortlist`` filtered
+    hits are re-ordered (DBA augments each from its nearest stored vectors) and the best ``k`` returned.
+    ``search`` is the filtered search (as for :func:`filtered_search`, with ``pushdown``), ``search_all`` the
+    unfiltered one the neighbour look-ups use. A hit's ``score`` is then the re-ranking's score: cosine to the
+    expanded query (αQE), cosine to the augmented vector (DBA), ``-(final k-reciprocal distance)`` (k-reciprocal);
+    higher is better in every case.
+    """
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+
+    def neighbours(vectors: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, ids, _ = search_all(vectors.numpy(), n)
+        ids = np.asarray(ids)
+        valid = ids >= 0  # fewer stored vectors than n: padded slots get weight 0 and a zero vector
+        found = np.zeros((*ids.shape, q.shape[1]), dtype=np.float32)
+        if valid.any():
+            found[valid] = reconstruct(ids[valid])
+        sims = np.where(valid, scores, 0.0).astype(np.float32)
+        return torch.from_numpy(sims), F.normalize(torch.from_numpy(found), dim=2)
+
+    if rerank.method == "aqe":
+        expanded = expand_queries(q, neighbours, rerank).numpy()
+        return filtered_search(search, get_many, expanded, k, filters, pushdown=pushdown)
+    shortlist = max(k, rerank.shortlist)
+    found = filtered_search(search, get_many, queries, shortlist, filters, pushdown=pushdown)
+    results: list[list[Hit]] = []
+    for row, hits in enumerate(found):
+        if len(hits) < 2:
+            results.append(hits[:k])
+            continue
+        ids = np.array([h.id for h in hits], dtype=np.int64)
+        vectors = F.normalize(torch.from_numpy(np.asarray(reconstruct(ids), dtype=np.float32)), dim=1)
+        scores = torch.tensor([[h.score for h in hits]], dtype=torch.float32)
+        order, new = rerank_shortlist(q[row : row + 1], scores, vectors.unsqueeze(0), rerank, neighbours)
+        results.append([replace(hits[int(i)], score=float(s)) for i, s in zip(order[0][:k], new[0][:k], strict=True)])
     return results

@@ -7,6 +7,8 @@ Linear(classes). The 128-d hidden vector is the embedding.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -46,14 +48,41 @@ class MultiScaleConv(nn.Module):
         return sum(conv(x) for conv in self.branches)  # type: ignore[return-value]
 
 
+class CosineClassifier(nn.Module):
+    """``logits = scale * cos(embedding, w_c)``: a classifier on the unit sphere (NormFace, Wang et al. 2017).
+
+    Cross-entropy on these logits pulls each embedding's *direction* towards its class weight, which is exactly
+    what cosine-similarity retrieval ranks by; a plain linear classifier only separates classes by half-spaces and
+    leaves the same-class vectors spread in angle. ``scale`` is fixed (not learned) so the softmax cannot saturate
+    by shrinking it.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, scale: float) -> None:
+        super().__init__()
+        if not scale > 0:
+            raise ValueError(f"cosine_scale must be > 0, got {scale}")
+        self.weight = nn.Parameter(torch.randn(num_classes, in_features) / in_features**0.5)
+        self.scale = scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale * F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
+
+
 class MSCFNet(nn.Module):
     """MSCFNet with ``depth`` multi-scale layers.
 
-    Paper-exact by default. Options beyond the paper, all off by default: ``batch_norm`` after each fusion,
-    ``dropout`` before the classifier, ``width`` channels instead of 64, and ``global_pool`` (adaptive average
-    pooling to 1x1 before the head). Without ``global_pool`` the flatten size is ``width * (H / 2^depth) *
-    (W / 2^depth)`` (floor), so larger inputs grow the first Linear layer; ``global_pool=True`` keeps the head
-    at ``width * 128`` weights whatever the input size.
+    Paper-exact by default. Options beyond the paper (our choices, all off by default):
+
+    - ``batch_norm`` after each fusion (the paper has none), ``dropout`` before the classifier;
+    - ``width`` channels in every layer instead of the paper's 64, or ``widths`` one number per layer;
+    - ``global_pool`` (adaptive average pooling to 1x1 before the head). Without it the flatten size is
+      ``width * (H / 2^depth) * (W / 2^depth)`` (floor), so larger inputs grow the first Linear layer;
+    - ``embedding="bn"``: the 128-d embedding is ``Linear -> BatchNorm1d`` (signed, centred) instead of the paper's
+      ``Linear -> ReLU``, whose zeros and positive orthant waste angle for cosine retrieval;
+    - ``classifier="cosine"``: a :class:`CosineClassifier` with ``cosine_scale`` instead of a Linear layer.
+
+    The ReLU after each fusion is ours too: the paper's text names the fusion by addition and the pooling, not the
+    activation between them.
     """
 
     def __init__(
@@ -64,30 +93,45 @@ class MSCFNet(nn.Module):
         image_size: tuple[int, int],
         *,
         width: int = 64,
+        widths: Sequence[int] | None = None,
         hidden: int = 128,
         batch_norm: bool = False,
         dropout: float = 0.0,
         global_pool: bool = False,
+        embedding: str = "relu",
+        classifier: str = "linear",
+        cosine_scale: float = 16.0,
         fused: bool = True,
     ) -> None:
         super().__init__()
         h, w = image_size
         if min(h, w) < 2**depth:
             raise ValueError(f"mscfnet{depth} needs inputs of at least {2**depth} px per side, got {h}x{w}")
+        per_layer = tuple(widths) if widths is not None else (width,) * depth
+        if len(per_layer) != depth or min(per_layer) < 1:
+            raise ValueError(f"widths must be {depth} positive channel counts (one per layer), got {widths!r}")
+        if embedding not in ("relu", "bn"):
+            raise ValueError(f"embedding must be 'relu' (the paper's) or 'bn', got {embedding!r}")
+        if classifier not in ("linear", "cosine"):
+            raise ValueError(f"classifier must be 'linear' (the paper's) or 'cosine', got {classifier!r}")
         layers: list[nn.Module] = []
         channels = in_channels
-        for _ in range(depth):
-            layers.append(MultiScaleConv(channels, width, fused=fused))
+        for out_channels in per_layer:
+            layers.append(MultiScaleConv(channels, out_channels, fused=fused))
             if batch_norm:
-                layers.append(nn.BatchNorm2d(width))
+                layers.append(nn.BatchNorm2d(out_channels))
             layers += [nn.ReLU(inplace=True), nn.MaxPool2d(2)]
-            channels = width
+            channels = out_channels
             h, w = h // 2, w // 2
         self.features = nn.Sequential(*layers)
         self.pool: nn.Module = nn.AdaptiveAvgPool2d(1) if global_pool else nn.Identity()
-        flat = width if global_pool else width * h * w
-        self.embed = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(inplace=True))
-        self.head = nn.Sequential(nn.Dropout(dropout) if dropout > 0 else nn.Identity(), nn.Linear(hidden, num_classes))
+        flat = channels if global_pool else channels * h * w
+        act: nn.Module = nn.ReLU(inplace=True) if embedding == "relu" else nn.BatchNorm1d(hidden)
+        self.embed = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), act)
+        top: nn.Module = nn.Linear(hidden, num_classes)
+        if classifier == "cosine":
+            top = CosineClassifier(hidden, num_classes, cosine_scale)
+        self.head = nn.Sequential(nn.Dropout(dropout) if dropout > 0 else nn.Identity(), top)
         self.embedding_dim = hidden
         self.num_classes = num_classes
 
@@ -103,9 +147,13 @@ def _builder(depth: int):  # type: ignore[no-untyped-def]
         image_size: tuple[int, int],
         *,
         width: int = 64,
+        widths: Sequence[int] | None = None,
         batch_norm: bool = False,
         dropout: float = 0.0,
         global_pool: bool = False,
+        embedding: str = "relu",
+        classifier: str = "linear",
+        cosine_scale: float = 16.0,
         fused: bool = True,
     ) -> MSCFNet:
         return MSCFNet(
@@ -114,9 +162,13 @@ def _builder(depth: int):  # type: ignore[no-untyped-def]
             in_channels,
             image_size,
             width=width,
+            widths=widths,
             batch_norm=batch_norm,
             dropout=dropout,
             global_pool=global_pool,
+            embedding=embedding,
+            classifier=classifier,
+            cosine_scale=cosine_scale,
             fused=fused,
         )
 
@@ -126,4 +178,4 @@ def _builder(depth: int):  # type: ignore[no-untyped-def]
 register("mscfnet2")(_builder(2))
 register("mscfnet4")(_builder(4))
 
-__all__ = ["MSCFNet", "MultiScaleConv"]
+__all__ = ["CosineClassifier", "MSCFNet", "MultiScaleConv"]

@@ -32,6 +32,11 @@ meaning across scales, and, because the tables are sized by ``max_grid`` (not by
 have the same shapes for every input size: a checkpoint trained at 224x224 can be rebuilt and fine-tuned at
 384x384. Grids with more than ``max_grid`` rows or columns are refused at build time with the limit named.
 
+Our choices where paper 003 gives no detail: the paper says only that the [CLS] output "is processed through a
+feed-forward layer to produce an embedding vector" and that classification adds "an additional feed-forward
+layer"; the pre-norm encoder, the final LayerNorm and the Linear-GELU-Linear embedding head are ours (the common
+ViT design), as are the widths, depths and head counts of the presets.
+
 ``vit`` / ``vit_tiny`` are the same network restricted to the full-resolution scale (the paper's "ViT" row in
 the ablation); ``msvit`` defaults to a small ViT (width 384, depth 6, 6 heads) that trains on one GPU.
 """

@@ -1,12 +1,18 @@
 """The dynamic multi-loss: cross-entropy + contrastive + triplet (+ distillation), weighted per step.
 
-Metric losses and single-label miners are pytorch-metric-learning's, on the L2-normalised embedding with
-cosine
+Metric losses and single-label miners are pytorch-metric-learning's, on the L2-normalised embedding with cosine
 similarity. pml's miners require 1-D class labels, so multi-label batches (multi-hot ``[B, C]``) get the two
-pml-compatible miners below: a positive shares at least one label with the anchor, a negative shares none.
-They
+pml-compatible miners below: a positive shares at least one label with the anchor, a negative shares none. They
 return pml ``indices_tuple``s, which pml's losses accept in place of labels.
 Under ``torchrun`` the metric losses see the global batch (:mod:`training.distributed`).
+
+What is the MS-ViT paper's (003, §3.2) and what is ours. The paper gives the weighted sum
+``W_CE L_CE + W_Contrastive L_Contrastive + W_Triplet L_Triplet`` with weights changing by phase, citing the
+contrastive and triplet losses; its weight values are in a Table 1 absent from our text. OUR CHOICES, not the
+paper's: the per-phase weights (``training.schedule.OUR_PHASES`` and the multiloss configs), cosine similarity on
+L2-normalised embeddings (the paper names no distance), the contrastive margins (positives pulled to cosine 1,
+negatives pushed below 0), multi-similarity pair mining (epsilon 0.1), the triplet margin 0.1 over all triplets,
+the multi-label positive/negative rule above, label smoothing, and the optional distillation term.
 """
 
 from __future__ import annotations

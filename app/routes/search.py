@@ -12,6 +12,7 @@ from app.errors import ApiError
 from app.routes import errors
 from app.schemas import BatchSearchResponse, BatchSearchResult, SearchResponse, Timings, VectorSearchRequest
 from app.service import SearchArgs, StageTimer, neighbour
+from indexer import RerankConfig, RerankMethod
 
 # Query images per /v1/search/batch request: one forward pass holds them all, so the batch is bounded.
 MAX_BATCH_QUERIES = 64
@@ -37,9 +38,22 @@ async def search(
     exclude_duplicates: Annotated[
         bool, Form(description="Leave out stored images with exactly the same content (sha256) as the query.")
     ] = False,
+    rerank: Annotated[
+        RerankMethod,
+        Form(
+            description="Re-ranking: none, aqe (average query expansion), dba (database-side augmentation of the "
+            "top 100) or kreciprocal (k-reciprocal re-ranking of the top 100). With re-ranking, a neighbour's "
+            "score is the re-ranking's score (higher is better). Gains and costs: results/RESULTS.md."
+        ),
+    ] = "none",
 ) -> Response:
-    labels = await service.check_labels(label)
-    args = SearchArgs(resolve_k(k, service.settings), labels, split or None, exclude_duplicates)
+    args = SearchArgs(
+        resolve_k(k, service.settings),
+        await service.check_labels(label),
+        split or None,
+        exclude_duplicates,
+        RerankConfig(method=rerank),
+    )
     timer = StageTimer()
     result = await service.query(image, "image", timer, args)
     hits = result.hits or []

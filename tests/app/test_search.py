@@ -67,6 +67,29 @@ def test_search_results_match_the_python_api(client: TestClient, shared_collecti
     np.testing.assert_allclose([n["score"] for n in body["neighbours"]], [h.score for h in hits], atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["aqe", "dba", "kreciprocal"])
+def test_rerank_matches_the_python_api(client: TestClient, shared_collection: Fixture, method: str) -> None:
+    from indexer import RerankConfig
+    from models import open_image
+
+    path = shared_collection.image_paths["blue"][2]
+    body = search(client, path.read_bytes(), k=6, rerank=method)
+    with Collection.open(shared_collection.directory, device="cpu") as col:
+        emb = col.embedder.embed_images([open_image(path)]).embeddings
+        hits = col.search(emb, 6, rerank=RerankConfig(method=method))[0]  # type: ignore[arg-type]
+    assert [n["id"] for n in body["neighbours"]] == [h.id for h in hits]
+    np.testing.assert_allclose([n["score"] for n in body["neighbours"]], [h.score for h in hits], atol=1e-5)
+    scores = [n["score"] for n in body["neighbours"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_unknown_rerank_is_a_422_naming_the_field(client: TestClient, shared_collection: Fixture) -> None:
+    data = shared_collection.image_paths["red"][0].read_bytes()
+    response = client.post("/v1/search", files={"image": ("q.png", data, "image/png")}, data={"rerank": "magic"})
+    assert response.status_code == 422
+    assert "rerank" in response.text and "kreciprocal" in response.text
+
+
 def test_knn_prediction_votes_from_the_neighbours(client: TestClient, shared_collection: Fixture) -> None:
     body = search(client, shared_collection.image_paths["red"][2].read_bytes(), k=5)
     labels = [n["labels"][0] for n in body["neighbours"]]

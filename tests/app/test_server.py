@@ -56,6 +56,22 @@ def test_serves_over_http(shared_server: LiveServer) -> None:
         assert client.get("/static/app.js").status_code == 200
 
 
+def test_rerank_over_http(shared_server: LiveServer) -> None:
+    with httpx.Client(base_url=shared_server.url, timeout=30) as client:
+        plain = client.post("/v1/search", files={"image": ("q.png", QUERY, "image/png")}, data={"k": "5"})
+        assert plain.status_code == 200, plain.text
+        for method in ("aqe", "dba", "kreciprocal"):
+            r = client.post(
+                "/v1/search", files={"image": ("q.png", QUERY, "image/png")}, data={"k": "5", "rerank": method}
+            )
+            assert r.status_code == 200, r.text
+            neighbours = r.json()["neighbours"]
+            assert len(neighbours) == 5
+            assert [n["score"] for n in neighbours] == sorted((n["score"] for n in neighbours), reverse=True)
+        bad = client.post("/v1/search", files={"image": ("q.png", QUERY, "image/png")}, data={"rerank": "x"})
+        assert bad.status_code == 422 and "rerank" in bad.text
+
+
 def test_concurrent_searches_over_http(shared_server: LiveServer) -> None:
     server = shared_server
     queries = [png_bytes(class_image(i % 3, 200 + i)) for i in range(24)]

@@ -147,3 +147,17 @@ def test_paper_reference_numbers_are_quoted_exactly() -> None:
         header = next(i for i, line in enumerate(lines) if line.startswith("Method\tAccuracy\tF-Score\t"))
         assert lines[header + 1 : header + 6] == ["\t".join(row[1:]) for row in rows], table_no
     assert MSVIT_QUOTE in msvit.read_text(encoding="utf-8")
+
+
+def test_ordering_sentence_compares_with_the_paper() -> None:
+    from benchmarks.reproduce_report import ordering_sentences
+
+    def rec(method: str, acc: float) -> dict:
+        return {"method": method, "budget": {"name": "cpu-paper"}, "classification": {"accuracy": acc}}
+
+    # Paper CIFAR-10: MSCFNet-4 74.43 > MSCFNet-2 70.75 > CNN-5 51.03.
+    same = ordering_sentences("cifar10", [rec("cnn5", 0.5), rec("mscfnet2", 0.6), rec("mscfnet4", 0.7)])
+    assert same[0].startswith("Ordering (cpu-paper") and same[0].endswith("the same as the paper's.")
+    other = ordering_sentences("cifar10", [rec("cnn5", 0.5), rec("mscfnet2", 0.8), rec("mscfnet4", 0.7)])
+    assert "NOT the paper's (MSCFNet (4 layers) > MSCFNet (2 layers) > CNN (5 layers))" in other[0]
+    assert ordering_sentences("cifar10", [rec("cnn5", 0.5)]) == []

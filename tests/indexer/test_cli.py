@@ -181,3 +181,37 @@ def test_multi_label_manifest_build_and_eval(tmp_path: Path, checkpoint: Path) -
     assert sorted(labels["a.png"]) == ["green", "red"] and labels["d.png"] == []
     metrics = json.loads(run("eval", directory, "--ks", "1,2", "--json"))
     assert metrics["multi_label"] is True and metrics["num_queries"] == 2 and metrics["num_database"] == 4
+
+
+def test_rerank_search_matches_the_evaluation_code(built: Path, tmp_path: Path) -> None:
+    """The indexer's re-ranked search gives the order training.evaluation.rerank computes on the stored vectors."""
+    import torch
+
+    from training.evaluation.rerank import RerankConfig, exact_neighbours, expand_queries, rerank_shortlist
+
+    query = next((tmp_path / "data" / "test" / "green").glob("*.png"))
+    with Collection.open(built, device="cpu") as col:
+        emb = col.embedder.embed_images([open_image(query)]).embeddings
+        everything = col.search(emb, 30)[0]
+        ids = np.array([h.id for h in everything])
+        vectors = torch.from_numpy(np.stack([col.vector(int(i)) for i in ids]).astype(np.float32))
+        vectors = torch.nn.functional.normalize(vectors, dim=1)
+        q = torch.nn.functional.normalize(torch.from_numpy(emb.astype(np.float32)), dim=1)
+        search = exact_neighbours(vectors)
+        for method in ("aqe", "dba", "kreciprocal"):
+            cfg = RerankConfig(method=method, shortlist=12, qe_neighbours=3, k1=4, k2=2)  # type: ignore[arg-type]
+            got = col.search(emb, 5, rerank=cfg)[0]
+            if method == "aqe":
+                expected = torch.argsort(expand_queries(q, search, cfg)[0] @ vectors.T, descending=True)[:5]
+            else:
+                scores = torch.tensor([[h.score for h in everything[:12]]])
+                order, _ = rerank_shortlist(q, scores, vectors[:12].unsqueeze(0), cfg, search)
+                expected = order[0][:5]
+            assert [h.id for h in got] == [int(ids[int(i)]) for i in expected], method
+    out = json.loads(run("search", built, "--image", query, "-k", "5", "--device", "cpu", "--rerank", "aqe", "--json"))
+    with Collection.open(built, device="cpu") as col:
+        assert [h["id"] for h in out["hits"]] == [
+            h.id for h in col.search(emb, 5, rerank=RerankConfig(method="aqe"))[0]
+        ]
+    result = runner.invoke(app, ["search", str(built), "--image", str(query), "--rerank", "nope"])
+    assert result.exit_code == 2 and "rerank must be one of" in " ".join(result.output.split())

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from models import build
-from models.mscfnet import MultiScaleConv
+from models.mscfnet import CosineClassifier, MultiScaleConv
 
 CIFAR10 = {"num_classes": 10, "in_channels": 3, "image_size": 32}
 CIFAR100 = {"num_classes": 100, "in_channels": 3, "image_size": 32}
@@ -94,3 +94,41 @@ def test_non_square_input_grows_the_flatten() -> None:
 def test_too_small_inputs_raise(name: str, size: int | tuple[int, int]) -> None:
     with pytest.raises(ValueError, match="at least"):
         build(name, num_classes=10, image_size=size)
+
+
+def test_per_layer_widths_and_retrieval_head() -> None:
+    torch.manual_seed(3)
+    model = build("mscfnet4", **CIFAR10, batch_norm=True, widths=[8, 16, 24, 24], embedding="bn", classifier="cosine")
+    convs = [m for m in model.features if isinstance(m, MultiScaleConv)]
+    assert [c.branches[0].out_channels for c in convs] == [8, 16, 24, 24]
+    assert model.embed[1].in_features == 24 * 2 * 2
+    assert isinstance(model.embed[2], nn.BatchNorm1d)  # signed embedding, no ReLU zeros
+    x = torch.randn(4, 3, 32, 32)
+    out = model(x)
+    assert out.embedding.shape == (4, 128) and (out.embedding < 0).any()
+    # Cosine classifier: logits are scale * cos(embedding, class weight), so they lie in [-scale, scale] and do not
+    # change when the embedding is rescaled.
+    head = model.head[1]
+    assert isinstance(head, CosineClassifier)
+    assert out.logits.abs().max() <= head.scale + 1e-4
+    torch.testing.assert_close(head(out.embedding * 7.0), out.logits)
+    expected = head.scale * nn.functional.cosine_similarity(out.embedding.unsqueeze(1), head.weight.unsqueeze(0), dim=2)
+    torch.testing.assert_close(out.logits, expected, rtol=1e-4, atol=1e-4)
+    # The options go into build_config, so a checkpoint rebuilds the same network.
+    assert model.build_config["options"]["widths"] == [8, 16, 24, 24]
+    assert model.build_config["options"]["classifier"] == "cosine"
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"widths": [8, 16]}, "widths must be 4"),
+        ({"widths": [8, 16, 0, 8]}, "widths must be 4"),
+        ({"embedding": "tanh"}, "embedding must be"),
+        ({"classifier": "arc"}, "classifier must be"),
+        ({"classifier": "cosine", "cosine_scale": 0.0}, "cosine_scale"),
+    ],
+)
+def test_bad_head_options_raise(options: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        build("mscfnet4", **CIFAR10, **options)

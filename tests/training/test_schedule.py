@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.schedule import PAPER_PHASES, Phase, build_schedule, phased_lr, scale_phases
+from training.schedule import OUR_PHASES, Phase, build_schedule, phased_lr, scale_phases
 
 LR0 = 4e-4
 SPE = 10  # steps per epoch
@@ -24,39 +24,40 @@ def paper_lr(t: float) -> float:
 
 
 @pytest.fixture(scope="module")
-def paper() -> torch.Tensor:
+def default() -> torch.Tensor:
+    """The default phases: the paper's lengths and LR bases, our loss weights."""
     return build_schedule(None, SPE, lr0=LR0)
 
 
 @pytest.mark.parametrize("epoch", [0, 35, 69.9, 70, 105, 139.9, 140, 175, 209.9])
-def test_paper_lr_matches_formula(paper, epoch: float) -> None:
+def test_paper_lr_matches_formula(default, epoch: float) -> None:
     step = round(epoch * SPE)
-    assert paper.lr[step].item() == pytest.approx(paper_lr(step / SPE), rel=1e-12)
+    assert default.lr[step].item() == pytest.approx(paper_lr(step / SPE), rel=1e-12)
 
 
-def test_paper_lr_at_boundaries_is_exact(paper) -> None:
-    assert paper.total_steps == 210 * SPE
-    assert paper.lr[0].item() == LR0
-    assert paper.lr[70 * SPE].item() == LR0  # each phase restarts at lr0 (literal reading of eq. 3-4)
-    assert paper.lr[140 * SPE].item() == LR0
+def test_paper_lr_at_boundaries_is_exact(default) -> None:
+    assert default.total_steps == 210 * SPE
+    assert default.lr[0].item() == LR0
+    assert default.lr[70 * SPE].item() == LR0  # each phase restarts at lr0 (literal reading of eq. 3-4)
+    assert default.lr[140 * SPE].item() == LR0
     # Just before each boundary the LR approaches lr0 * base.
-    assert paper.lr[70 * SPE - 1].item() == pytest.approx(LR0 / 4 * 4 ** (1 / 700), rel=1e-12)
+    assert default.lr[70 * SPE - 1].item() == pytest.approx(LR0 / 4 * 4 ** (1 / 700), rel=1e-12)
     # The end of the run (t = 210, a time rather than a step) is the end of phase 3: lr0 / 64.
-    assert phased_lr(210.0, PAPER_PHASES, LR0)[0] == pytest.approx(LR0 / 64, rel=1e-12)
-    assert phased_lr(70.0, PAPER_PHASES, LR0)[0] == pytest.approx(LR0, rel=1e-12)
-    assert phased_lr(35.0, PAPER_PHASES, LR0)[0] == pytest.approx(LR0 * 0.5, rel=1e-12)  # (1/4)^(1/2)
-    assert phased_lr(175.0, PAPER_PHASES, LR0)[0] == pytest.approx(LR0 / 8, rel=1e-12)  # (1/64)^(1/2)
+    assert phased_lr(210.0, OUR_PHASES, LR0)[0] == pytest.approx(LR0 / 64, rel=1e-12)
+    assert phased_lr(70.0, OUR_PHASES, LR0)[0] == pytest.approx(LR0, rel=1e-12)
+    assert phased_lr(35.0, OUR_PHASES, LR0)[0] == pytest.approx(LR0 * 0.5, rel=1e-12)  # (1/4)^(1/2)
+    assert phased_lr(175.0, OUR_PHASES, LR0)[0] == pytest.approx(LR0 / 8, rel=1e-12)  # (1/64)^(1/2)
 
 
-def test_paper_weights_by_phase(paper) -> None:
+def test_our_default_weights_by_phase(default) -> None:
     expected = {0: (0.2, 1.0, 1.0, 0.0), 70: (0.6, 0.5, 0.5, 0.0), 140: (1.0, 0.1, 0.1, 0.0)}
     for start, w in expected.items():
         for epoch in (start, start + 35, start + 69.9):
             step = round(epoch * SPE)
-            assert paper.weights[step].tolist() == pytest.approx(w)
-    assert paper.weights[70 * SPE - 1].tolist() == pytest.approx(expected[0])
-    assert paper.phase[[0, 700, 1400, 2099]].tolist() == [0, 1, 2, 2]
-    assert paper.active == (True, True, True, False)
+            assert default.weights[step].tolist() == pytest.approx(w)
+    assert default.weights[70 * SPE - 1].tolist() == pytest.approx(expected[0])
+    assert default.phase[[0, 700, 1400, 2099]].tolist() == [0, 1, 2, 2]
+    assert default.active == (True, True, True, False)
 
 
 def test_generalised_phases_and_rescaling() -> None:
@@ -67,9 +68,9 @@ def test_generalised_phases_and_rescaling() -> None:
     expected = np.where(t < 2, 0.5 ** (t / 2), 0.1 ** ((t - 2) / 3))
     np.testing.assert_allclose(s.lr.numpy(), expected, rtol=1e-12)
     assert s.active == (True, True, False, False)
-    scaled = scale_phases(PAPER_PHASES, 6)
+    scaled = scale_phases(OUR_PHASES, 6)
     assert [p.epochs for p in scaled] == [2, 2, 2]
-    assert [p.decay for p in scaled] == [p.decay for p in PAPER_PHASES]
+    assert [p.decay for p in scaled] == [p.decay for p in OUR_PHASES]
 
 
 def test_plain_schedules() -> None:

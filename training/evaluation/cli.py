@@ -28,6 +28,7 @@ from training.data.cache import CachedSplit, cached_split
 from training.evaluation.classification import best_thresholds, classification_metrics, probabilities
 from training.evaluation.embed import embed_arrays
 from training.evaluation.reports import write_markdown_report, write_plots
+from training.evaluation.rerank import RerankConfig, RerankError
 from training.evaluation.retrieval import retrieval_metrics
 from training.splits import carve_test
 
@@ -68,6 +69,17 @@ def evaluate(
             "(its data.test_fraction); those images are the queries, the rest the database",
         ),
     ] = 0.2,
+    rerank: Annotated[
+        str, typer.Option(help="re-ranking of the retrieval results: none, aqe, dba or kreciprocal")
+    ] = "none",
+    rerank_shortlist: Annotated[int, typer.Option(min=1, help="results re-ordered per query (dba, kreciprocal)")] = 100,
+    rerank_neighbours: Annotated[int, typer.Option(min=1, help="neighbours averaged by aqe / dba")] = 10,
+    rerank_alpha: Annotated[float, typer.Option(min=0.0, help="similarity exponent of aqe / dba")] = 3.0,
+    rerank_k1: Annotated[int, typer.Option(min=1, help="k-reciprocal k1")] = 20,
+    rerank_k2: Annotated[int, typer.Option(min=1, help="k-reciprocal k2 (local query expansion)")] = 6,
+    rerank_lambda: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="k-reciprocal weight of the original distance")
+    ] = 0.3,
 ) -> None:
     """Evaluate a checkpoint: classification and retrieval metrics, plots and a Markdown report."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console)])
@@ -75,6 +87,18 @@ def evaluate(
         k_values = [int(k) for k in ks.split(",") if k.strip()]
     except ValueError:
         _fail(f"--ks must be comma-separated integers, got {ks!r}")
+    try:
+        rerank_cfg = RerankConfig(
+            method=rerank,  # type: ignore[arg-type]
+            shortlist=rerank_shortlist,
+            qe_neighbours=rerank_neighbours,
+            alpha=rerank_alpha,
+            k1=rerank_k1,
+            k2=rerank_k2,
+            lambda_value=rerank_lambda,
+        )
+    except RerankError as exc:
+        _fail(f"--{exc}")
     dev = _device(device)
     out_dir = out if out is not None else Path("results/eval") / checkpoint.with_suffix("").name
     timings: dict[str, float] = {}
@@ -161,6 +185,7 @@ def evaluate(
             db_ids=db_ids,
             device=dev,
             class_names=meta.class_names,
+            rerank=rerank_cfg,
         )
     except ValueError as exc:
         _fail(str(exc))

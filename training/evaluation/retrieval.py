@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +38,13 @@ from torch import Tensor
 
 from training.evaluation.knn import vote_multi_label, vote_single_label
 from training.evaluation.ranking import RankWorkspace, rank_rows
+from training.evaluation.rerank import (
+    RerankConfig,
+    alpha_weighted_sum,
+    augment_database,
+    exact_neighbours,
+    rerank_shortlist,
+)
 
 __all__ = ["retrieval_metrics"]
 
@@ -86,6 +93,7 @@ def retrieval_metrics(
     batch_size: int = 256,
     device: str | torch.device | None = None,
     class_names: Sequence[str] | None = None,
+    rerank: RerankConfig | None = None,
 ) -> dict:
     """Retrieval quality of ``query_emb`` against ``db_emb`` (definitions in the module docstring).
 
@@ -94,7 +102,8 @@ def retrieval_metrics(
     ``exclude_self=True`` with ``query_ids``/``db_ids`` (database items whose id equals the query's).
     ``class_names`` fixes the number of classes and names the per-class rows; otherwise classes are numbered
     from the labels. ``device``: where the matmul and sort run (default CPU). Returns plain
-    JSON-serialisable types; undefined values are ``None``.
+    JSON-serialisable types; undefined values are ``None``. ``rerank``: re-rank every query's results first
+    (:mod:`training.evaluation.rerank`; DBA augments the whole database once, before ranking).
     """
     ks_list = _check_ks(ks)
     if batch_size < 1:
@@ -114,7 +123,11 @@ def retrieval_metrics(
     self_cols, how = _self_columns(same_array, exclude_self, query_ids, db_ids, q.shape[0], d.shape[0])
 
     started = time.perf_counter()
-    per = _rank_all(q, ql, d, dl, ks_list, self_cols, batch_size, multi_label, num_classes)
+    hook, prepare_seconds = None, 0.0
+    if rerank is not None and rerank.active:
+        hook = _reranker(rerank, d, batch_size)
+        prepare_seconds = time.perf_counter() - started  # DBA augments the whole database here, once
+    per = _rank_all(q, ql, d, dl, ks_list, self_cols, batch_size, multi_label, num_classes, hook)
     logger.info(
         "retrieval metrics: %d queries x %d database items in %.1f s",
         q.shape[0],
@@ -130,6 +143,8 @@ def retrieval_metrics(
         "ks": ks_list,
         "self_excluded": how,
     }
+    if rerank is not None and rerank.active:
+        result["rerank"] = {**rerank.describe(), "database_seconds": round(prepare_seconds, 3)}
     result.update(_summarise(per, ql, ks_list, multi_label, names))
     return result
 
@@ -144,6 +159,7 @@ def _rank_all(
     batch_size: int,
     multi_label: bool,
     num_classes: int,
+    rerank: Callable[[Tensor, Tensor], None] | None = None,
 ) -> _PerQuery:
     nq, nd = q.shape[0], d.shape[0]
     kmax = min(max(ks), nd)
@@ -186,6 +202,10 @@ def _rank_all(
                 # -inf sends the query itself to the end of its ranking; it is never relevant.
                 sims[rows, cols[rows]] = -torch.inf
                 relevant[rows, cols[rows]] = False
+            if rerank is not None:
+                rerank(sims, q[start:stop])
+                if self_t is not None:
+                    sims[rows, cols[rows]] = -torch.inf  # αQE recomputes every score
             order, top_scores = rank_rows(sims, kmax, workspace)
             top_idx = order[:, :kmax].clone()
             rel_sorted = torch.gather(relevant, 1, order, out=sorted_buf[:b] if sorted_buf is not None else None)
@@ -202,6 +222,30 @@ def _rank_all(
             for j, k in enumerate(ks):
                 knn[start:stop, j] = _knn_vote(dl_t[top_idx[:, :k]], top_scores[:, :k], multi_label, num_classes)
     return _PerQuery(n_relevant, ap, ap_at_r, hits, knn)
+
+
+def _reranker(cfg: RerankConfig, d: Tensor, batch_size: int) -> Callable[[Tensor, Tensor], None]:
+    """Rewrite a batch's ``[B, N]`` scores in place so that ranking them gives the re-ranked order.
+
+    αQE: the scores of the expanded queries. DBA / k-reciprocal: the shortlist is moved above every other item
+    (its new scores + 4, above any cosine) in its new order; the rest keep their order.
+    """
+    search = exact_neighbours(d, batch_size)
+    augmented = augment_database(d, search, cfg) if cfg.method == "dba" else None
+    shortlist = min(cfg.shortlist, d.shape[0])
+
+    def apply(sims: Tensor, q: Tensor) -> None:
+        if cfg.method == "aqe":
+            top = torch.topk(sims, min(cfg.qe_neighbours, d.shape[0]), dim=1)
+            expanded = alpha_weighted_sum(q, top.values, d[top.indices], cfg.alpha)
+            torch.matmul(expanded, d.T, out=sims)
+            return
+        top = torch.topk(sims, shortlist, dim=1)
+        aug = augmented[top.indices] if augmented is not None else None
+        order, new_scores = rerank_shortlist(q, top.values, d[top.indices], cfg, augmented=aug)
+        sims.scatter_(1, torch.gather(top.indices, 1, order), new_scores + 4.0)
+
+    return apply
 
 
 def _knn_vote(neighbour_labels: Tensor, scores: Tensor, multi_label: bool, num_classes: int) -> np.ndarray:

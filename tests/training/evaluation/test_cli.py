@@ -120,3 +120,24 @@ def test_single_split_folder_queries_the_trainers_held_out_images(tmp_path: Path
     assert metrics["run"]["query_split"] == f"all: held-out 0.2 ({len(test_rows)} images)"
     assert metrics["run"]["db_split"] == f"all: the rest ({len(pool)} images)"
     assert len(test_rows) == 6 and metrics["classification"]["num_samples"] == 6
+
+
+def test_rerank_option_reaches_the_metrics(tmp_path: Path) -> None:
+    data = write_image_folder(tmp_path / "data", CLASSES, n=4, size=(20, 20))
+    ckpt = _checkpoint(tmp_path, CLASSES)
+    out = tmp_path / "out"
+    code, output = _run(
+        "--checkpoint", str(ckpt), "--data", str(data), "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+        "--workers", "0", "--rerank", "kreciprocal", "--rerank-shortlist", "6", "--rerank-k1", "3",
+    )  # fmt: skip
+    assert code == 0, output
+    retrieval = json.loads((out / "metrics.json").read_text())["retrieval"]
+    assert {k: v for k, v in retrieval["rerank"].items() if k != "database_seconds"} == {
+        "method": "kreciprocal",
+        "k1": 3,
+        "k2": 6,
+        "lambda_value": 0.3,
+        "shortlist": 6,
+    }
+    code, output = _run("--checkpoint", str(ckpt), "--data", str(data), "--rerank", "bogus")
+    assert code == 2 and "rerank must be one of" in " ".join(output.split())
