@@ -100,7 +100,8 @@ def test_background_following(tmp_path: Path, checkpoint: Path, interval_s: floa
         server.start_following(interval_s)
         (new_id,) = cli.add_images([NewImage(images[0])]).added
         deadline = time.monotonic() + 5
-        while server.ntotal != 1 and time.monotonic() < deadline:
+        # The vectors land before the copy records its new position: wait for both.
+        while (server.ntotal != 1 or server.sync_state()["lag"] != 0) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert server.ntotal == 1 and _top(server, new_id) == new_id
         state = server.sync_state()
