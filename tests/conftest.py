@@ -106,6 +106,15 @@ def _reap() -> None:
             return
 
 
+def _leftovers() -> dict[int, str]:
+    """Live descendants, less this process's own multiprocessing resource tracker: started by the first test that
+    uses multiprocessing, it belongs to the test process and ends with it (EOF on its pipe)."""
+    from multiprocessing import resource_tracker
+
+    own = getattr(resource_tracker._resource_tracker, "_pid", None)
+    return {pid: cmd for pid, cmd in live_descendants(os.getpid()).items() if pid != own}
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_process_left_behind() -> Iterator[None]:
     """Fail the run when the suite leaves a process behind (a server not stopped, a decode worker that outlived a
@@ -119,11 +128,11 @@ def no_process_left_behind() -> Iterator[None]:
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     yield
     deadline = time.monotonic() + LEFTOVER_GRACE_S
-    left = live_descendants(os.getpid())
+    left = _leftovers()
     while left and time.monotonic() < deadline:
         time.sleep(0.1)
         _reap()
-        left = live_descendants(os.getpid())
+        left = _leftovers()
     if left:
         for pid in left:  # leave nothing running, then say what it was
             with contextlib.suppress(ProcessLookupError):
