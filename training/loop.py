@@ -112,6 +112,7 @@ class StepContext:
     seed: int
     multi_label: bool
     amp: bool = False
+    cpu_bf16: bool = False
     channels_last: bool = False
     grad_clip: float | None = None
     sync_every: int = 1
@@ -137,6 +138,8 @@ class Loop:
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.ctx.amp and self.ctx.device.type == "cuda":
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        if self.ctx.cpu_bf16 and self.ctx.device.type == "cpu":
+            return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def step(self, step: int, batch_index: int, acc: Accumulator) -> None:
@@ -150,6 +153,8 @@ class Loop:
             group["lr"] = lr
         with self._autocast():
             out = c.model(x)
+        # The losses (pair mining, margins, softmax) run in fp32 whatever the forward ran in.
+        out = type(out)(*(t.float() for t in out))
         result = c.loss_fn(out, labels, c.weights[step], x)
         c.optimizer.zero_grad(set_to_none=True)
         result.total.backward()
