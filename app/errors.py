@@ -101,6 +101,9 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"no route {request.method} {request.url.path}; the API lives under /v1 (see /docs)"
         elif exc.status_code == 400 and "multipart" in message.lower():
             message = f"{message.rstrip('.')}: the body is not valid multipart/form-data (or its boundary is missing)"
+        elif exc.status_code == 400 and message == "There was an error parsing the body":
+            # FastAPI's words for a JSON body that is not even text (invalid UTF-8): name the field and the form.
+            message = "body: expected a JSON document in UTF-8; the body could not be decoded"
         headers = getattr(exc, "headers", None)
         if exc.status_code == 405:
             from app.openapi import allowed_methods  # app.openapi imports the routes' dependencies

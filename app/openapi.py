@@ -6,7 +6,9 @@ FastAPI documents what the route declarations say; some of what the server enfor
   no 401/403 answer;
 * ``k`` is bounded by ``1..MSIR_MAX_K``;
 * ``images`` needs at least one file, and a query ``image`` at least one byte;
-* a label value is one of the model's classes (or several joined by ``|``);
+* a filter label is free text: which labels exist is the collection's data, not its schema (a label no image
+  carries gets a documented 422 ``unknown_label``);
+* ``vector`` holds exactly ``embedding_dim`` numbers;
 * ``metadata`` is JSON text: documented as the JSON object it must hold.
 
 schemathesis (tests/app/test_schemathesis.py) checks the server against this document.
@@ -14,7 +16,6 @@ schemathesis (tests/app/test_schemathesis.py) checks the server against this doc
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,19 +60,6 @@ def _bound_k(schema: dict[str, Any], max_k: int) -> None:
     target["maximum"] = max_k
 
 
-def label_pattern(classes: list[str]) -> str:
-    """Values ``split_labels`` + ``check_labels`` accept: class names joined by ``|``, spaces around, blanks."""
-    names = "|".join(re.escape(name) for name in sorted(classes, key=len, reverse=True))
-    one = f"(?: *(?:(?:{names}) *)?)"
-    return f"^{one}(?:\\|{one})*$"
-
-
-def _label_items(schema: dict[str, Any], pattern: str) -> None:
-    for branch in [schema, *schema.get("anyOf", [])]:
-        if branch.get("type") == "array" and branch.get("items", {}).get("type") == "string":
-            branch["items"]["pattern"] = pattern
-
-
 def _file(schema: dict[str, Any]) -> None:
     for branch in [schema, schema.get("items", {})]:
         if branch.get("type") == "string" and ("contentMediaType" in branch or branch.get("format") == "binary"):
@@ -94,9 +82,7 @@ METADATA_SCHEMA: dict[str, Any] = {
 }
 
 
-def build_openapi(
-    app: FastAPI, settings: Settings, classes: list[str] | None = None, dim: int | None = None
-) -> dict[str, Any]:
+def build_openapi(app: FastAPI, settings: Settings, dim: int | None = None) -> dict[str, Any]:
     document = get_openapi(
         title=app.title,
         version=app.version,
@@ -119,14 +105,14 @@ def build_openapi(
             for parameter in operation.get("parameters", []):
                 if parameter.get("name") == "k":
                     _bound_k(parameter["schema"], settings.max_k)
-                if parameter.get("name") == "label" and classes:
-                    _label_items(parameter["schema"], label_pattern(classes))
     for operations in document.get("paths", {}).values():
         for operation in operations.values():
             content = operation.get("requestBody", {}).get("content", {})
-            if any(t in content for t in FORM_TYPES) and "400" not in operation.get("responses", {}):
+            if content and "400" not in operation.get("responses", {}):
+                form = any(t in content for t in FORM_TYPES)
                 operation["responses"]["400"] = {
-                    "description": "A body that is not valid multipart/form-data.",
+                    "description": "A body that cannot be parsed: "
+                    + ("not valid multipart/form-data." if form else "not JSON text in UTF-8."),
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
                 }
     for name, schema in document.get("components", {}).get("schemas", {}).items():
@@ -135,12 +121,8 @@ def build_openapi(
         if dim and vector.get("type") == "array":
             vector["minItems"] = vector["maxItems"] = dim  # the collection's embedding_dim
             vector["contains"] = {"not": {"const": 0}}  # an all-zero vector has no direction to search along
-        # Filters take labels some image carries (else 422); stored and uploaded labels are free text (the label
-        # contract), so only filter fields get the pattern. The checkpoint's classes stand for the carried labels.
-        if name == "VectorSearchRequest" and "labels" in properties and classes:
-            _label_items(properties["labels"], label_pattern(classes))
-            # Examples from other collections ("cat") would contradict the pattern.
-            properties["labels"].pop("examples", None)
+        if name == "VectorSearchRequest" and "k" in properties:
+            _bound_k(properties["k"], settings.max_k)
         if not name.startswith("Body_"):
             continue
         for prop in properties.values():
@@ -160,8 +142,6 @@ def build_openapi(
         for field in ("image", "images"):
             if field in properties:
                 _file(properties[field])
-        if "label" in properties and classes:  # the search forms' filter field (uploads' "labels" are free)
-            _label_items(properties["label"], label_pattern(classes))
         if "metadata" in properties:
             properties["metadata"] = dict(METADATA_SCHEMA)
     return document
@@ -169,13 +149,12 @@ def build_openapi(
 
 def install_openapi(app: FastAPI, settings: Settings) -> None:
     def openapi() -> dict[str, Any]:
-        # The label pattern needs the model's classes: known once the lifespan has opened the collection.
+        # The vector's length is the model's embedding_dim: known once the lifespan has opened the collection.
         service = getattr(app.state, "service", None)
-        classes = list(service.class_names) if service is not None else None
         dim = int(service.collection.embedder.dim) if service is not None else None
-        if app.openapi_schema is None or (classes and not getattr(app.state, "openapi_has_classes", False)):
-            app.openapi_schema = build_openapi(app, settings, classes, dim)
-            app.state.openapi_has_classes = bool(classes)
+        if app.openapi_schema is None or (dim and not getattr(app.state, "openapi_has_dim", False)):
+            app.openapi_schema = build_openapi(app, settings, dim)
+            app.state.openapi_has_dim = bool(dim)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -7,9 +7,9 @@ nothing heavier: no FastAPI, torch or database code (``tests/client/test_imports
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
 
 
 class ErrorDetail(BaseModel):
@@ -139,12 +139,21 @@ class ClassifyResponse(BaseModel):
     timings: Timings
 
 
+def _integral(value: Any) -> Any:
+    """JSON Schema's integer: 5 and 5.0, not "5" or true (a strict model refuses 5.0, a lax one "5")."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 class VectorSearchRequest(BaseModel):
     """Body of POST /v1/search/vector: neighbours of an embedding given directly."""
 
+    # strict: "5" is not a k, true not a number (what the schema says, the server enforces).
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"vector": [0.12, -0.03, 0.5], "k": 5, "labels": ["cat"], "split": "train"}]},
+        strict=True,
+        json_schema_extra={"examples": [{"vector": [0.12, -0.03, 0.5], "k": 5, "split": "train"}]},
     )
 
     vector: list[float] = Field(
@@ -152,7 +161,9 @@ class VectorSearchRequest(BaseModel):
         max_length=65536,
         description="The query embedding: embedding_dim numbers (see /v1/collection); L2-normalised by the server.",
     )
-    k: int | None = Field(None, description="Neighbours to return (1..MSIR_MAX_K; default MSIR_DEFAULT_K).")
+    k: Annotated[int, BeforeValidator(_integral)] | None = Field(
+        None, description="Neighbours to return (1..MSIR_MAX_K; default MSIR_DEFAULT_K)."
+    )
     labels: list[str] | None = Field(None, max_length=256, description="Only neighbours carrying one of these.")
     split: str | None = Field(None, max_length=64, description="Only neighbours from this split.")
 
@@ -209,6 +220,10 @@ class AddImagesResponse(BaseModel):
     failures: list[FailedImage]
 
 
+# What _check_label accepts, stated in the schema too: 1-200 characters, not only blanks, no '|'.
+Label = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^|]*[^|\s][^|]*$")]
+
+
 def _check_label(value: str) -> str:
     text = value.strip()
     if not text or "|" in text or len(text) > 200:
@@ -221,12 +236,13 @@ class ImageEdit(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={"examples": [{"labels": ["ship"], "metadata": {"reviewed": True}}]},
     )
 
-    labels: list[str] | None = Field(None, description="Replace the image's labels with these.")
-    add_labels: list[str] = Field(default_factory=list, description="Labels to add (kept once).")
-    remove_labels: list[str] = Field(default_factory=list, description="Labels to remove.")
+    labels: list[Label] | None = Field(None, description="Replace the image's labels with these.")
+    add_labels: list[Label] = Field(default_factory=list, description="Labels to add (kept once).")
+    remove_labels: list[Label] = Field(default_factory=list, description="Labels to remove.")
     metadata: dict[str, Any] | None = Field(None, description="Metadata keys to set (merged into the stored object).")
     replace_metadata: bool = Field(False, description="Replace the stored metadata object instead of merging.")
 
@@ -235,11 +251,9 @@ class ImageEdit(BaseModel):
     def _labels(cls, values: list[str] | None) -> list[str] | None:
         return None if values is None else list(dict.fromkeys(_check_label(v) for v in values))
 
-    @model_validator(mode="after")
-    def _something(self) -> ImageEdit:
-        if self.labels is None and not self.add_labels and not self.remove_labels and self.metadata is None:
-            raise ValueError("nothing to change: give labels, add_labels, remove_labels and/or metadata")
-        return self
+    def is_empty(self) -> bool:
+        """Nothing to change: as a JSON merge patch ``{}``, a no-op that answers with the image as it is."""
+        return self.labels is None and not self.add_labels and not self.remove_labels and self.metadata is None
 
 
 class SyncState(BaseModel):

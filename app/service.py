@@ -308,7 +308,9 @@ class Service:
     def check_vector(self, values: list[float], field_name: str = "vector") -> np.ndarray:
         """A query embedding: embedding_dim finite numbers, not all zero (422 naming the field otherwise)."""
         dim = int(self.collection.embedder.dim)
-        vector = np.asarray(values, dtype=np.float32)
+        # float64 first: any JSON number the schema allows (1e-300, 1e300) keeps its direction, which a cast to
+        # float32 would lose (to 0 or inf) before the vector is normalised.
+        vector = np.asarray(values, dtype=np.float64)
         if vector.shape != (dim,):
             raise ApiError(
                 422,
@@ -323,7 +325,8 @@ class Service:
                 f"{field_name}: expected finite numbers, not all zero",
                 details=[{"field": field_name, "message": "finite and non-zero"}],
             )
-        return vector
+        vector = vector / np.abs(vector).max()  # no overflow in the norm below
+        return (vector / np.linalg.norm(vector)).astype(np.float32)
 
     async def embed(self, prepared: Prepared, timer: StageTimer) -> tuple[np.ndarray, np.ndarray]:
         started = time.perf_counter()

@@ -244,6 +244,8 @@ async def delete_image(service: ServiceDep, image_id: ImageId) -> Response:
     responses=errors(401, 403, 404, 422, 503),
 )
 async def edit_image(service: ServiceDep, image_id: ImageId, edit: ImageEdit) -> ImageInfo:
+    if edit.is_empty():
+        return image_info(await fetch_record(service, image_id))
     changed = await service.blocking(
         service.collection.edit,
         [image_id],

@@ -6,13 +6,21 @@ images (PNG, JPEG, WebP, GIF, BMP, grey, RGBA, tiny, EXIF-rotated) in every file
 search, classify and upload paths run to the end and their 200/201 answers are checked against the schema;
 mutated bodies keep schemathesis's own bytes. ``filter_case`` drops the few "invalid" bodies that multipart cannot
 tell from valid ones.
+
+Filter labels are the same kind of constraint: valid only when some image carries them, which changes as the stateful
+phase adds, relabels and deletes images, so no schema can state it. ``before_call`` puts labels the collection holds
+right now (asked of the server under test, MSIR_SCHEMATHESIS_BASE_URL) in the filter fields of cases meant to be
+valid; invalid cases keep theirs, and the 422 for an unknown label is tested in tests/app/test_errors.py.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import zlib
 from typing import Any
 
+import httpx
 import numpy as np
 import schemathesis
 from hypothesis import strategies as st
@@ -58,6 +66,11 @@ IMAGES = [Binary(data) for data in _images()]
 
 
 SCALAR_FIELDS = ("image", "k", "split", "exclude_duplicates")
+# Text fields of the forms: any value is text on the wire, so a number, boolean or object there is no invalid case.
+TEXT_FIELDS = ("label", "labels", "split")
+# Filter fields (a form's, a query's or a JSON body's) whose values must be labels some image carries.
+FILTER_FIELDS = {"label", "labels"}
+ARRAY_FIELDS = {"label", "labels"}
 
 
 # Every file field (``format: binary``) of a case meant to be valid holds one of these; negative cases still get
@@ -88,8 +101,57 @@ def filter_case(context: schemathesis.HookContext, case: Any) -> bool:
     for name in SCALAR_FIELDS:
         if isinstance(body.get(name), list) and len(body[name]) <= 1:
             return False
+    if getattr(case, "media_type", None) == "multipart/form-data":
+        for name in TEXT_FIELDS:
+            values = body.get(name)
+            items = values if isinstance(values, list) else [values]
+            if name in body and not all(isinstance(item, str) for item in items):
+                return False
+            if name in ARRAY_FIELDS and isinstance(values, str):
+                return False  # one text value is a one-element list on the wire
     # The integers 0 and 1 are, as form text, two of the spellings of a boolean.
     if body.get("exclude_duplicates") in (0, 1) and not isinstance(body.get("exclude_duplicates"), bool):
         return False
     metadata = body.get("metadata")
     return not (isinstance(metadata, list) and all(isinstance(item, dict) for item in metadata))
+
+
+def _vocabulary() -> list[str]:
+    base = os.environ["MSIR_SCHEMATHESIS_BASE_URL"]
+    answer = httpx.get(f"{base}/v1/collection", timeout=30)
+    answer.raise_for_status()
+    return sorted(answer.json()["label_names"])
+
+
+def _known(values: Any, vocabulary: list[str]) -> Any:
+    """The same shape (one value or a list) with each value replaced by a label the collection holds."""
+    if not vocabulary:
+        return None
+    if isinstance(values, list):
+        return [vocabulary[zlib.crc32(str(v).encode()) % len(vocabulary)] for v in values] or None
+    return vocabulary[zlib.crc32(str(values).encode()) % len(vocabulary)]
+
+
+@schemathesis.hook
+def before_call(context: schemathesis.HookContext, case: Any, **kwargs: Any) -> None:
+    """Valid cases filter by labels the collection holds at the moment of the call (see the module's text)."""
+    if _mode(case) != "positive":
+        return
+    # Uploads' and relabels' `labels` are new free text, not a filter; every other operation's labels filter.
+    if case.operation.method.upper() in ("POST", "PATCH") and case.operation.path.startswith("/v1/images"):
+        return
+    containers = [c for c in (case.query, case.body) if isinstance(c, dict)]
+    fields = [(c, name) for c in containers for name in FILTER_FIELDS if c.get(name) not in (None, [])]
+    if not fields:
+        return
+    vocabulary = _vocabulary()
+    for container, name in fields:
+        value = _known(container[name], vocabulary)
+        if value is None:
+            del container[name]
+        else:
+            container[name] = value
+    # The edit keeps the case valid (filter labels are free text in the schema), but schemathesis re-validates an
+    # edited body and cannot validate one holding files, which would relabel the case as invalid: take the edited
+    # containers as the validated state (schemathesis is pinned in pyproject.toml for this private call).
+    case._sync_validated_hashes()

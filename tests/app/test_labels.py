@@ -120,7 +120,13 @@ def test_relabel_through_rest_and_cli(client: TestClient, folder_collection: Fix
     found = client.post("/v1/search", files={"image": ("q.png", query, "image/png")}, data={"label": "toad"})
     assert [n["id"] for n in found.json()["neighbours"]] == [image_id]
     assert client.patch("/v1/images/999999", json=body, headers=AUTH).status_code == 404
-    assert client.patch(f"/v1/images/{image_id}", json={}, headers=AUTH).status_code == 422
+    # {} changes nothing (a JSON merge patch no-op): the image as it is; an unknown id is still 404.
+    same = client.patch(f"/v1/images/{image_id}", json={}, headers=AUTH)
+    assert same.status_code == 200 and same.json() == r.json()
+    assert client.patch("/v1/images/999999", json={}, headers=AUTH).status_code == 404
+    # Strict types: 0 is not a boolean, a blank is not a label.
+    assert client.patch(f"/v1/images/{image_id}", json={"replace_metadata": 0}, headers=AUTH).status_code == 422
+    assert client.patch(f"/v1/images/{image_id}", json={"labels": ["  "]}, headers=AUTH).status_code == 422
     assert client.patch(f"/v1/images/{image_id}", json={"labels": ["a|b"]}, headers=AUTH).status_code == 422
 
     edit = ["--id", str(image_id), "--add", "amphibian", "--remove", "toad", "--json"]

@@ -31,6 +31,11 @@ def test_search_by_vector_matches_the_neighbours_endpoint(client: TestClient, sh
     assert [n["id"] for n in scaled["neighbours"]] == [n["id"] for n in body["neighbours"]]
     blue = client.post("/v1/search/vector", json={"vector": vector, "k": 3, "labels": ["blue"], "split": "test"})
     assert all(n["labels"] == ["blue"] and n["split"] == "test" for n in blue.json()["neighbours"])
+    # Any JSON number keeps its direction, even where float32 would make it 0 or inf; k may be written 4.0.
+    for factor in (1e-300, 1e300):
+        extreme = client.post("/v1/search/vector", json={"vector": [factor * v for v in vector], "k": 4.0})
+        assert extreme.status_code == 200, extreme.text
+        assert [n["id"] for n in extreme.json()["neighbours"]] == [n["id"] for n in body["neighbours"]]
 
 
 @pytest.mark.parametrize(
@@ -41,6 +46,9 @@ def test_search_by_vector_matches_the_neighbours_endpoint(client: TestClient, sh
         ({"vector": "abc"}, "vector"),
         ({"k": 3}, "vector"),
         ({"vector": [1.0], "extra": 1}, "extra"),
+        ({"vector": ["1.0"]}, "vector"),  # strict: a string is not a number
+        ({"vector": [1.0], "k": "4"}, "k"),
+        ({"vector": [1.0], "k": True}, "k"),
     ],
 )
 def test_search_by_vector_rejects_bad_bodies(client: TestClient, body: dict, fragment: str) -> None:
