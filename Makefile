@@ -55,7 +55,7 @@ format: install
 
 # The deploy test (marker docker) needs a Docker engine and builds images: `make test-deploy` runs it.
 test: install browser lint
-	$(VENV)/bin/pytest -q -m "not docker and not torchrun_restart"
+	$(VENV)/bin/pytest -q -m "not docker"
 
 test-deploy: install
 	docker/offline/test-deploy.sh

@@ -15,6 +15,8 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,39 @@ logger = logging.getLogger(__name__)
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # A long validation pass on rank 0 keeps the other ranks waiting at a barrier: give it room.
 TIMEOUT = datetime.timedelta(minutes=60)
+# Gloo's full-mesh connect on loopback was seen to stall, rarely (about one run in ten on this project's 2-core VM,
+# 2026-11-29): both ranks wait in gloo::transport::tcp::Pair::waitUntilConnected past the group's timeout, which
+# is then an hour-long hang. A watchdog bounds the connect instead: a rank whose group is not connected after
+# MSIR_DIST_CONNECT_TIMEOUT_S exits with CONNECT_STALLED_EXIT, and torchrun --max-restarts starts a new round.
+CONNECT_TIMEOUT_ENV = "MSIR_DIST_CONNECT_TIMEOUT_S"
+CONNECT_STALLED_EXIT = 75  # EX_TEMPFAIL: try again
+
+
+def connect_timeout_s() -> float:
+    return float(os.environ.get(CONNECT_TIMEOUT_ENV, "90"))
+
+
+def _init_with_watchdog(limit_s: float, **kwargs: Any) -> None:
+    connected = threading.Event()
+
+    def expire() -> None:
+        if not connected.is_set():
+            # stderr directly: torchrun shows a failed rank's stderr, and os._exit skips logging's handlers.
+            sys.stderr.write(
+                f"rank {os.environ.get('RANK')}: the process group did not connect within {limit_s:.0f} s "
+                f"({CONNECT_TIMEOUT_ENV}); exiting so that torchrun --max-restarts starts a new round\n"
+            )
+            sys.stderr.flush()
+            os._exit(CONNECT_STALLED_EXIT)
+
+    timer = threading.Timer(limit_s, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        dist.init_process_group(**kwargs)
+    finally:
+        connected.set()
+        timer.cancel()
 
 
 @dataclass(frozen=True)
@@ -81,7 +116,9 @@ def setup(device: torch.device) -> tuple[DistInfo, torch.device, bool]:
     kwargs: dict[str, Any] = {"backend": backend, "timeout": TIMEOUT}
     if device.type == "cuda":
         kwargs["device_id"] = device  # binds NCCL to this GPU now instead of guessing at the first collective
-    dist.init_process_group(**kwargs)
+        dist.init_process_group(**kwargs)
+    else:
+        _init_with_watchdog(connect_timeout_s(), **kwargs)
     info = current()
     logger.info("rank %s of %s (%s) on %s", info.rank, info.world_size, backend, device)
     return info, device, True

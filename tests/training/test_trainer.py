@@ -249,9 +249,10 @@ def test_epoch_order_is_a_function_of_seed_and_epoch() -> None:
     assert np.array_equal(x.numpy(), images[rows]) and y.tolist() == rows.tolist()
 
 
-def write_imagefolder(root: Path) -> None:
-    rng = np.random.default_rng(1)
-    for split, n in (("train", 12), ("test", 3)):
+def write_imagefolder(root: Path, train_per_class: int = 12, seed: int = 1) -> Path:
+    """A tiny class-per-folder tree (train/ and test/, 8x8 PNGs), each class a bright band at its own row."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train_per_class), ("test", 3)):
         for c, name in enumerate(CLASSES):
             folder = root / split / name
             folder.mkdir(parents=True)
@@ -259,6 +260,7 @@ def write_imagefolder(root: Path) -> None:
                 img = rng.integers(0, 100, (8, 8, 3), dtype=np.uint8)
                 img[c : c + 3, :, c % 3] += 150
                 Image.fromarray(img).save(folder / f"{i}.png")
+    return root
 
 
 def test_cli_trains_from_an_image_folder(tmp_path: Path) -> None:
