@@ -5,7 +5,8 @@ Answers are the server's own pydantic models (``app.schemas``); error answers ra
 FastAPI.
 """
 
-from msir_client.client import NO_RETRY, AsyncClient, Client, ImageInput, RetryPolicy
+from msir_client.calls import NO_RETRY, ImageInput, RetryPolicy
+from msir_client.client import AsyncClient, Client
 from msir_client.errors import (
     ApiError,
     BadRequest,

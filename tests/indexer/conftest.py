@@ -8,6 +8,7 @@ afterwards, so parallel runs never share tables.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -94,14 +95,10 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    """None (SQLite in the collection folder) or a PostgreSQL URL bound to a fresh schema."""
-    if request.param == "sqlite":
-        yield None
-        return
-    base: str = request.getfixturevalue("postgres_url")
-    schema = f"msir_idx_{uuid.uuid4().hex[:12]}"
+@contextlib.contextmanager
+def fresh_schema(base: str, prefix: str) -> Iterator[str]:
+    """A PostgreSQL URL bound to a new schema (``search_path``), dropped with everything in it afterwards."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
     engine = sa.create_engine(base)
     with engine.begin() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
@@ -112,3 +109,13 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
         with engine.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """None (SQLite in the collection folder) or a PostgreSQL URL bound to a fresh schema."""
+    if request.param == "sqlite":
+        yield None
+        return
+    with fresh_schema(request.getfixturevalue("postgres_url"), "msir_idx") as url:
+        yield url

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from indexer.cli import app
 from indexer.errors import CollectionError
 from indexer.shards import Shard
 from indexer.sources import from_folder, take_shard
-from tests.indexer.conftest import write_labelled_folder
+from tests.indexer.conftest import fresh_schema, write_labelled_folder
 
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -35,17 +34,8 @@ def cli(*args: str | Path, code: int = 0) -> str:
 @pytest.fixture
 def pg_collection_url(postgres_url: str) -> Iterator[str]:
     """A PostgreSQL URL bound to a fresh schema (dropped afterwards)."""
-    schema = f"msir_i13_{uuid.uuid4().hex[:12]}"
-    engine = sa.create_engine(postgres_url)
-    with engine.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = sa.make_url(postgres_url).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        engine.dispose()
+    with fresh_schema(postgres_url, "msir_i13") as url:
+        yield url
 
 
 def rows(url: str | None, directory: Path) -> set[tuple[str, str]]:
