@@ -11,165 +11,50 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import traceback
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
 
 from indexer import cli_output as out
+from indexer.cli_options import (
+    DATA_HELP,
+    SHARD_HELP,
+    Backend,
+    Checkpoint,
+    Db,
+    Device,
+    Dir,
+    EfSearch,
+    HnswM,
+    ImageIds,
+    ImagePaths,
+    Json,
+    MilvusToken,
+    MilvusUri,
+    NList,
+    NProbe,
+    PqM,
+    Runtime,
+    Verbose,
+    backend_config,
+    check_backend,
+    console,
+    default_workers,
+    fail,
+    guarded,
+    image_source,
+    index_options,
+    setup_logging,
+)
 from indexer.collection import Collection
-from indexer.faiss_index import DEFAULT_OPTIONS, INDEX_TYPES
 from indexer.manifest import Manifest
 from indexer.predict import predict
-from indexer.refusals import EXPLAINED, explain
 from indexer.shards import Shard, build_shard
-from indexer.sources import Source, from_dataset, from_files, from_folder
-from indexer.vector_store import BACKENDS, BackendConfig
-from models import ImageDecodeError, open_image
-from models.refusals import ExitCode, debug_enabled, one_line
+from models import open_image
 from training.evaluation.rerank import RerankConfig, RerankError
-from training.logs import debug_requested, quiet_library_loggers
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-console = Console()
-err = Console(stderr=True)
-T = TypeVar("T")
-
-Dir = Annotated[
-    Path, typer.Argument(help="Collection folder (manifest.json, index.faiss or index.milvus.json, metadata.db).")
-]
-Db = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL (default: metadata.db in DIR).")]
-Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
-Runtime = Annotated[
-    str, typer.Option("--runtime", help="torch | onnx (the checkpoint's export from msir-export, on the CPU)")
-]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
-Checkpoint = Annotated[Path | None, typer.Option("--checkpoint", "-c", help="Checkpoint (.safetensors + .json).")]
-# The split recorded for --data is the dataset's own; a plain class folder has one, "all" (users asked).
-DATA_HELP = (
-    "Dataset root (any format training.data reads); each image keeps its dataset split, and a plain "
-    "ROOT/<class>/* folder is one split, recorded as 'all'."
-)
-Verbose = Annotated[
-    bool, typer.Option("--verbose", "-v", help="Debug logging, library start-up lines too (or MSIR_LOG_LEVEL=debug).")
-]
-# Index options shared by `build` and `rebuild` (None: the index type's default).
-NList = Annotated[int | None, typer.Option(help="ivfpq: inverted lists (default ~4 sqrt(N)).")]
-PqM = Annotated[int | None, typer.Option("--m", help="ivfpq: PQ sub-quantizers (divides dim).")]
-NProbe = Annotated[int | None, typer.Option(help="ivfpq: lists probed per query.")]
-HnswM = Annotated[int | None, typer.Option("--hnsw-m", help="hnsw: graph degree M.")]
-EfSearch = Annotated[int | None, typer.Option("--ef-search", help="hnsw: efSearch.")]
-SHARD_HELP = (
-    "I/N: index only shard I (0-based) of N of the source, into the --db collection, beside the other shards' "
-    "processes (any host); then `rebuild` builds the index once. Default under torchrun: RANK/WORLD_SIZE."
-)
-# Where the vectors live (indexer.vector_store). The URI is recorded in manifest.json; the token never is.
-Backend = Annotated[str | None, typer.Option("--backend", help="faiss (default: files in DIR) | milvus")]
-MilvusUri = Annotated[
-    str | None,
-    typer.Option(
-        "--milvus-uri",
-        help="milvus: http://host:19530 (standalone/cluster) or a milvus-lite FILE.db (default DIR/milvus.db); "
-        "on commands other than build/rebuild it overrides the recorded URI.",
-    ),
-]
-MilvusToken = Annotated[
-    str | None, typer.Option("--milvus-token", envvar="MSIR_MILVUS_TOKEN", help="milvus: token (user:password).")
-]
-
-
-def _setup_logging(verbose: bool) -> None:
-    debug = debug_requested(verbose)  # --verbose or MSIR_LOG_LEVEL=debug
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=False)],
-    )
-    quiet_library_loggers(debug)
-
-
-def fail(message: str, code: int = ExitCode.USAGE, error: BaseException | None = None) -> NoReturn:
-    if error is not None and debug_enabled(logging.getLogger().isEnabledFor(logging.DEBUG)):
-        err.print("".join(traceback.format_exception(error)), highlight=False, markup=False)
-    err.print(f"[bold red]error:[/] {one_line(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(int(code))
-
-
-def guarded(fn: Callable[[], T], directory: Path) -> T:
-    """Run a command body; user, configuration and file errors become one line and their class's exit code."""
-    try:
-        return fn()
-    except ImageDecodeError as error:
-        fail(str(error), ExitCode.DATA, error)
-    except EXPLAINED as error:
-        fail(*explain(error, directory), error)
-    except ValueError as error:  # DatasetError, bad option values
-        fail(str(error), ExitCode.USAGE, error)
-
-
-def _default_workers() -> int:
-    return max(1, (os.cpu_count() or 2) - 1)
-
-
-def _source(
-    data: Path | None,
-    kind: str,
-    split: str | None,
-    folder: Path | None,
-    manifest: Path | None,
-    files: list[Path] | None,
-    limit: int | None,
-) -> Source:
-    given = [name for name, v in (("--data", data), ("--folder", folder), ("--manifest", manifest)) if v]
-    if files:
-        given.append("FILES")
-    if len(given) != 1:
-        fail(f"give exactly one image source (--data ROOT, --folder F, --manifest CSV or FILES), got {given or 'none'}")
-    if data is not None:
-        return from_dataset(data, kind, split, limit=limit)
-    if manifest is not None:
-        return from_dataset(manifest, "manifest", split, limit=limit)
-    if folder is not None:
-        return from_folder(folder, split=split, limit=limit)
-    return from_files((files or [])[:limit] if limit else files or [], split=split)
-
-
-def _backend(uri: str | None, token: str | None) -> BackendConfig:
-    return BackendConfig(milvus_uri=uri, milvus_token=token)
-
-
-def _check_backend(backend: str | None) -> None:
-    if backend is not None and backend not in BACKENDS:
-        fail(f"--backend {backend!r} is not one of {list(BACKENDS)}")
-
-
-def _index_options(
-    index: str,
-    nlist: int | None,
-    m: int | None,
-    nprobe: int | None,
-    hnsw_m: int | None,
-    ef_search: int | None,
-) -> dict[str, Any]:
-    if index not in INDEX_TYPES:
-        fail(f"--index {index!r} is not one of {list(INDEX_TYPES)}")
-    given = {"nlist": nlist, "m": m, "nprobe": nprobe, "M": hnsw_m, "ef_search": ef_search}
-    flags = {
-        "nlist": "--nlist",
-        "m": "--m",
-        "nprobe": "--nprobe",
-        "M": "--hnsw-m",
-        "ef_search": "--ef-search",
-    }
-    stray = [flags[k] for k, v in given.items() if v is not None and k not in DEFAULT_OPTIONS[index]]
-    if stray:
-        fail(f"{', '.join(stray)} do not apply to --index {index}")
-    return {k: v for k, v in given.items() if v is not None}
 
 
 @app.command()
@@ -205,19 +90,19 @@ def build(
     verbose: Verbose = False,
 ) -> None:
     """Create a collection (or continue one: items already stored are skipped) and index a source."""
-    _setup_logging(verbose)
-    options = _index_options(index or "flat", nlist, m, nprobe, hnsw_m, ef_search)
-    _check_backend(backend)
-    config = _backend(milvus_uri, milvus_token)
+    setup_logging(verbose)
+    options = index_options(index or "flat", nlist, m, nprobe, hnsw_m, ef_search)
+    check_backend(backend)
+    config = backend_config(milvus_uri, milvus_token)
     log = logging.getLogger(__name__)
 
     def run() -> None:
-        source = _source(data, kind, split, folder, manifest, None, limit)
+        source = image_source(data, kind, split, folder, manifest, None, limit)
         part = Shard.parse(shard) if shard is not None else Shard.from_env()
         if part is not None and part.count > 1:
             if db is None:
                 fail("--shard needs --db: every shard writes into one database server (PostgreSQL)")
-            n_workers = _default_workers() if workers is None else workers
+            n_workers = default_workers() if workers is None else workers
             report = build_shard(
                 directory, checkpoint, db, source, part, device=device, batch_size=batch_size, workers=n_workers,
                 progress=not json_out,
@@ -245,7 +130,7 @@ def build(
             report = col.add_source(
                 source,
                 batch_size=batch_size,
-                workers=_default_workers() if workers is None else workers,
+                workers=default_workers() if workers is None else workers,
                 progress=not json_out,
             )
             out.build_report(console, report, col.ntotal, json_out)
@@ -276,14 +161,14 @@ def add(
     verbose: Verbose = False,
 ) -> None:
     """Add images to an existing collection (duplicates by content are reported, not indexed twice)."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
 
     def run() -> None:
-        source = _source(data, kind, split, folder, manifest, files, None)
+        source = image_source(data, kind, split, folder, manifest, files, None)
         with Collection.open(
-            directory, checkpoint, db, device, runtime=runtime, backend_config=_backend(milvus_uri, milvus_token)
+            directory, checkpoint, db, device, runtime=runtime, backend_config=backend_config(milvus_uri, milvus_token)
         ) as col:
-            n_workers = _default_workers() if workers is None else workers
+            n_workers = default_workers() if workers is None else workers
             report = col.add_source(source, batch_size=batch_size, workers=n_workers, progress=not json_out)
             out.build_report(console, report, col.ntotal, json_out)
 
@@ -293,8 +178,8 @@ def add(
 @app.command()
 def remove(
     directory: Dir,
-    ids: Annotated[list[int] | None, typer.Option("--id", help="Image id (repeatable).")] = None,
-    paths: Annotated[list[str] | None, typer.Option("--path", help="Image path or uri (repeatable).")] = None,
+    ids: ImageIds = None,
+    paths: ImagePaths = None,
     checkpoint: Checkpoint = None,
     db: Db = None,
     milvus_uri: MilvusUri = None,
@@ -303,13 +188,13 @@ def remove(
     verbose: Verbose = False,
 ) -> None:
     """Remove images (database rows and vectors)."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
     if not ids and not paths:
         fail("give --id and/or --path")
 
     def run() -> None:
         with Collection.open(
-            directory, checkpoint, db, "cpu", backend_config=_backend(milvus_uri, milvus_token)
+            directory, checkpoint, db, "cpu", backend_config=backend_config(milvus_uri, milvus_token)
         ) as col:
             removed = (col.remove(ids) if ids else 0) + (col.remove_paths(paths) if paths else 0)
             if json_out:
@@ -323,8 +208,8 @@ def remove(
 @app.command()
 def label(
     directory: Dir,
-    ids: Annotated[list[int] | None, typer.Option("--id", help="Image id (repeatable).")] = None,
-    paths: Annotated[list[str] | None, typer.Option("--path", help="Image path or uri (repeatable).")] = None,
+    ids: ImageIds = None,
+    paths: ImagePaths = None,
     set_labels: Annotated[str | None, typer.Option("--set", help="Replace the labels: 'a|b' ('' for none).")] = None,
     add_labels: Annotated[list[str] | None, typer.Option("--add", help="Add a label (repeatable).")] = None,
     remove_labels: Annotated[list[str] | None, typer.Option("--remove", help="Remove a label (repeatable).")] = None,
@@ -336,7 +221,7 @@ def label(
     verbose: Verbose = False,
 ) -> None:
     """Change the labels and/or metadata of stored images (no re-embedding); running servers see it at once."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
     if not ids and not paths:
         fail("give --id and/or --path")
     if set_labels is None and not add_labels and not remove_labels and metadata is None:
@@ -396,15 +281,15 @@ def rebuild(
 
     After a sharded build (``build --shard I/N``), a DIR without a manifest gets the collection of --db, with its
     index built once from every shard's rows."""
-    _setup_logging(verbose)
-    _check_backend(backend)
+    setup_logging(verbose)
+    check_backend(backend)
 
     def run() -> None:
-        config = _backend(milvus_uri, milvus_token)
+        config = backend_config(milvus_uri, milvus_token)
         if not Manifest.exists(directory):
             if checkpoint is None or db is None:
                 fail(f"{directory} is not a collection yet: give --checkpoint and --db to build it from the database")
-            options = _index_options(index or "flat", nlist, m, nprobe, hnsw_m, ef_search)
+            options = index_options(index or "flat", nlist, m, nprobe, hnsw_m, ef_search)
             kind = index or "flat"
             with Collection.create(
                 directory, checkpoint, db, kind, options, "cpu", backend=backend or "faiss", backend_config=config
@@ -419,7 +304,7 @@ def rebuild(
                 or any(v is not None for v in (nlist, m, nprobe, hnsw_m, ef_search))
             ):
                 kind = index or col.manifest.index.type
-                options = _index_options(kind, nlist, m, nprobe, hnsw_m, ef_search)
+                options = index_options(kind, nlist, m, nprobe, hnsw_m, ef_search)
                 col.set_index_type(kind, options, backend=backend)
             col.rebuild()
             where = col.manifest.index.backend
@@ -438,10 +323,10 @@ def stats(
     json_out: Json = False,
 ) -> None:
     """Counts per split / label / source, index type and sizes."""
-    _setup_logging(False)
+    setup_logging(False)
 
     def run() -> None:
-        config = _backend(milvus_uri, milvus_token)
+        config = backend_config(milvus_uri, milvus_token)
         with Collection.open(directory, checkpoint, db, "cpu", strict=False, backend_config=config) as col:
             out.stats(console, col.stats(), col.problems, json_out)
 
@@ -462,10 +347,10 @@ def verify(
     """Check database <-> index <-> manifest <-> files (ids, index lag, counts, dimension, checkpoint, orphan and
     missing files); exit 1 on any mismatch. --repair catches the index up (rebuilds it on drift), removes orphan
     files, then checks again."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
 
     def run() -> bool:
-        config = _backend(milvus_uri, milvus_token)
+        config = backend_config(milvus_uri, milvus_token)
         # Not caught up on open: a lagging index file is reported, not silently repaired.
         with Collection.open(
             directory, checkpoint, db, "cpu", strict=False, catch_up=False, backend_config=config
@@ -503,7 +388,7 @@ def search(
     json_out: Json = False,
 ) -> None:
     """The k images most similar to --image, with its predicted class (classifier head and neighbours' vote)."""
-    _setup_logging(False)
+    setup_logging(False)
 
     def run() -> None:
         try:
@@ -511,7 +396,7 @@ def search(
         except RerankError as exc:
             fail(f"--{exc}")
         with Collection.open(
-            directory, checkpoint, db, device, runtime=runtime, backend_config=_backend(milvus_uri, milvus_token)
+            directory, checkpoint, db, device, runtime=runtime, backend_config=backend_config(milvus_uri, milvus_token)
         ) as col:
             emb = col.embedder
             query = emb.embed_images([open_image(image, max_pixels=64_000_000)])
@@ -534,7 +419,7 @@ def evaluate(
     json_out: Json = False,
 ) -> None:
     """Retrieval metrics of the collection's stored embeddings (labels from the database)."""
-    _setup_logging(False)
+    setup_logging(False)
 
     def run() -> None:
         from indexer.evaluate import evaluate_collection
@@ -544,7 +429,7 @@ def evaluate(
         except ValueError:
             fail(f"--ks {ks!r}: expected comma-separated integers such as 1,5,10")
         with Collection.open(
-            directory, checkpoint, db, "cpu", backend_config=_backend(milvus_uri, milvus_token)
+            directory, checkpoint, db, "cpu", backend_config=backend_config(milvus_uri, milvus_token)
         ) as col:
             metrics = evaluate_collection(col, query_split, db_split, k_values)
         out.metrics(console, metrics, json_out)
