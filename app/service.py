@@ -25,13 +25,13 @@ from fastapi import UploadFile
 
 from app.batching import DirectEmbedder, MicroBatcher
 from app.errors import ApiError
-from app.metadata import servable
 from app.metrics import Metrics
-from app.schemas import ClassScore, CollectionInfo, ImageInfo, KnnPrediction, Neighbour, SyncState
+from app.schemas import ClassScore, CollectionInfo, KnnPrediction, SyncState
 from app.settings import Settings
+from app.shaping import split_labels
 from app.sqltiming import SqlTimer
 from app.thumbnails import ThumbnailCache
-from indexer import Collection, Hit, ImageRecord, RerankConfig
+from indexer import Collection, Hit, RerankConfig
 from indexer.predict import knn_vote
 from indexer.store import UNLABELLED
 from models import ImageDecodeError, ImageTooLargeError, PreprocessSpec, UnsupportedImageError, open_image, to_uint8
@@ -465,46 +465,3 @@ class Service:
             return None
         distribution = [ClassScore(label=c, probability=round(p, 6)) for c, p in vote.distribution]
         return KnnPrediction(labels=vote.labels, distribution=distribution, neighbours_used=vote.used)
-
-
-def image_urls(image_id: int) -> dict[str, str]:
-    return {"image_url": f"/v1/images/{image_id}", "thumbnail_url": f"/v1/images/{image_id}/thumbnail"}
-
-
-def neighbour(hit: Hit) -> Neighbour:
-    record = hit.record
-    return Neighbour(
-        id=hit.id,
-        score=round(float(hit.score), 6),
-        labels=list(record.labels),
-        split=record.split,
-        metadata=servable(record.metadata),
-        **image_urls(hit.id),
-    )
-
-
-def image_info(record: ImageRecord) -> ImageInfo:
-    return ImageInfo(
-        id=record.id,
-        labels=list(record.labels),
-        split=record.split,
-        width=record.width,
-        height=record.height,
-        sha256=record.sha256,
-        source=record.source,
-        added_at=record.added_at,
-        metadata=servable(record.metadata),
-        **image_urls(record.id),
-    )
-
-
-def split_labels(values: list[str]) -> list[str]:
-    """``["a|b", "c"]`` -> ``["a", "b", "c"]`` (order kept, blanks and repeats dropped). Only spaces around a
-    name are dropped: the OpenAPI document's pattern for label values (app.openapi) says exactly this."""
-    out: list[str] = []
-    for value in values:
-        for part in value.split("|"):
-            label = part.strip(" ")
-            if label and label not in out:
-                out.append(label)
-    return out

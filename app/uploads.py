@@ -19,7 +19,8 @@ from PIL import Image
 from app.errors import ApiError
 from app.metadata import MetadataError, MetadataLimits, parse
 from app.schemas import AddedImage, AddImagesResponse, DuplicateImage, FailedImage
-from app.service import Service, split_labels
+from app.service import Service
+from app.shaping import split_labels
 from indexer import Upload
 from indexer.uploads import final_path
 from models import ImageDecodeError, open_image

@@ -11,7 +11,8 @@ from app.deps import ServiceDep, require_read_key, resolve_k
 from app.errors import ApiError
 from app.routes import errors
 from app.schemas import BatchSearchResponse, BatchSearchResult, SearchResponse, Timings, VectorSearchRequest
-from app.service import SearchArgs, StageTimer, neighbour
+from app.service import SearchArgs, StageTimer
+from app.shaping import neighbour
 from indexer import RerankConfig, RerankMethod
 
 # Query images per /v1/search/batch request: one forward pass holds them all, so the batch is bounded.

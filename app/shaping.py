@@ -1,0 +1,50 @@
+"""Stored rows as API answers: the neighbour and image-info models, their URLs, and filter label values."""
+
+from __future__ import annotations
+
+from app.metadata import servable
+from app.schemas import ImageInfo, Neighbour
+from indexer import Hit, ImageRecord
+
+
+def image_urls(image_id: int) -> dict[str, str]:
+    return {"image_url": f"/v1/images/{image_id}", "thumbnail_url": f"/v1/images/{image_id}/thumbnail"}
+
+
+def neighbour(hit: Hit) -> Neighbour:
+    record = hit.record
+    return Neighbour(
+        id=hit.id,
+        score=round(float(hit.score), 6),
+        labels=list(record.labels),
+        split=record.split,
+        metadata=servable(record.metadata),
+        **image_urls(hit.id),
+    )
+
+
+def image_info(record: ImageRecord) -> ImageInfo:
+    return ImageInfo(
+        id=record.id,
+        labels=list(record.labels),
+        split=record.split,
+        width=record.width,
+        height=record.height,
+        sha256=record.sha256,
+        source=record.source,
+        added_at=record.added_at,
+        metadata=servable(record.metadata),
+        **image_urls(record.id),
+    )
+
+
+def split_labels(values: list[str]) -> list[str]:
+    """``["a|b", "c"]`` -> ``["a", "b", "c"]`` (order kept, blanks and repeats dropped). Only spaces around a
+    name are dropped."""
+    out: list[str] = []
+    for value in values:
+        for part in value.split("|"):
+            label = part.strip(" ")
+            if label and label not in out:
+                out.append(label)
+    return out
