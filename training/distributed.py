@@ -29,10 +29,13 @@ logger = logging.getLogger(__name__)
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # A long validation pass on rank 0 keeps the other ranks waiting at a barrier: give it room.
 TIMEOUT = datetime.timedelta(minutes=60)
-# Gloo's full-mesh connect on loopback was seen to stall, rarely (about one run in ten on this project's 2-core VM,
-# 2026-11-29): both ranks wait in gloo::transport::tcp::Pair::waitUntilConnected past the group's timeout, which
-# is then an hour-long hang. A watchdog bounds the connect instead: a rank whose group is not connected after
+# torchrun's agent keeps one store for every restart of a job, and torch.distributed's env:// rendezvous adds no
+# per-attempt prefix: a restarted round found the killed round's gloo addresses in it (rank 0 connected to the dead
+# rank's port: "Connection refused" in every restart; or both ranks waited in Pair::waitUntilConnected for good),
+# reproduced on 2026-11-29 with torch 2.13. Every round therefore joins under its own prefix (ATTEMPT_PREFIX). A
+# watchdog still bounds the connect, whatever else stalls it: a rank not connected after
 # MSIR_DIST_CONNECT_TIMEOUT_S exits with CONNECT_STALLED_EXIT, and torchrun --max-restarts starts a new round.
+ATTEMPT_PREFIX = "msir/attempt_{}/"
 CONNECT_TIMEOUT_ENV = "MSIR_DIST_CONNECT_TIMEOUT_S"
 CONNECT_STALLED_EXIT = 75  # EX_TEMPFAIL: try again
 
@@ -41,7 +44,7 @@ def connect_timeout_s() -> float:
     return float(os.environ.get(CONNECT_TIMEOUT_ENV, "90"))
 
 
-def _init_with_watchdog(limit_s: float, **kwargs: Any) -> None:
+def _join_with_watchdog(limit_s: float, **kwargs: Any) -> None:
     connected = threading.Event()
 
     def expire() -> None:
@@ -58,10 +61,18 @@ def _init_with_watchdog(limit_s: float, **kwargs: Any) -> None:
     timer.daemon = True
     timer.start()
     try:
-        dist.init_process_group(**kwargs)
+        _join(**kwargs)
     finally:
         connected.set()
         timer.cancel()
+
+
+def _join(**kwargs: Any) -> None:
+    """``init_process_group`` on the env:// rendezvous torchrun sets up, under this round's own store prefix."""
+    store, rank, world_size = next(dist.rendezvous("env://", timeout=TIMEOUT))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    prefixed = dist.PrefixStore(ATTEMPT_PREFIX.format(attempt), store)
+    dist.init_process_group(store=prefixed, rank=rank, world_size=world_size, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -116,9 +127,9 @@ def setup(device: torch.device) -> tuple[DistInfo, torch.device, bool]:
     kwargs: dict[str, Any] = {"backend": backend, "timeout": TIMEOUT}
     if device.type == "cuda":
         kwargs["device_id"] = device  # binds NCCL to this GPU now instead of guessing at the first collective
-        dist.init_process_group(**kwargs)
+        _join(**kwargs)
     else:
-        _init_with_watchdog(connect_timeout_s(), **kwargs)
+        _join_with_watchdog(connect_timeout_s(), **kwargs)
     info = current()
     logger.info("rank %s of %s (%s) on %s", info.rank, info.world_size, backend, device)
     return info, device, True
