@@ -76,8 +76,8 @@ def train(tmp: Path, name: str, nproc: int, **extra_env: str) -> Path:
         cmd = [sys.executable, str(WORKER), *args]
     else:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-        # Restarts are torchrun's own recovery: the killed run needs one; the spares absorb a rare stalled gloo
-        # connect (seen about once in ten runs here), which fails after MSIR_DIST_CONNECT_TIMEOUT_S (set below).
+        # Restarts are torchrun's own recovery: the killed run needs one; the spares are for a round whose connect
+        # stalls anyway (bounded by MSIR_DIST_CONNECT_TIMEOUT_S, set below), so that such a round is retried.
         cmd = [*launcher, "--max-restarts=3", "--monitor-interval=0.5", str(WORKER), *args]
     # Its own session, so that on a time-out torchrun and its workers go together (no process outlives the test).
     proc = subprocess.Popen(
