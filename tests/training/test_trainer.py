@@ -369,3 +369,24 @@ def test_a_single_split_folder_gets_stratified_test_and_validation_sets(tmp_path
     # Deterministic: the same folder gives the same split.
     again = prepare_data(cfg, progress=False)
     assert set(again.test.item_ids) == test_ids  # type: ignore[union-attr]
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no native bf16")
+def test_cpu_bf16_trains_in_bf16_and_keeps_fp32_weights(tmp_path: Path) -> None:
+    cfg, raw = make_config(tmp_path / "run", "runtime.cpu_bf16=true")
+    trainer = Trainer(cfg, raw, data=make_data())
+    assert trainer.cpu_bf16 and trainer.channels_last
+    seen: list[torch.dtype] = []
+    trainer.model.register_forward_hook(lambda _m, _i, out: seen.append(out.embedding.dtype))
+    result = trainer.run()
+    assert torch.bfloat16 in seen  # the forward ran under bf16 autocast
+    history = read_history(result.output_dir / "history.csv")
+    assert all(np.isfinite(float(row["loss"])) for row in history)
+    weights = load_file(str(result.output_dir / "last.safetensors"))
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float32}
+
+
+def test_cpu_bf16_off_by_default(tmp_path: Path) -> None:
+    cfg, raw = make_config(tmp_path / "run")
+    trainer = Trainer(cfg, raw, data=make_data())
+    assert not trainer.cpu_bf16 and not trainer.channels_last
