@@ -297,9 +297,10 @@ def test_shipped_demo_end_to_end(tmp_path: Path) -> None:
             assert len(labels) == 10 and set(labels) <= set(CIFAR10_CLASSES)
             assert all(n["metadata"].get("item_id") != f"{name}/{image.name}" for n in body["neighbours"])
             majority += labels.count(name) > len(labels) / 2
-        # Same-class neighbours are the (strict) majority of the top 10 for most queries. A random-weight
-        # mscfnet4 reaches that for about 5 % of queries on this set (3/50 measured), so this cannot pass by luck.
-        assert majority >= 0.6 * len(queries), f"same-class majority for only {majority}/{len(queries)} queries"
+        # Same-class neighbours are the (strict) majority of the top 10 for most queries: 42/50 with the shipped
+        # checkpoint (85.06 % test accuracy; the 6-epoch model before it: 40/50). A random-weight mscfnet4 reaches
+        # that for about 5 % of queries on this set (3/50 measured), so this cannot pass by luck.
+        assert majority >= 0.8 * len(queries), f"same-class majority for only {majority}/{len(queries)} queries"
         first = body["neighbours"][0]
         image = httpx.get(f"{proc.url}{first['image_url']}", timeout=30)
         assert image.status_code == 200 and image.content[:3] == b"\xff\xd8\xff"
