@@ -31,6 +31,7 @@ from app.service import Service
 from app.settings import Settings
 from indexer import Collection
 from indexer.vector_store import BackendConfig
+from models.allocator import keep_freed_buffers
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None, opened: Collection | None = Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        keep_freed_buffers(settings.malloc_mmap_threshold_mb)  # process-wide, like the threads; nothing to undo
         with torch_threads(settings):
             async with _serving(app):
                 yield

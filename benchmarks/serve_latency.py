@@ -55,6 +55,7 @@ import torch  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from indexer import Collection  # noqa: E402
 from models import open_image, to_uint8  # noqa: E402
+from models.allocator import keep_freed_buffers  # noqa: E402
 from models.onnx import export_onnx, onnx_paths  # noqa: E402
 from training.runinfo import cpu_name, git_sha  # noqa: E402
 
@@ -256,8 +257,9 @@ def http_block(url: str, path: str, bodies: list[tuple[bytes, str]], concurrency
 def python_floor(collection: Path, checkpoint: Path, runtime: str, queries: list[bytes], n: int, k: int) -> Block:
     """Decode + preprocess + embed + search through indexer.Collection, one query at a time, no HTTP."""
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
-    # The service's thread settings, so that the floor differs from the service by HTTP only.
+    # The service's thread and malloc settings, so that the floor differs from the service by HTTP only.
     torch.set_num_threads(settings.torch_threads or torch.get_num_threads())
+    keep_freed_buffers(settings.malloc_mmap_threshold_mb)
     faiss.omp_set_num_threads(settings.faiss_threads or faiss.omp_get_max_threads())
     block = Block()
     with Collection.open(collection, checkpoint=checkpoint, device="cpu", runtime=runtime) as col:
