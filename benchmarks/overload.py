@@ -23,19 +23,19 @@ Results: ``results/benchmarks/overload_cpu.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import asyncio
+import http.client
 import json
 import os
 import random
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from app.demo import prepare_collection  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from benchmarks.serve_latency import start_server  # noqa: E402
+from benchmarks.serve_latency import multipart, start_server  # noqa: E402
 from training.runinfo import cpu_name, git_sha  # noqa: E402
 
 DEMO_IMAGES = REPO / "demo" / "images"
@@ -51,45 +51,71 @@ DEMO_CHECKPOINT = REPO / "demo" / "checkpoint" / "mscfnet4_cifar10.safetensors"
 COLLECTION = Path("~/.cache/msir/collections/overload-demo").expanduser()
 
 
-async def level(url: str, queries: list[bytes], clients: int, seconds: float, backoff: float) -> dict[str, Any]:
-    """``clients`` closed-loop clients for ``seconds`` (after a short warm-up); latencies of accepted searches."""
+def level(url: str, queries: list[bytes], clients: int, seconds: float, backoff: float) -> dict[str, Any]:
+    """``clients`` closed-loop clients for ``seconds`` (after a short warm-up); latencies of accepted searches.
+
+    Each client is a thread with one keep-alive ``http.client`` connection sending prebuilt multipart bodies (as in
+    benchmarks/serve_latency.py): the load generator shares the 2 cores with the server, and an asyncio client
+    spends about a millisecond of CPU per request, which at 128 clients was most of what the latencies measured."""
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
-    rng = random.Random(clients)
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        stop_at = 0.0
-        recording = False
+    lock = threading.Lock()
+    host, port = url.removeprefix("http://").split(":")
+    bodies = [multipart(q, 10) for q in queries]
+    phase = {"stop_at": 0.0, "recording": False}
 
-        async def one_client(c: int) -> None:
-            i = c
-            while time.monotonic() < stop_at:
-                data = queries[i % len(queries)]
+    def one_client(c: int) -> None:
+        rng = random.Random(clients * 1000 + c)
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        i = c
+        try:
+            while time.monotonic() < phase["stop_at"]:
+                body, ctype = bodies[i % len(bodies)]
                 i += clients
                 started = time.perf_counter()
-                try:
-                    r = await client.post("/v1/search", files={"image": ("q.jpg", data, "image/jpeg")})
-                    status = r.status_code
-                except httpx.HTTPError:
-                    status = -1
+                retry_after = 1.0
+                status = -1
+                # A connection the server closed after its last answer fails at once: sent again on a new one, as
+                # httpx and urllib3 do with a stale pooled connection (only a failure on a fresh one counts).
+                for attempt in (1, 2):
+                    try:
+                        conn.request("POST", "/v1/search", body=body, headers={"Content-Type": ctype})
+                        response = conn.getresponse()
+                        response.read()
+                        status = response.status
+                        retry_after = float(response.getheader("retry-after", "1"))
+                        break
+                    except (OSError, http.client.HTTPException):
+                        conn.close()
+                        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+                        if attempt == 2:
+                            status = -1
                 elapsed = time.perf_counter() - started
-                if recording:
-                    statuses[status] += 1
-                    if status == 200:
-                        latencies.append(elapsed)
+                with lock:
+                    if phase["recording"]:
+                        statuses[status] += 1
+                        if status == 200:
+                            latencies.append(elapsed)
                 if status == 503:
                     # A well-behaved client honours Retry-After, with jitter so that the shed clients do not come
                     # back as one herd; --backoff overrides it (a retry storm when short).
-                    wait = backoff if backoff >= 0 else float(r.headers.get("retry-after", 1)) * rng.uniform(0.5, 1.5)
-                    await asyncio.sleep(wait)
+                    time.sleep(backoff if backoff >= 0 else retry_after * rng.uniform(0.5, 1.5))
+        finally:
+            conn.close()
 
-        stop_at = time.monotonic() + min(3.0, seconds / 3)  # warm-up: connections, caches
-        await asyncio.gather(*(one_client(c) for c in range(clients)))
-        recording = True
+    def run_for(duration: float) -> float:
+        phase["stop_at"] = time.monotonic() + duration
+        threads = [threading.Thread(target=one_client, args=(c,), daemon=True) for c in range(clients)]
         started = time.monotonic()
-        stop_at = started + seconds
-        await asyncio.gather(*(one_client(c) for c in range(clients)))
-        wall = time.monotonic() - started
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return time.monotonic() - started
+
+    run_for(min(3.0, seconds / 3))  # warm-up: connections, caches
+    phase["recording"] = True
+    wall = run_for(seconds)
     total = sum(statuses.values())
     ms = np.asarray(latencies) * 1000.0
     return {
@@ -167,7 +193,7 @@ def main() -> None:
         for (label, env), (_, url) in zip(configs, servers, strict=True):
             levels = []
             for clients in args.clients:
-                result = asyncio.run(level(url, queries, clients, args.seconds, args.backoff))
+                result = level(url, queries, clients, args.seconds, args.backoff)
                 print(label, json.dumps(result), flush=True)
                 levels.append(result)
             runs.append({"label": label, "env": env, "levels": levels})
