@@ -182,6 +182,7 @@ def run_entry(
         result.best_checkpoint, trainer.data, trainer.device, cfg.eval.batch_size, cfg.runtime.progress
     )
     data = trainer.data
+    cuda = trainer.device.type == "cuda"
     phases = cfg.phase_list()
     record: dict[str, Any] = {
         "name": entry.name,
@@ -204,6 +205,9 @@ def run_entry(
         },
         "data": {k: data.summary.get(k) for k in ("kind", "root", "splits", "skipped")},
         "device": device_info(trainer.device),
+        "precision": "bf16 autocast"
+        if trainer.cpu_bf16 or (trainer.device.type == "cuda" and cfg.runtime.amp)
+        else "fp32",
         **evaluation,
         "train_seconds": result.train_seconds,
         "run_wall_seconds": run_wall,

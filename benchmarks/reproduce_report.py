@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -153,7 +154,7 @@ def _tail(r: dict[str, Any]) -> list[str]:
     """The cells every row of ours ends with: size, time, retrieval, device and budget."""
     q = r["retrieval"]
     return [f"{r['parameters']:,}", f"{r['train_seconds']:.1f}", _num(q["map_at_all"]),
-            _num(q["precision_at_k"]["10"]), r["device"]["label"], budget_label(r)]  # fmt: skip
+            _num(q["precision_at_k"]["10"]), device_label(r), budget_label(r)]  # fmt: skip
 
 
 def _failed(errors: dict[tuple[str, str], str], names: set[str]) -> list[str]:
@@ -270,7 +271,7 @@ def plot_accuracy_across_datasets(records: list[dict[str, Any]], path: Path) -> 
     ax.grid(axis="y", alpha=0.3)
     handles = [Patch(facecolor=colours(i), edgecolor="black", label=CNN_METHODS[m]) for i, m in enumerate(methods)]
     handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="paper (Tables 1-3)"))
-    devices = sorted({r["device"]["label"] for r in records if r["grid"] == "paper-cnn"})
+    devices = sorted({device_label(r) for r in records if r["grid"] == "paper-cnn"})
     for k, b in enumerate(budgets):
         example = next(r for r in records if r["grid"] == "paper-cnn" and r["budget"]["name"] == b)
         b_info = example["budget"]
@@ -329,6 +330,23 @@ DEVIATIONS = [
     "and a cosine classifier).",
     "",
 ]
+
+
+def precision(record: dict[str, Any]) -> str:
+    """What the forward passes ran in: recorded since runtime.cpu_bf16 existed; for a run recorded before, its
+    merged config.yaml in the run directory when that is still there, else fp32 (the runs before the option)."""
+    if "precision" in record:
+        return str(record["precision"])
+    config = Path(record.get("run_dir", "")) / "config.yaml"
+    if config.is_file():
+        runtime = (yaml.safe_load(config.read_text()) or {}).get("runtime", {})
+        if runtime.get("cpu_bf16") and record["device"]["type"] == "cpu":
+            return "bf16 autocast"
+    return "fp32"
+
+
+def device_label(record: dict[str, Any]) -> str:
+    return f"{record['device']['label']}, {precision(record)}"
 
 
 def rerank_section(path: Path) -> list[str]:
@@ -406,7 +424,7 @@ def write_results(out: Path, results_md: Path, figure: Path) -> Path:
     rows = [[r["budget"]["name"], r["name"], r["config"], _data(r), budget_label(r), _best(r),
              str(r["budget"]["test_images"]),
              r["budget"]["database"], f"{r['run_wall_seconds']:.0f}", f"{r['eval_seconds']:.0f}", _load(r),
-             r["device"]["label"]] for r in records]  # fmt: skip
+             device_label(r)] for r in records]  # fmt: skip
     lines += [*_table(header.split("|"), rows), ""]
     results_md.parent.mkdir(parents=True, exist_ok=True)
     results_md.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
