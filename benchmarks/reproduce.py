@@ -205,9 +205,7 @@ def run_entry(
         },
         "data": {k: data.summary.get(k) for k in ("kind", "root", "splits", "skipped")},
         "device": device_info(trainer.device),
-        "precision": "bf16 autocast"
-        if trainer.cpu_bf16 or (trainer.device.type == "cuda" and cfg.runtime.amp)
-        else "fp32",
+        "precision": "bf16 autocast" if trainer.cpu_bf16 or (cuda and cfg.runtime.amp) else "fp32",
         **evaluation,
         "train_seconds": result.train_seconds,
         "run_wall_seconds": run_wall,
