@@ -349,6 +349,22 @@ def device_label(record: dict[str, Any]) -> str:
     return f"{record['device']['label']}, {precision(record)}"
 
 
+def _checkpoint_changed(result: dict[str, Any]) -> list[str]:
+    """A line when the checkpoint at the measured path is no longer the one measured (its weights' sha256)."""
+    meta = REPO / str(result.get("checkpoint", "")).replace(".safetensors", ".json")
+    if not meta.is_file():
+        return []
+    now = json.loads(meta.read_text(encoding="utf-8")).get("weights_sha256", "")
+    if now == result.get("weights_sha256"):
+        return []
+    return [
+        "",
+        f"The checkpoint measured here (sha256 {str(result.get('weights_sha256'))[:12]}…) is no longer the one at "
+        f"`{result['checkpoint']}` (now {now[:12]}…): the table is of the model shipped before; re-run "
+        "`python -m benchmarks.rerank_quality` for the current one.",
+    ]
+
+
 def rerank_section(path: Path) -> list[str]:
     """The re-ranking table written by benchmarks/rerank_quality.py, when it has been run."""
     lines = ["## Re-ranking on the CIFAR-10 protocol", ""]
@@ -363,6 +379,7 @@ def rerank_section(path: Path) -> list[str]:
         "each query's top 100, the rest keeps its order).",
         "",
         *markdown(result),
+        *_checkpoint_changed(result),
         "",
     ]
     rows = {r["method"]: r for r in result["rows"]}
