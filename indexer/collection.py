@@ -24,13 +24,13 @@ from indexer import maintenance, uploads
 from indexer.db import default_url, is_default_url, safe_url
 from indexer.embedder import Embedder
 from indexer.errors import CheckpointMismatch, CollectionError, ConsistencyError
-from indexer.faiss_index import INDEX_FILE, VECTORS_FILE, resolve_options
+from indexer.faiss_index import resolve_options
 from indexer.following import FollowingIndex
 from indexer.locks import directory_lock
 from indexer.manifest import CheckpointRef, IndexSpec, Manifest, now_iso
 from indexer.pipeline import DEFAULT_MAX_PIXELS, BuildReport, run_pipeline
 from indexer.records import AddReport, Hit, ImageRecord, NewImage, Upload, VerifyReport
-from indexer.search import Filters, filtered_search, reranked_search
+from indexer.search import Filters, filtered_search, reranked_search, unit_queries
 from indexer.sources import Source, WorkItem, from_new_images
 from indexer.store import MetadataStore
 from indexer.vector_store import BackendConfig, FaissStore, VectorStore, index_spec, load_store, new_store
@@ -38,6 +38,15 @@ from models import read_checkpoint_meta
 from training.evaluation.rerank import RerankConfig
 
 logger = logging.getLogger(__name__)
+
+
+def _add_report(result: BuildReport) -> AddReport:
+    """An add's outcome as the service reports it: rows already stored count as duplicates, unlisted as failed."""
+    return AddReport(
+        added=result.added,
+        duplicates=result.already_present + result.duplicates,
+        failed=result.listing_skipped + result.failed,
+    )
 
 
 class Collection(FollowingIndex):
@@ -271,29 +280,11 @@ class Collection(FollowingIndex):
             if self._dirty:
                 self._save()
         result.note = source.note
-        result.labelled = self._label_unlabelled(source, result)
+        result.labelled = maintenance.label_unlabelled(self.store, source, result)
         return result
 
-    def _label_unlabelled(self, source: Source, result: BuildReport) -> int:
-        """Give the source's labels to images it lists that are already stored without any (a folder indexed before
-        its labels were read): re-running a build with a labelled source fixes a collection, no re-embedding."""
-        wanted = {item.uri: item.labels for item in source.items if item.labels}
-        targets = {image_id: wanted[uri] for uri, image_id in result.already_present if uri in wanted}
-        if not targets:
-            return 0
-        groups: dict[tuple[str, ...], list[int]] = {}
-        for image_id, record in self.store.get_many(targets).items():
-            if not record.labels:
-                groups.setdefault(tuple(targets[image_id]), []).append(image_id)
-        return sum(len(self.store.edit(ids, labels=list(labels))) for labels, ids in groups.items())
-
     def add_images(self, items: Iterable[NewImage]) -> AddReport:
-        result = self.add_source(from_new_images(items), report=False)
-        report = AddReport(
-            added=result.added,
-            duplicates=result.already_present + result.duplicates,
-            failed=result.listing_skipped + result.failed,
-        )
+        report = _add_report(self.add_source(from_new_images(items), report=False))
         # An upload that was not indexed (same content already stored, or undecodable) must not stay on disk.
         uploads.discard_unreferenced(
             self.directory, self.store, [uri for uri, _ in report.duplicates] + [src for src, _ in report.failed]
@@ -329,11 +320,7 @@ class Collection(FollowingIndex):
                         del self._staged[uri]
             for pending, _ in staged:  # not moved in: not committed
                 pending.unlink(missing_ok=True)
-        return AddReport(
-            added=result.added,
-            duplicates=result.already_present + result.duplicates,
-            failed=result.listing_skipped + result.failed,
-        )
+        return _add_report(result)
 
     def store_upload(self, data: bytes, suffix: str) -> Path:
         """Write uploaded bytes to ``uploads/<sha256[:2]>/<sha256><suffix>`` (content-addressed, no user path)."""
@@ -439,10 +426,7 @@ class Collection(FollowingIndex):
         (``labels`` keeps images having any of them); ``rerank`` as in :func:`indexer.search.reranked_search`."""
         if k < 1:
             raise CollectionError(f"k must be >= 1, got {k}")
-        q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        if q.ndim != 2 or q.shape[1] != self.manifest.embedding_dim:
-            raise CollectionError(f"queries must be [Q, {self.manifest.embedding_dim}], got {list(q.shape)}")
-        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        q = unit_queries(queries, self.manifest.embedding_dim)
         filters = Filters(
             labels=frozenset(labels) if labels else None,
             split=split,
@@ -507,29 +491,5 @@ class Collection(FollowingIndex):
         return maintenance.repair(self)
 
     def stats(self) -> dict[str, Any]:
-        summary = self.store.summary()
-        files = {
-            name: (self.directory / name).stat().st_size
-            for name in (INDEX_FILE, VECTORS_FILE, "manifest.json", "metadata.db")
-            if (self.directory / name).is_file()
-        }
-        with self._rw.read():
-            index = self._index.describe()
-        return {
-            "directory": str(self.directory),
-            "collection_id": self.manifest.collection_id,
-            "database": self.store.display_url,
-            "rows": self.store.count(),
-            "index": index,
-            "embedding_dim": self.manifest.embedding_dim,
-            "metric": self.manifest.metric,
-            "checkpoint": self.manifest.checkpoint.model_dump(),
-            "class_names": self.embedder.class_names,
-            "multi_label": self.embedder.multi_label,
-            "created_at": self.manifest.created_at,
-            "updated_at": self.manifest.updated_at,
-            "unsaved_changes": self._dirty,
-            "sync": self.sync_state(),
-            "file_bytes": files,
-            **summary,
-        }
+        """Rows, index, model, files and sync position (:func:`indexer.maintenance.stats`)."""
+        return maintenance.stats(self)

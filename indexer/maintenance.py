@@ -9,22 +9,29 @@
   ``--repair`` deletes them, or moves a pending file in when its row was committed.
 * *missing files*: rows whose file is gone. Not repairable here (the bytes are lost): restore the files or remove
   the rows (``msir-index remove --id``); searches still work, the image itself cannot be served.
+
+Also here: ``stats`` (what ``msir-index stats`` reports) and the re-labelling of stored, unlabelled images when a
+labelled source lists them again.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from indexer import consistency as cons
 from indexer import uploads
+from indexer.faiss_index import INDEX_FILE, VECTORS_FILE
 from indexer.records import VerifyReport
 
 if TYPE_CHECKING:
     from indexer.collection import Collection
+    from indexer.pipeline import BuildReport
+    from indexer.sources import Source
+    from indexer.store import MetadataStore
 
 logger = logging.getLogger(__name__)
 SHOWN = 1000  # ids / names listed in a report's details
@@ -149,3 +156,47 @@ def repair(col: Collection) -> list[str]:
     for line in done:
         logger.info("%s: %s", col.directory, line)
     return done
+
+
+def stats(col: Collection) -> dict[str, Any]:
+    """What ``msir-index stats`` and ``/v1/collection`` report: rows, index, model, files, sync position."""
+    summary = col.store.summary()
+    files = {
+        name: (col.directory / name).stat().st_size
+        for name in (INDEX_FILE, VECTORS_FILE, "manifest.json", "metadata.db")
+        if (col.directory / name).is_file()
+    }
+    with col._rw.read():
+        index = col._index.describe()
+    return {
+        "directory": str(col.directory),
+        "collection_id": col.manifest.collection_id,
+        "database": col.store.display_url,
+        "rows": col.store.count(),
+        "index": index,
+        "embedding_dim": col.manifest.embedding_dim,
+        "metric": col.manifest.metric,
+        "checkpoint": col.manifest.checkpoint.model_dump(),
+        "class_names": col.embedder.class_names,
+        "multi_label": col.embedder.multi_label,
+        "created_at": col.manifest.created_at,
+        "updated_at": col.manifest.updated_at,
+        "unsaved_changes": col._dirty,
+        "sync": col.sync_state(),
+        "file_bytes": files,
+        **summary,
+    }
+
+
+def label_unlabelled(store: MetadataStore, source: Source, result: BuildReport) -> int:
+    """Give the source's labels to images it lists that are already stored without any (a folder indexed before
+    its labels were read): re-running a build with a labelled source fixes a collection, no re-embedding."""
+    wanted = {item.uri: item.labels for item in source.items if item.labels}
+    targets = {image_id: wanted[uri] for uri, image_id in result.already_present if uri in wanted}
+    if not targets:
+        return 0
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for image_id, record in store.get_many(targets).items():
+        if not record.labels:
+            groups.setdefault(tuple(targets[image_id]), []).append(image_id)
+    return sum(len(store.edit(ids, labels=list(labels))) for labels, ids in groups.items())

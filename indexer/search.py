@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from indexer.errors import CollectionError
 from indexer.records import Hit, ImageRecord
 from training.evaluation.rerank import RerankConfig, expand_queries, rerank_shortlist
 
@@ -43,6 +44,14 @@ class Filters:
             and record.id not in self.exclude_ids
             and record.sha256 not in self.exclude_sha256
         )
+
+
+def unit_queries(queries: np.ndarray, dim: int) -> np.ndarray:
+    """``[Q, dim]`` (or one ``[dim]``) float32 queries, L2-normalised: what every index search takes."""
+    q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise CollectionError(f"queries must be [Q, {dim}], got {list(q.shape)}")
+    return q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
 
 
 def filtered_search(
