@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from app.demo import prepare_collection  # noqa: E402
 from app.settings import Settings  # noqa: E402
-from benchmarks.serve_latency import multipart, start_server  # noqa: E402
+from benchmarks.serve_latency import multipart, save_report, start_server  # noqa: E402
 from training.runinfo import cpu_name, git_sha  # noqa: E402
 
 DEMO_IMAGES = REPO / "demo" / "images"
@@ -229,12 +229,7 @@ def main() -> None:
         },
         "runs": runs,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / "overload_cpu"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
-    print(f"saved {stem}.json and {stem}.md")
+    save_report(args.out / "overload_cpu", report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -173,6 +173,15 @@ def summarise(latencies_s: list[float], wall_s: float, timings: list[dict[str, f
     return out
 
 
+def save_report(stem: Path, report: dict[str, Any], text: str) -> None:
+    """``<stem>.json`` and ``<stem>.md``, and the Markdown on stdout."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(text)
+    print(text)
+    print(f"saved {stem}.json and {stem}.md")
+
+
 def multipart(data: bytes, k: int) -> tuple[bytes, str]:
     """A prebuilt multipart/form-data body (the image and ``k``) and its content type."""
     boundary = uuid.uuid4().hex
@@ -451,12 +460,7 @@ def main() -> None:
             for name in configs
         },
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / "serve_latency_cpu"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
-    print(f"saved {stem}.json and {stem}.md")
+    save_report(args.out / "serve_latency_cpu", report, markdown(report))
 
 
 if __name__ == "__main__":
