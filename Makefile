@@ -61,7 +61,7 @@ test-deploy: install
 	docker/offline/test-deploy.sh
 
 demo: install
-	$(PY) -m app.demo $(if $(DATA),--data "$(DATA)",)
+	$(PY) -m app.quickstart $(if $(DATA),--data "$(DATA)",)
 
 clean-demo:
 	rm -rf var/demo

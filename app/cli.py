@@ -5,7 +5,7 @@ reads the same settings). SIGTERM/SIGINT stop accepting connections, let in-flig
 ``MSIR_GRACEFUL_TIMEOUT_S``), close the collection and exit 0.
 
 The collection is opened before the server starts, so a server that cannot serve refuses in one line naming the
-file, what is wrong and the command that fixes it, with the exit code of its class (``models.refusals.ExitCode``:
+file, what is wrong and the command that fixes it, with the exit code of its class (``msir_core.exit_codes.ExitCode``:
 2 settings, 3 collection, 4 checkpoint, 5 database); the traceback only with ``MSIR_LOG_LEVEL=debug``. Connections
 are served by ``app.connections`` (header timeout, minimum body rate, connection cap).
 """
@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from app import connections
 from app.settings import Settings
-from training.logs import quiet_library_loggers
+from msir_core.logs import quiet_library_loggers
 
 if TYPE_CHECKING:
     from indexer import Collection
@@ -64,7 +64,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _after_graceful_shutdown(signum: int, frame: FrameType | None) -> None:
     # uvicorn re-raises the signal it shut down for once it is done. By then the shutdown was graceful, so main()
-    # returns normally (exit status 0, callers such as app.demo carry on) instead of dying "killed by SIGTERM".
+    # returns normally (exit status 0, callers such as app.quickstart carry on) instead of dying "killed by SIGTERM".
     logger.debug("signal %d after a graceful shutdown", signum)
 
 
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         problems = "; ".join(
             f"MSIR_{'_'.join(str(p) for p in e['loc']).upper() or 'SETTINGS'}: {e['msg']}" for e in exc.errors()
         )
-        # Written here, not through models.refusals: importing models would load torch first, and a wrong setting
+        # Written here, not through msir_core.exit_codes: importing models would load torch first, and a wrong setting
         # is refused at once. 2 is ExitCode.USAGE.
         sys.stderr.write(f"msir-serve: invalid settings: {problems}\n")
         raise SystemExit(2) from exc
@@ -125,8 +125,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _open_or_refuse(settings: Settings) -> Collection:
     from app.main import open_collection
-    from indexer.refusals import EXPLAINED, explain
-    from models.refusals import refuse
+    from indexer.cli.explain import EXPLAINED, explain
+    from msir_core.exit_codes import refuse
 
     try:
         return open_collection(settings)

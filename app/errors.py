@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.route_table import allowed_methods
 from indexer import CollectionError, ConsistencyError, DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
@@ -106,8 +107,6 @@ def install_error_handlers(app: FastAPI) -> None:
             message = "body: expected a JSON document in UTF-8; the body could not be decoded"
         headers = getattr(exc, "headers", None)
         if exc.status_code == 405:
-            from app.openapi import allowed_methods  # app.openapi imports the routes' dependencies
-
             allowed = allowed_methods(request.app, request.url.path)
             message = f"method {request.method} is not allowed on {request.url.path}; allowed: {', '.join(allowed)}"
             headers = {**(headers or {}), "Allow": ", ".join(allowed)}

@@ -30,8 +30,8 @@ from app.routes import classify, collection, health, images, search
 from app.service import Service
 from app.settings import Settings
 from indexer import Collection
-from indexer.vector_store import BackendConfig
-from models.allocator import keep_freed_buffers
+from indexer.vectors.backends import BackendConfig
+from msir_core.allocator import keep_freed_buffers
 
 logger = logging.getLogger(__name__)
 

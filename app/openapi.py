@@ -1,4 +1,4 @@
-"""The OpenAPI document as the running server behaves under its settings, and the ``Allow`` header of 405s.
+"""The OpenAPI document as the running server behaves under its settings.
 
 FastAPI documents what the route declarations say; some of what the server enforces depends on the settings:
 
@@ -16,30 +16,15 @@ schemathesis (tests/app/test_schemathesis.py) checks the server against this doc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import fastapi.routing
 from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.openapi.utils import get_openapi
-from fastapi.routing import APIRoute
 
 from app.deps import require_read_key
+from app.route_table import api_routes
 from app.settings import Settings
-
-
-def api_routes(app: FastAPI) -> Iterator[tuple[str, set[str], Any, Dependant]]:
-    """``(path template, methods, path regex, dependant)`` of every API route, included routers' too."""
-    contexts = getattr(fastapi.routing, "iter_route_contexts", None)
-    if contexts is None:  # FastAPI without route contexts: included routes are plain APIRoutes
-        for route in app.routes:
-            if isinstance(route, APIRoute):
-                yield route.path_format, set(route.methods), route.path_regex, route.dependant
-        return
-    for context in contexts(app.routes):
-        if isinstance(context.original_route, APIRoute):
-            yield context.path_format, set(context.methods or ()), context.path_regex, context.dependant
 
 
 def _uses(dependant: Dependant, call: Any) -> bool:
@@ -158,12 +143,3 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-def allowed_methods(app: FastAPI, path: str) -> list[str]:
-    """Every method some route of this path accepts: Starlette's 405 names only the first route's."""
-    methods: set[str] = set()
-    for _, route_methods, regex, _ in api_routes(app):
-        if regex is not None and regex.match(path):
-            methods |= route_methods
-    return sorted(methods)

@@ -26,15 +26,16 @@ from fastapi import UploadFile
 from app.batching import DirectEmbedder, MicroBatcher
 from app.errors import ApiError
 from app.metrics import Metrics
-from app.schemas import ClassScore, CollectionInfo, KnnPrediction, SyncState
 from app.settings import Settings
 from app.shaping import split_labels
 from app.sqltiming import SqlTimer
 from app.thumbnails import ThumbnailCache
 from indexer import Collection, Hit, RerankConfig
+from indexer.metadata.queries import UNLABELLED
 from indexer.predict import knn_vote
-from indexer.store import UNLABELLED
 from models import ImageDecodeError, ImageTooLargeError, PreprocessSpec, UnsupportedImageError, open_image, to_uint8
+from msir_core.retrieval.probabilities import top_classes
+from msir_schemas.api import ClassScore, CollectionInfo, KnnPrediction, SyncState
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -447,15 +448,11 @@ class Service:
     # --- shaping ---------------------------------------------------------------------------------------------
 
     def predictions(self, logits: np.ndarray, top: int = 5) -> list[ClassScore]:
-        z = logits.astype(np.float64)
-        if self.multi_label:
-            probs = 1.0 / (1.0 + np.exp(-z))
-            order = np.argsort(-probs, kind="stable")
-        else:
-            e = np.exp(z - z.max())
-            probs = e / e.sum()
-            order = np.argsort(-probs, kind="stable")[: min(top, len(probs))]
-        return [ClassScore(label=self.class_names[i], probability=round(float(probs[i]), 6)) for i in order]
+        # Multi-label answers list every label (each is a separate yes/no); single-label ones the `top` classes.
+        scores = top_classes(
+            logits, self.class_names, multi_label=self.multi_label, top=None if self.multi_label else top
+        )
+        return [ClassScore(label=name, probability=round(p, 6)) for name, p in scores]
 
     def knn(self, hits: list[Hit]) -> KnnPrediction | None:
         """Similarity-weighted vote of the neighbours over every label they carry (the collection's labels, not

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from app.metadata import servable
-from app.schemas import ImageInfo, Neighbour
 from indexer import Hit, ImageRecord
+from msir_schemas.api import ImageInfo, Neighbour
 
 
 def image_urls(image_id: int) -> dict[str, str]:

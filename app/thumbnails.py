@@ -15,8 +15,8 @@ from pathlib import Path
 from PIL import Image
 
 from models import open_image
-from models.atomic import atomic_write_bytes
 from models.preprocessing import to_mode
+from msir_core.atomic import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

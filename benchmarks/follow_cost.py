@@ -45,9 +45,9 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from indexer import Collection  # noqa: E402
-from indexer.faiss_index import INDEX_FILE  # noqa: E402
+from indexer.ingest.sources import from_folder  # noqa: E402
 from indexer.manifest import MANIFEST_FILE  # noqa: E402
-from indexer.sources import from_folder  # noqa: E402
+from indexer.vectors.faiss_index import INDEX_FILE  # noqa: E402
 from models import PreprocessSpec, build, save_checkpoint  # noqa: E402
 from training.runinfo import cpu_name, git_sha  # noqa: E402
 

@@ -3,7 +3,7 @@
 1. ``msir-index build`` of the 60,000 CIFAR-10 images (train + test) with an MSCFNet-4 checkpoint (randomly
    initialised unless ``--checkpoint``), in a subprocess: images/s of the whole build and peak RSS.
 2. The model-only forward pass over the same preprocessed tensors (decoded once with
-   ``training.data.cache.cached_split``, normalised beforehand) on the same device and threads: images/s, and
+   ``msir_data.cache.cached_split``, normalised beforehand) on the same device and threads: images/s, and
    the ratio build / model (target >= 0.8).
 3. A second build killed with SIGKILL at ~30 %, re-run with ``--resume``, then ``msir-index verify``.
 4. Search latency per query (one query at a time) and recall@10 against flat for flat / ivfpq / hnsw, on the
@@ -39,11 +39,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import models  # noqa: E402
-from indexer.faiss_index import VectorIndex  # noqa: E402
-from indexer.store import MetadataStore  # noqa: E402
+from indexer.metadata.queries import MetadataStore  # noqa: E402
+from indexer.vectors.faiss_index import VectorIndex  # noqa: E402
 from models import PreprocessSpec, normalize  # noqa: E402
-from training.data import open_dataset  # noqa: E402
-from training.data.cache import cached_split  # noqa: E402
+from msir_data import open_dataset  # noqa: E402
+from msir_data.cache import cached_split  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "msir"
 # Search-time settings measured again on the same built index (speed/recall trade-off).

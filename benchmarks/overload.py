@@ -41,7 +41,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app.demo import prepare_collection  # noqa: E402
+from app.quickstart import prepare_collection  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from benchmarks.serve_latency import multipart, save_report, start_server  # noqa: E402
 from training.runinfo import cpu_name, git_sha  # noqa: E402

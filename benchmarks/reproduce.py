@@ -44,17 +44,17 @@ from rich.console import Console  # noqa: E402
 from rich.logging import RichHandler  # noqa: E402
 
 from models import CheckpointError, load_checkpoint  # noqa: E402
+from msir_core.retrieval.probabilities import probabilities  # noqa: E402
+from msir_data import DatasetError  # noqa: E402
 from training.config import load_config  # noqa: E402
-from training.data import DatasetError  # noqa: E402
-from training.dataset import PreparedData  # noqa: E402
 from training.evaluation import best_thresholds, classification_metrics, retrieval_metrics  # noqa: E402
-from training.evaluation.classification import probabilities  # noqa: E402
 from training.evaluation.embed import embed_arrays  # noqa: E402
+from training.evaluation.per_epoch import headline  # noqa: E402
 from training.loop import TrainingDivergedError  # noqa: E402
+from training.prepared_data import PreparedData  # noqa: E402
 from training.runinfo import cpu_name, device_name, git_dirty, git_sha, now, write_json  # noqa: E402
 from training.splits import take  # noqa: E402
 from training.trainer import Trainer  # noqa: E402
-from training.validate import headline  # noqa: E402
 
 logger = logging.getLogger("benchmarks.reproduce")
 console = Console(stderr=True)

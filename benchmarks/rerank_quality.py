@@ -29,11 +29,11 @@ import torch
 
 from benchmarks.eval_speed import cpu_cores, cpu_model
 from models import load_checkpoint
-from training.data import open_dataset
-from training.data.cache import cached_split
+from msir_core.retrieval.rerank import RerankConfig
+from msir_data import open_dataset
+from msir_data.cache import cached_split
 from training.evaluation import retrieval_metrics
 from training.evaluation.embed import embed_arrays
-from training.evaluation.rerank import RerankConfig
 
 logger = logging.getLogger("benchmarks.rerank_quality")
 METHODS = ("none", "aqe", "dba", "kreciprocal")

@@ -55,8 +55,8 @@ import torch  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from indexer import Collection  # noqa: E402
 from models import open_image, to_uint8  # noqa: E402
-from models.allocator import keep_freed_buffers  # noqa: E402
 from models.onnx import export_onnx, onnx_paths  # noqa: E402
+from msir_core.allocator import keep_freed_buffers  # noqa: E402
 from training.runinfo import cpu_name, git_sha  # noqa: E402
 
 TAR = REPO.parent / "shared" / "datasets" / "cifar10-jpg.tar"

@@ -44,8 +44,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from models import PreprocessSpec, build, open_image, preprocess  # noqa: E402
+from msir_data import open_dataset  # noqa: E402
 from training.config import load_config  # noqa: E402
-from training.data import open_dataset  # noqa: E402
 from training.evaluation import classification_metrics  # noqa: E402
 from training.runinfo import cpu_name, git_sha  # noqa: E402
 from training.trainer import Trainer  # noqa: E402

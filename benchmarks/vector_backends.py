@@ -1,6 +1,6 @@
 """Index backends side by side: FAISS flat / IVF-PQ / HNSW and Milvus (milvus-lite) on the same vectors.
 
-The stores are the ones a collection uses (``indexer.vector_store``: :class:`FaissStore` and :class:`MilvusStore`,
+The stores are the ones a collection uses (``indexer.vectors.backends``: :class:`FaissStore` and :class:`MilvusStore`,
 default options), filled with the same N clustered vectors (Gaussian mixture on the unit sphere, as in
 ``index_throughput.py``), each row carrying one of ``--labels`` labels and a train/test split. Queries are held
 out from the same distribution and run one at a time (how the service answers a request), unfiltered and with a
@@ -34,10 +34,10 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.index_throughput import clustered, device_name  # noqa: E402
 from indexer.manifest import IndexSpec  # noqa: E402
-from indexer.milvus_store import MilvusStore  # noqa: E402
 from indexer.records import ImageRecord  # noqa: E402
 from indexer.search import Filters, filtered_search  # noqa: E402
-from indexer.vector_store import VectorStore, new_store  # noqa: E402
+from indexer.vectors.backends import VectorStore, new_store  # noqa: E402
+from indexer.vectors.milvus_store import MilvusStore  # noqa: E402
 
 CONFIGS = {  # name -> (backend, index type)
     "FAISS flat": ("faiss", "flat"),

@@ -6,9 +6,9 @@
 from indexer.collection import Collection
 from indexer.embedder import Embedder
 from indexer.errors import CheckpointMismatch, CollectionError, ConsistencyError, DatabaseUnavailable
-from indexer.pipeline import BuildReport
+from indexer.ingest.pipeline import BuildReport
 from indexer.records import AddReport, EmbedResult, Hit, ImageRecord, NewImage, Upload, VerifyReport
-from training.evaluation.rerank import RerankConfig, RerankMethod  # search option, re-exported for the app
+from msir_core.retrieval.rerank import RerankConfig, RerankMethod  # search option, re-exported for the app
 
 __all__ = [
     "AddReport",

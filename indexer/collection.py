@@ -6,7 +6,7 @@ caught up from the database when it lags (a killed build) and rebuilt from it on
 Concurrency (many processes around one database): writes are serialised by a lock in the object and by
 ``<dir>/.write.lock`` between processes; each commits its rows and change-feed entries in one transaction, then
 applies the change to this process's index under the write side of a readers-writer lock, so a reader never sees a
-half-applied write. How the index follows other processes' writes and rebuilds: :mod:`indexer.following`.
+half-applied write. How the index follows other processes' writes and rebuilds: :mod:`indexer.following.feed`.
 """
 
 from __future__ import annotations
@@ -20,22 +20,26 @@ from typing import Any
 import numpy as np
 
 from indexer import consistency as cons
-from indexer import maintenance, uploads
-from indexer.db import default_url, is_default_url, safe_url
+from indexer import stats as collection_stats
+from indexer import upload_files as uploads
+from indexer import verification
 from indexer.embedder import Embedder
 from indexer.errors import CheckpointMismatch, CollectionError, ConsistencyError
-from indexer.faiss_index import resolve_options
-from indexer.following import FollowingIndex
+from indexer.following.feed import FollowingIndex
+from indexer.ingest import relabel
+from indexer.ingest.pipeline import DEFAULT_MAX_PIXELS, BuildReport, run_pipeline
+from indexer.ingest.sources import Source, WorkItem, from_new_images
 from indexer.locks import directory_lock
 from indexer.manifest import CheckpointRef, IndexSpec, Manifest, now_iso
-from indexer.pipeline import DEFAULT_MAX_PIXELS, BuildReport, run_pipeline
+from indexer.metadata.queries import MetadataStore
+from indexer.metadata.tables import default_url, is_default_url, safe_url
 from indexer.records import AddReport, Hit, ImageRecord, NewImage, Upload, VerifyReport
 from indexer.search import Filters, filtered_search, reranked_search, unit_queries
-from indexer.sources import Source, WorkItem, from_new_images
-from indexer.store import MetadataStore
-from indexer.vector_store import BackendConfig, FaissStore, VectorStore, index_spec, load_store, new_store
+from indexer.vectors.backends import BackendConfig, VectorStore, index_spec, load_store, new_store
+from indexer.vectors.faiss_index import resolve_options
+from indexer.vectors.faiss_store import FaissStore
 from models import read_checkpoint_meta
-from training.evaluation.rerank import RerankConfig
+from msir_core.retrieval.rerank import RerankConfig
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +85,7 @@ class Collection(FollowingIndex):
         backend_config: BackendConfig | None = None,
     ) -> Collection:
         """``backend``: ``faiss`` (index file in the folder) or ``milvus`` (``backend_config.milvus_uri``, default
-        ``milvus.db`` in the folder); see :mod:`indexer.vector_store`."""
+        ``milvus.db`` in the folder); see :mod:`indexer.vectors.backends`."""
         directory = Path(directory)
         if Manifest.exists(directory):
             raise CollectionError(f"{directory} is already a collection; open it (or `msir-index add`) instead")
@@ -268,7 +272,7 @@ class Collection(FollowingIndex):
         report: bool = True,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> BuildReport:
-        """Index a :class:`~indexer.sources.Source` (what the CLI's build/add use); saves at the end."""
+        """Index a :class:`~indexer.ingest.sources.Source` (what the CLI's build/add use); saves at the end."""
         reports = self.directory / "reports" if report else None
         result = run_pipeline(
             source, self.embedder, self, batch_size=batch_size, workers=workers, progress=progress,
@@ -280,7 +284,7 @@ class Collection(FollowingIndex):
             if self._dirty:
                 self._save()
         result.note = source.note
-        result.labelled = maintenance.label_unlabelled(self.store, source, result)
+        result.labelled = relabel.label_unlabelled(self.store, source, result)
         return result
 
     def add_images(self, items: Iterable[NewImage]) -> AddReport:
@@ -483,13 +487,13 @@ class Collection(FollowingIndex):
         self.store.ping()
 
     def verify(self) -> VerifyReport:
-        """Database <-> index <-> manifest <-> files (:mod:`indexer.maintenance`); pending changes saved first."""
-        return maintenance.verify(self)
+        """Database <-> index <-> manifest <-> files (:mod:`indexer.verification`); pending changes saved first."""
+        return verification.verify(self)
 
     def repair(self) -> list[str]:
         """Catch the index up (or rebuild it on drift), settle or delete orphan files; returns what was done."""
-        return maintenance.repair(self)
+        return verification.repair(self)
 
     def stats(self) -> dict[str, Any]:
-        """Rows, index, model, files and sync position (:func:`indexer.maintenance.stats`)."""
-        return maintenance.stats(self)
+        """Rows, index, model, files and sync position (:func:`indexer.stats.stats`)."""
+        return collection_stats.stats(self)

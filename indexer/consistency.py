@@ -21,8 +21,8 @@ from indexer.embedder import Embedder
 from indexer.manifest import Manifest
 
 if TYPE_CHECKING:
-    from indexer.store import MetadataStore
-    from indexer.vector_store import VectorStore
+    from indexer.metadata.queries import MetadataStore
+    from indexer.vectors.backends import VectorStore
 
 REBUILD_HINT = "run `msir-index rebuild {dir}` to rebuild the index from the database"
 SAMPLE = 256

@@ -1,4 +1,4 @@
-"""``msir-index eval``: retrieval metrics of a collection's stored embeddings, via ``training.evaluation``.
+"""``msir-index eval``: retrieval metrics of a collection's stored embeddings, via ``msir_core.retrieval.metrics``.
 
 Queries and database are the stored vectors of two splits (no image is decoded); labels come from the database,
 mapped to the checkpoint's class order (labels it does not know are appended, sorted).
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from indexer.errors import CollectionError
-from training.evaluation import retrieval_metrics
+from msir_core.retrieval.metrics import retrieval_metrics
 
 if TYPE_CHECKING:
     from indexer.collection import Collection

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from indexer.errors import CollectionError
-from models.atomic import atomic_write_text
+from msir_core.atomic import atomic_write_text
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "msir-collection"
@@ -43,7 +43,7 @@ class IndexSpec(BaseModel):
     type: str
     params: dict[str, Any]
     file: str = "index.faiss"
-    # Where the vectors live (indexer.vector_store): "faiss" (the file above) or "milvus" (a Milvus collection
+    # Where the vectors live (indexer.vectors.backends): "faiss" (the file above) or "milvus" (a Milvus collection
     # named by index.milvus.json). uri: the Milvus URI without credentials; None = milvus.db in the folder.
     backend: str = "faiss"
     uri: str | None = None

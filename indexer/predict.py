@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from indexer.records import Hit
-from training.evaluation.classification import probabilities
-from training.evaluation.knn import knn_predict
+from msir_core.retrieval.knn import knn_predict
+from msir_core.retrieval.probabilities import top_classes
 
 __all__ = ["KnnVote", "Prediction", "head_scores", "knn_vote", "predict"]
 
@@ -49,13 +49,11 @@ class Prediction:
 
 def head_scores(logits: np.ndarray, class_names: list[str], multi_label: bool, top: int) -> list[tuple[str, float]]:
     """The ``top`` classes of one image's logits ``[C]`` by softmax (single-label) or sigmoid (multi-label)."""
-    probs = probabilities(np.asarray(logits, dtype=np.float64)[None], multi_label=multi_label)[0]
-    order = np.argsort(-probs, kind="stable")[: min(top, len(probs))]
-    return [(class_names[i], float(probs[i])) for i in order]
+    return top_classes(logits, class_names, multi_label=multi_label, top=top)
 
 
 def knn_vote(hits: list[Hit], class_names: list[str], multi_label: bool) -> KnnVote | None:
-    """The vote of ``hits`` (see :mod:`training.evaluation.knn`) over every label they carry: a collection's labels
+    """The vote of ``hits`` (see :mod:`msir_core.retrieval.knn`) over every label they carry: a collection's labels
     are what its images carry, checkpoint class or not. ``class_names`` only orders the candidates (the checkpoint's
     classes first, then the others sorted), so ties break the same way everywhere. Neighbours with several labels
     make it a multi-label vote."""

@@ -1,4 +1,4 @@
-"""Plain data exchanged through :class:`indexer.Collection` (no ORM objects leak out of ``indexer.db``)."""
+"""Plain data exchanged through :class:`indexer.Collection` (no ORM objects leak out of ``indexer.metadata.tables``)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from indexer.errors import CollectionError
 from indexer.records import Hit, ImageRecord
-from training.evaluation.rerank import RerankConfig, expand_queries, rerank_shortlist
+from msir_core.retrieval.rerank import RerankConfig, expand_queries, rerank_shortlist
 
 # (queries, k) -> (scores [Q, k], ids [Q, k], number of vectors in the index)
 SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray, int]]
@@ -98,7 +98,7 @@ def reranked_search(
     rerank: RerankConfig,
     pushdown: bool = False,
 ) -> list[list[Hit]]:
-    """:func:`filtered_search` with re-ranking (:mod:`training.evaluation.rerank`, the code msir-eval measures).
+    """:func:`filtered_search` with re-ranking (:mod:`msir_core.retrieval.rerank`, the code msir-eval measures).
 
     αQE: the expanded queries (over their nearest stored vectors, filters not applied: the expansion describes
     the query, not the answer) are searched with the filters. DBA / k-reciprocal: the top ``shortlist`` filtered

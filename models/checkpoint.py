@@ -20,9 +20,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from models.atomic import atomic_write, atomic_write_text
 from models.preprocessing import PreprocessSpec
 from models.registry import build
+from msir_core.atomic import atomic_write, atomic_write_text
 
 FORMAT = "msir-checkpoint"
 FORMAT_VERSION = 1

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from models.builders import register
 from models.output import ModelOutput
-from models.registry import register
 
 CHANNELS = (32, 64, 64)
 HIDDEN = 64

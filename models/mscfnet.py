@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.builders import register
 from models.output import ModelOutput
-from models.registry import register
 
 KERNELS = (3, 5, 7)
 

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.atomic import atomic_write_text
 from models.checkpoint import CheckpointError, CheckpointMeta, checkpoint_paths, load_checkpoint, sha256_file
 from models.preprocessing import PreprocessSpec
+from msir_core.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

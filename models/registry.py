@@ -3,44 +3,18 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-Builder = Callable[..., nn.Module]
-_REGISTRY: dict[str, Builder] = {}
-# Arguments every builder receives; anything else is a model-specific option.
-_COMMON = ("num_classes", "in_channels", "image_size")
-
-
-class UnknownModelError(KeyError, ValueError):
-    """Raised for a model name that is not registered."""
-
-    def __str__(self) -> str:  # KeyError would wrap the message in quotes
-        return str(self.args[0])
-
-
-def register(name: str) -> Callable[[Builder], Builder]:
-    """Register ``fn(num_classes, in_channels, image_size, **options) -> nn.Module`` under ``name``."""
-
-    def deco(fn: Builder) -> Builder:
-        if name in _REGISTRY:
-            raise ValueError(f"model name {name!r} registered twice")
-        params = inspect.signature(fn).parameters
-        missing = [p for p in _COMMON if p not in params]
-        if missing:
-            raise TypeError(f"builder for {name!r} must accept {missing}")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+# Importing the family modules runs their @register decorators.
+from models import cnn, mscfnet, resnet, vit  # noqa: F401
+from models.builders import BUILDERS, COMMON_ARGS, Builder, UnknownModelError
 
 
 def available() -> list[str]:
     """Sorted names accepted by :func:`build`."""
-    _ensure_loaded()
-    return sorted(_REGISTRY)
+    return sorted(BUILDERS)
 
 
 def options_of(name: str) -> dict[str, Any]:
@@ -49,7 +23,7 @@ def options_of(name: str) -> dict[str, Any]:
     return {
         p.name: p.default
         for p in inspect.signature(fn).parameters.values()
-        if p.name not in _COMMON and p.kind is p.KEYWORD_ONLY
+        if p.name not in COMMON_ARGS and p.kind is p.KEYWORD_ONLY
     }
 
 
@@ -101,13 +75,10 @@ def build(
 
 
 def _lookup(name: str) -> Builder:
-    _ensure_loaded()
     try:
-        return _REGISTRY[name]
+        return BUILDERS[name]
     except KeyError:
-        raise UnknownModelError(f"unknown model {name!r}; available models: {', '.join(sorted(_REGISTRY))}") from None
+        raise UnknownModelError(f"unknown model {name!r}; available models: {', '.join(sorted(BUILDERS))}") from None
 
 
-def _ensure_loaded() -> None:
-    # Importing the family modules runs their @register decorators.
-    from models import cnn, mscfnet, resnet, vit  # noqa: F401
+__all__ = ["UnknownModelError", "available", "build", "normalize_image_size", "options_of"]

@@ -37,8 +37,8 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from models.builders import register
 from models.output import ModelOutput
-from models.registry import register
 
 Stem = Literal["auto", "cifar", "imagenet"]
 CIFAR_STEM_MAX_SIDE = 64

@@ -49,8 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.builders import register
 from models.output import ModelOutput
-from models.registry import register
 
 
 def pyramid_sizes(image_size: tuple[int, int], patch_size: int) -> list[tuple[int, int]]:

@@ -1,6 +1,6 @@
 """Python client of the msir REST API (blocking and asyncio), on httpx.
 
-Answers are the server's own pydantic models (``app.schemas``); error answers raise the exceptions of
+Answers are the server's own pydantic models (``msir_schemas.api``); error answers raise the exceptions of
 :mod:`msir_client.errors` with the server's ``code`` and ``message``. Importing the client loads neither torch nor
 FastAPI.
 """

@@ -1,7 +1,7 @@
 """``Client`` (blocking) and ``AsyncClient`` for the msir REST API, on httpx.
 
 Both build the same requests (:class:`Call`) and read answers into the server's own pydantic models
-(``app.schemas``, which imports nothing but pydantic). A 503 is retried after the server's ``Retry-After`` (or an
+(``msir_schemas.api``, which imports nothing but pydantic). A 503 is retried after the server's ``Retry-After`` (or an
 exponential backoff when it sends none), within :class:`RetryPolicy`'s bounds; every other error answer raises the
 :mod:`msir_client.errors` exception of its status, carrying the server's ``code`` and ``message``.
 """
@@ -15,17 +15,6 @@ from typing import Any
 
 import httpx
 
-from app.schemas import (
-    AddImagesResponse,
-    BatchSearchResponse,
-    ClassifyResponse,
-    CollectionInfo,
-    Health,
-    ImageInfo,
-    ImagePage,
-    Readiness,
-    SearchResponse,
-)
 from msir_client.calls import (
     DEFAULT_TIMEOUT,
     Call,
@@ -37,6 +26,17 @@ from msir_client.calls import (
     parse,
 )
 from msir_client.errors import MsirConnectionError, MsirTimeout
+from msir_schemas.api import (
+    AddImagesResponse,
+    BatchSearchResponse,
+    ClassifyResponse,
+    CollectionInfo,
+    Health,
+    ImageInfo,
+    ImagePage,
+    Readiness,
+    SearchResponse,
+)
 
 
 class Client:

@@ -50,7 +50,7 @@ def main() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "app.demo", "--port", str(port), "--var-dir", str(args.var_dir)],
+        [sys.executable, "-m", "app.quickstart", "--port", str(port), "--var-dir", str(args.var_dir)],
         cwd=ROOT,
         env={**os.environ, "MSIR_ACCESS_LOG": "false"},
     )

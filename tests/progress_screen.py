@@ -16,7 +16,7 @@ import pytest
 from rich.console import Console
 from rich.progress import Progress
 
-from training.progress import progress_bar
+from msir_core.progress import progress_bar
 
 # "... 12/40 3 step/s 0:00:01 eta 0:00:02": the count, then the ETA as h:mm:ss at the end of the line.
 COUNT = re.compile(r"\b(\d+)/(\d+)\b")

@@ -5,7 +5,7 @@
     torchrun --nproc-per-node 4 $(which msir-train) --config ...   # DDP on 4 GPUs (README "Scaling out")
 
 A refusal is one line on stderr (the traceback only with --verbose or MSIR_LOG_LEVEL=debug), with the exit code of
-its class (``models.refusals.ExitCode``): 2 configuration or options, 4 checkpoint or run state to resume from,
+its class (``msir_core.exit_codes.ExitCode``): 2 configuration or options, 4 checkpoint or run state to resume from,
 6 dataset, 7 the training diverged.
 """
 
@@ -22,7 +22,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from models import CheckpointError
-from models.refusals import ExitCode, refuse
+from msir_core.exit_codes import ExitCode, refuse
 from training.config import ConfigError, load_config
 
 app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)
@@ -73,7 +73,7 @@ def main(
     if limit_train is not None:
         overrides.append(f"data.limit_train={limit_train}")
     # Imported here so that `msir-train --help` stays fast.
-    from training.data import DatasetError
+    from msir_data import DatasetError
     from training.loop import TrainingDivergedError
     from training.state import ResumeError
     from training.trainer import train

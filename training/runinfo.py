@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from models.atomic import atomic_write, atomic_write_text
+from msir_core.atomic import atomic_write, atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

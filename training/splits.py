@@ -1,6 +1,6 @@
 """Deterministic, stratified hold-out and subset selection over a decoded split.
 
-Order comes from a stable hash of each item id (``training.data.base.hash_fraction``), never from a global
+Order comes from a stable hash of each item id (``msir_data.base.hash_fraction``), never from a global
 RNG:
 the same items land in validation on every machine, run and resume, and adding images to a dataset does not
 reshuffle the existing ones.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.data.base import hash_fraction
+from msir_data.base import hash_fraction
 
 
 def strata(labels: np.ndarray) -> np.ndarray:

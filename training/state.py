@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from models.atomic import atomic_write, atomic_write_text
+from msir_core.atomic import atomic_write, atomic_write_text
 
 STATE_NAME = "training_state"
 STATE_FORMAT = "msir-training-state"

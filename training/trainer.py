@@ -26,19 +26,21 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from models import build, load_checkpoint, save_checkpoint
+from msir_core.progress import progress_bar
 from training import distributed
 from training.augment import BatchAugment
 from training.batches import BatchSource
 from training.config import RunConfig, dump_config
-from training.dataset import PreparedData, prepare_data
+from training.device import resolve_device
+from training.evaluation.per_epoch import default_best_metric, evaluate, headline
 from training.loop import Accumulator, Loop, StepContext
 from training.losses import MultiLoss
-from training.progress import progress_bar
+from training.optimizer import build_optimizer
+from training.prepared_data import PreparedData, prepare_data
 from training.runinfo import environment, epoch_summary, now, read_json, write_history, write_json
-from training.runtime import build_optimizer, resolve_device, seed_everything
 from training.schedule import Schedule, build_schedule
+from training.seeding import seed_everything
 from training.state import ResumeError, rank_rng, read_state, restore_state, save_state
-from training.validate import default_best_metric, evaluate, headline
 
 logger = logging.getLogger(__name__)
 

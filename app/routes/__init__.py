@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.schemas import ErrorResponse
+from msir_schemas.api import ErrorResponse
 
 _DESCRIPTIONS = {
     400: "A body that is not valid multipart/form-data (or application/x-www-form-urlencoded).",

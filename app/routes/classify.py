@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, File, UploadFile
 
 from app.deps import ServiceDep, require_read_key
 from app.routes import errors
-from app.schemas import ClassifyResponse, Timings
 from app.service import StageTimer
+from msir_schemas.api import ClassifyResponse, Timings
 
 router = APIRouter(prefix="/v1", tags=["classify"], dependencies=[Depends(require_read_key)])
 

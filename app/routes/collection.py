@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends
 
 from app.deps import ServiceDep, require_read_key
 from app.routes import errors
-from app.schemas import CollectionInfo
+from msir_schemas.api import CollectionInfo
 
 router = APIRouter(prefix="/v1", tags=["collection"], dependencies=[Depends(require_read_key)])
 

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.schemas import ErrorResponse, Health, Readiness
 from indexer import CollectionError
+from msir_schemas.api import ErrorResponse, Health, Readiness
 
 logger = logging.getLogger(__name__)
 

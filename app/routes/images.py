@@ -16,12 +16,12 @@ from PIL import Image
 from app.deps import ServiceDep, require_read_key, require_write_key, resolve_k
 from app.errors import ApiError
 from app.routes import errors
-from app.schemas import AddImagesResponse, ImageEdit, ImageInfo, ImagePage, SearchResponse, Timings
 from app.service import Service, StageTimer
 from app.shaping import image_info, neighbour
-from app.uploads import add_uploads
+from app.upload_forms import add_uploads
 from indexer import ImageRecord
 from models import ImageDecodeError
+from msir_schemas.api import AddImagesResponse, ImageEdit, ImageInfo, ImagePage, SearchResponse, Timings
 
 logger = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 from app.deps import ServiceDep, require_read_key, resolve_k
 from app.errors import ApiError
 from app.routes import errors
-from app.schemas import BatchSearchResponse, BatchSearchResult, SearchResponse, Timings, VectorSearchRequest
 from app.service import SearchArgs, StageTimer
 from app.shaping import neighbour
 from indexer import RerankConfig, RerankMethod
+from msir_schemas.api import BatchSearchResponse, BatchSearchResult, SearchResponse, Timings, VectorSearchRequest
 
 # Query images per /v1/search/batch request: one forward pass holds them all, so the batch is bounded.
 MAX_BATCH_QUERIES = 64

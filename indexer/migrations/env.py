@@ -1,6 +1,6 @@
 """Alembic environment of the indexer's metadata database.
 
-Run programmatically by :func:`indexer.db.migrate`, which passes an open connection in
+Run programmatically by :func:`indexer.metadata.tables.migrate`, which passes an open connection in
 ``config.attributes["connection"]``; the URL branch exists for developers generating revisions with
 ``alembic -c indexer/alembic.ini revision --autogenerate``.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from indexer.db import Base
+from indexer.metadata.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

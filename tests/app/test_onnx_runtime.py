@@ -22,7 +22,7 @@ from models.export_cli import main as export_main
 from models.onnx import onnx_paths
 from msir_client import Client
 from tests.app.helpers import Fixture, LiveServer, start_server, stop_server
-from tests.app.test_demo import shipped_checkpoint
+from tests.app.test_quickstart import shipped_checkpoint
 
 PER_CLASS = 6
 

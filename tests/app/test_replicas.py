@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from indexer.manifest import Manifest
-from indexer.store import MetadataStore
+from indexer.metadata.queries import MetadataStore
 from tests.app.helpers import AUTH, REPO, Fixture, LiveServer, class_image, png_bytes, start_server, stop_server
 
 INTERVAL_MS = 300

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from indexer.store import from_bytes
+from indexer.metadata.queries import from_bytes
 from msir_client import (
     AsyncClient,
     Client,

@@ -8,9 +8,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from indexer.faiss_index import INDEX_FILE
 from indexer.manifest import Manifest
-from indexer.vector_store import load_store
+from indexer.vectors.backends import load_store
+from indexer.vectors.faiss_index import INDEX_FILE
 
 BACKENDS = ["faiss", "milvus"]
 

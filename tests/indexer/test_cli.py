@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from indexer import Collection
 from indexer.cli import app
-from indexer.faiss_index import INDEX_FILE
+from indexer.vectors.faiss_index import INDEX_FILE
 from models import open_image
 from tests.fixtures_formats import write_manifest
 from tests.indexer.conftest import write_images, write_labelled_folder
@@ -184,10 +184,10 @@ def test_multi_label_manifest_build_and_eval(tmp_path: Path, checkpoint: Path) -
 
 
 def test_rerank_search_matches_the_evaluation_code(built: Path, tmp_path: Path) -> None:
-    """The indexer's re-ranked search gives the order training.evaluation.rerank computes on the stored vectors."""
+    """The indexer's re-ranked search gives the order msir_core.retrieval.rerank computes on the stored vectors."""
     import torch
 
-    from training.evaluation.rerank import RerankConfig, exact_neighbours, expand_queries, rerank_shortlist
+    from msir_core.retrieval.rerank import RerankConfig, exact_neighbours, expand_queries, rerank_shortlist
 
     query = next((tmp_path / "data" / "test" / "green").glob("*.png"))
     with Collection.open(built, device="cpu") as col:

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from indexer import Collection, CollectionError, ConsistencyError, NewImage
-from indexer.sources import from_dataset, from_folder
+from indexer.ingest.sources import from_dataset, from_folder
 from tests.fixtures_formats import write_not_an_image, write_truncated_jpeg
 from tests.indexer.backends import drop_saved_vectors
 from tests.indexer.conftest import CLASSES, write_images, write_labelled_folder

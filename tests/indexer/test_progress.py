@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-import indexer.pipeline
+import indexer.ingest.pipeline
 from indexer import Collection
-from indexer.sources import from_folder
+from indexer.ingest.sources import from_folder
 from tests.indexer.conftest import write_images
 from tests.progress_screen import check_screen, record_progress
 
@@ -17,7 +17,7 @@ def test_indexing_progress_at_80_columns(tmp_path: Path, checkpoint: Path, monke
     # A long folder path: the description ("indexing folder /…") is what gets cut, never the count or the ETA.
     folder = tmp_path / ("a_rather_long_folder_name_of_holiday_photos_" * 2)
     write_images(folder, 200)
-    shots = record_progress(monkeypatch, indexer.pipeline)
+    shots = record_progress(monkeypatch, indexer.ingest.pipeline)
     with Collection.create(tmp_path / "col", checkpoint, device="cpu") as col:
         report = col.add_source(from_folder(folder), batch_size=32, workers=0, progress=True)
     assert len(report.added) == 200

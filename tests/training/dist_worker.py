@@ -1,6 +1,6 @@
 """A ``torchrun`` worker for tests/training/test_distributed.py: ``msir-train``'s CLI, with two test probes.
 
-- Every file a rank writes through ``models.atomic`` (checkpoints, training state, run.json, history.csv,
+- Every file a rank writes through ``msir_core.atomic`` (checkpoints, training state, run.json, history.csv,
   metrics.json) or ``dump_config`` (config.yaml) is appended to ``$MSIR_TEST_WRITES/rank<R>.txt``.
 - ``MSIR_TEST_KILL_RANK=R`` and ``MSIR_TEST_KILL_STEP=S``: once the training state of step S is saved (all ranks
   past a barrier), rank R SIGKILLs itself, once (``$MSIR_TEST_WRITES/killed`` marks it), like a crashed GPU.
@@ -17,7 +17,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-import models.atomic  # noqa: E402
+import msir_core.atomic  # noqa: E402
 import training.trainer  # noqa: E402
 from training import distributed  # noqa: E402
 
@@ -31,7 +31,7 @@ def record(path: Path | str) -> None:
 
 
 def patch_writes() -> None:
-    atomic_write, dump_config = models.atomic.atomic_write, training.trainer.dump_config
+    atomic_write, dump_config = msir_core.atomic.atomic_write, training.trainer.dump_config
 
     def recorded_atomic_write(path: Path, *args: Any, **kwargs: Any) -> Any:
         record(path)
@@ -41,7 +41,7 @@ def patch_writes() -> None:
         record(path)
         dump_config(raw, path)
 
-    models.atomic.atomic_write = recorded_atomic_write  # atomic_write_text/bytes call it through the module
+    msir_core.atomic.atomic_write = recorded_atomic_write  # atomic_write_text/bytes call it through the module
     training.trainer.dump_config = recorded_dump_config
     for name in ("training.state", "training.runinfo", "models.checkpoint"):
         module = sys.modules.get(name)

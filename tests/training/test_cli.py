@@ -1,4 +1,4 @@
-"""``msir-train`` refuses in one line with the exit code of the problem's class (models.refusals.ExitCode)."""
+"""``msir-train`` refuses in one line with the exit code of the problem's class (msir_core.exit_codes.ExitCode)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from models.refusals import ExitCode
+from msir_core.exit_codes import ExitCode
 from training.cli import app
 
 REPO = Path(__file__).resolve().parents[2]

@@ -21,8 +21,8 @@ from safetensors.torch import load_file
 from models import load_checkpoint
 from training.batches import BatchSource, epoch_order
 from training.config import RunConfig, load_config
-from training.dataset import PreparedData, from_arrays
 from training.loop import TrainingDivergedError
+from training.prepared_data import PreparedData, from_arrays
 from training.splits import holdout, limit_rows
 from training.state import ResumeError
 from training.trainer import Trainer
@@ -351,7 +351,7 @@ def test_cuda_training(tmp_path: Path, gpu_fraction: float) -> None:
 def test_a_single_split_folder_gets_stratified_test_and_validation_sets(tmp_path: Path) -> None:
     """A plain root/<class>/* folder (one split, "all") trains without any split configuration."""
     from tests.fixtures_formats import write_image_folder
-    from training.dataset import prepare_data
+    from training.prepared_data import prepare_data
 
     root = write_image_folder(tmp_path / "mine", classes=("cat", "dog"), n=20, size=(12, 10), split_dirs=False)
     cfg, _ = make_config(

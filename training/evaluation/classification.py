@@ -26,29 +26,13 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from msir_core.retrieval.probabilities import probabilities
+
 __all__ = ["best_thresholds", "classification_metrics", "probabilities"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLD = 0.5
-
-
-def probabilities(scores: np.ndarray, *, multi_label: bool, scores_are_logits: bool = True) -> np.ndarray:
-    """Float64 probabilities: softmax (single-label) or sigmoid (multi-label) of logits, or checked."""
-    s = np.asarray(scores, dtype=np.float64)
-    if not scores_are_logits:
-        if s.size and (s.min() < 0.0 or s.max() > 1.0):
-            raise ValueError(
-                f"scores_are_logits=False but the scores span [{s.min():.4g}, {s.max():.4g}], outside [0, 1]"
-            )
-        return s
-    if multi_label:
-        # exp of -|x| never overflows; this is the usual stable form of the logistic function.
-        e = np.exp(-np.abs(s))
-        return np.where(s >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-    shifted = s - s.max(axis=1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def best_thresholds(y_true_val: np.ndarray, probs_val: np.ndarray) -> list[float]:

@@ -22,14 +22,15 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from models import CheckpointError, ImageDecodeError, load_checkpoint
-from models.atomic import atomic_write_text
-from training.data import DatasetError, open_dataset
-from training.data.cache import CachedSplit, cached_split
-from training.evaluation.classification import best_thresholds, classification_metrics, probabilities
+from msir_core.atomic import atomic_write_text
+from msir_core.retrieval.metrics import retrieval_metrics
+from msir_core.retrieval.probabilities import probabilities
+from msir_core.retrieval.rerank import RerankConfig, RerankError
+from msir_data import DatasetError, open_dataset
+from msir_data.cache import CachedSplit, cached_split
+from training.evaluation.classification import best_thresholds, classification_metrics
 from training.evaluation.embed import embed_arrays
 from training.evaluation.reports import write_markdown_report, write_plots
-from training.evaluation.rerank import RerankConfig, RerankError
-from training.evaluation.retrieval import retrieval_metrics
 from training.splits import carve_test
 
 app = typer.Typer(add_completion=False, help=__doc__, no_args_is_help=True)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from models import PreprocessSpec, normalize
-from training.progress import progress_bar
+from msir_core.progress import progress_bar
 
 __all__ = ["embed_arrays"]
 

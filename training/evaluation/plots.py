@@ -17,7 +17,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_curve
 
-from training.evaluation.classification import probabilities
+from msir_core.retrieval.probabilities import probabilities
 
 __all__ = [
     "plot_classification_per_class",

@@ -10,9 +10,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from models import PreprocessSpec, build, load_checkpoint, save_checkpoint
+from msir_data import open_dataset
+from msir_data.cache import cached_split
 from tests.fixtures_formats import write_image_folder
-from training.data import open_dataset
-from training.data.cache import cached_split
 from training.evaluation import classification_metrics, retrieval_metrics
 from training.evaluation.cli import app
 from training.evaluation.embed import embed_arrays

@@ -1,0 +1,5 @@
+"""Run ``msir-index`` as ``python -m indexer.cli``."""
+
+from indexer.cli.commands import app
+
+app()

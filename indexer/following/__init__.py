@@ -1,0 +1,1 @@
+"""Following the database's change feed: every process's index copy catches up with other writers."""

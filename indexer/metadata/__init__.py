@@ -1,0 +1,1 @@
+"""The metadata database: SQLAlchemy tables (``tables``) and every query on them (``queries``)."""

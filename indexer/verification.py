@@ -1,0 +1,152 @@
+"""``msir-index verify`` and ``verify --repair``: database <-> index <-> manifest <-> files.
+
+``verify`` opens the collection without catching its index up, so what it reports is the state on disk:
+
+* *index lag*: rows committed (or removed) after the saved index's feed position, e.g. by a build killed between a
+  commit and the next index save. Any open catches it up; ``--repair`` does so and saves.
+* *orphan / missing rows* (see :mod:`indexer.consistency`): drift the feed does not explain; ``--repair`` rebuilds.
+* *orphan files*: files under ``uploads/`` no row references (and pending uploads of a killed process);
+  ``--repair`` deletes them, or moves a pending file in when its row was committed.
+* *missing files*: rows whose file is gone. Not repairable here (the bytes are lost): restore the files or remove
+  the rows (``msir-index remove --id``); searches still work, the image itself cannot be served.
+
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from indexer import consistency as cons
+from indexer import upload_files as uploads
+from indexer.records import VerifyReport
+
+if TYPE_CHECKING:
+    from indexer.collection import Collection
+
+logger = logging.getLogger(__name__)
+SHOWN = 1000  # ids / names listed in a report's details
+
+
+def _resolve(directory: Path, path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else directory / p
+
+
+def file_problems(col: Collection) -> tuple[list[int], list[Path], list[Path]]:
+    """``(ids of rows whose file is missing, orphan files under uploads/, stale pending uploads)``."""
+    referenced: set[Path] = set()
+    missing: list[int] = []
+    for image_id, path in col.store.iter_paths():
+        file = _resolve(col.directory, path)
+        if not file.is_file():
+            missing.append(image_id)
+        referenced.add(file.resolve())
+    orphans = [p for p in uploads.stored_files(col.directory) if p.resolve() not in referenced]
+    return missing, orphans, uploads.stale_pending(col.directory)
+
+
+def verify(col: Collection) -> VerifyReport:
+    """Every check; pending index changes of this process are saved first."""
+    with col._write_lock():
+        if col._dirty and not col.problems:
+            col._save()
+        saved = not col._dirty
+        info = col.store.info()
+        head = col.store.head()
+        # Changes after the index's feed position explain part of any id difference: that part is lag, not drift.
+        touched = np.asarray(
+            sorted({c.image_id for c in col.store.changes_since(col.seq, head) if c.image_id is not None}), np.int64
+        )
+        with col._rw.read():
+            index = col._index
+            problems = [p for p in col.problems if p.startswith("index unreadable")]
+            problems += cons.identity_problems(col.manifest, info, col.embedder, index)
+            diff = cons.diff_ids(col.store.ids(), index.ids())
+            late = np.intersect1d(diff.orphans, touched)
+            stale = np.intersect1d(diff.missing, touched)
+            drift = cons.IdDiff(
+                lagging=diff.lagging,
+                orphans=np.setdiff1d(diff.orphans, touched),
+                missing=np.setdiff1d(diff.missing, touched),
+            )
+            problems += cons.drift_problems(drift)
+            lagging = len(diff.lagging) + len(late)
+            if lagging or len(stale):
+                problems.append(
+                    f"index lag: the saved index misses {lagging} database row(s) and still holds {len(stale)} "
+                    f"removed one(s) (feed position {col.seq}, database at {head}); any open catches it up, "
+                    f"`msir-index verify --repair` also saves it"
+                )
+            problems += cons.deep_problems(col.store, index, col.manifest, saved)
+            vectors = index.ntotal
+    missing_files, orphan_files, pending = file_problems(col)
+    if missing_files:
+        problems.append(
+            f"missing files: {len(missing_files)} row(s) whose file is gone (ids {cons.show_ids(missing_files)}); "
+            f"restore the files or remove the rows"
+        )
+    if orphan_files or pending:
+        problems.append(
+            f"orphan files: {len(orphan_files)} file(s) under uploads/ without a row, {len(pending)} stale pending "
+            f"upload(s); `msir-index verify --repair` removes them"
+        )
+    details = {
+        "rows": int(col.store.count()),
+        "vectors": vectors,
+        "generation": col.manifest.generation,
+        "seq": col.seq,
+        "head": head,
+        "orphan_rows": [int(i) for i in drift.orphans[:SHOWN]],
+        "missing_rows": [int(i) for i in drift.missing[:SHOWN]],
+        "lagging_rows": lagging,
+        "removed_rows_in_index": len(stale),
+        "missing_files": [int(i) for i in missing_files[:SHOWN]],
+        "missing_files_count": len(missing_files),
+        "orphan_files": [str(p.relative_to(col.directory)) for p in orphan_files[:SHOWN]],
+        "orphan_files_count": len(orphan_files),
+        "stale_pending_uploads": len(pending),
+    }
+    return VerifyReport(ok=not problems, problems=problems, details=details)
+
+
+def repair(col: Collection) -> list[str]:
+    """Fix what can be fixed; returns what was done (and what could not be)."""
+    done: list[str] = []
+    with col._write_lock():
+        before = (col.ntotal, col.seq)
+        drift = col._catch_up()
+        if drift:
+            col.rebuild()
+            done.append(f"rebuilt the index from the database ({'; '.join(drift)})")
+        elif (col.ntotal, col.seq) != before:
+            done.append(f"caught the index up with the database: {before[0]} -> {col.ntotal} vectors, saved")
+        missing, orphans, pending = file_problems(col)
+        moved = removed = 0
+        for file in pending:
+            final = uploads.final_of_pending(col.directory, file)
+            if not final.is_file() and col.store.ids_for_paths([str(final.resolve())]):
+                uploads.settle(file, final)  # its row was committed, the move was not: finish it
+                moved += 1
+            else:
+                file.unlink(missing_ok=True)
+                removed += 1
+        for file in orphans:
+            file.unlink(missing_ok=True)
+            removed += 1
+        if moved:
+            done.append(f"moved {moved} committed pending upload(s) into uploads/")
+        if removed:
+            done.append(f"removed {removed} orphan file(s) under uploads/")
+        still_missing = len(missing) - moved
+        if still_missing > 0:
+            done.append(
+                f"not repaired: {still_missing} row(s) whose file is missing (restore the files or "
+                f"`msir-index remove --id` the rows)"
+            )
+    for line in done:
+        logger.info("%s: %s", col.directory, line)
+    return done
