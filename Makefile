@@ -48,6 +48,7 @@ browser:
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: install
 	$(VENV)/bin/ruff format .
@@ -55,7 +56,7 @@ format: install
 
 # The deploy test (marker docker) needs a Docker engine and builds images: `make test-deploy` runs it.
 test: install browser lint
-	$(VENV)/bin/pytest -q -m "not docker"
+	$(VENV)/bin/pytest -q -m "not docker" -n 2 --dist loadgroup
 
 test-deploy: install
 	docker/offline/test-deploy.sh

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Local base image for hosts that cannot pull from a registry: Debian 12 (bookworm) minbase from Debian's archive,
+# Local base image for hosts that cannot pull from a registry: Debian 12 (bookworm) minbase from the Debian mirror
+# this machine's apt already uses (or DEBIAN_MIRROR / DEBIAN_SECURITY_MIRROR; no archive host is written here),
 # with Debian's Python 3.11 (python3, python3-venv, `python` -> python3), imported into the engine as
 #   ${MSIR_BASE_IMAGE:-msir-base:bookworm-py311}
 # Built once: the root filesystem is kept as a tarball in the cache (MSIR_DEPLOY_CACHE, default
@@ -9,7 +10,32 @@ set -euo pipefail
 
 name="${MSIR_BASE_IMAGE:-msir-base:bookworm-py311}"
 cache="${MSIR_DEPLOY_CACHE:-$HOME/.cache/msir/deploy}"
-mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+
+# The first URI of a suite in this machine's apt configuration: one-line sources.list entries
+# ("deb [opts] URI SUITE COMPONENT...") and deb822 .sources files ("URIs:" / "Suites:" stanzas).
+apt_uri_for() {
+  local want="$1" f
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [ -r "$f" ] || continue
+    awk -v want="$want" '$1 == "deb" { sub(/\[[^]]*\] */, ""); if ($3 == want) { print $2; exit } }' "$f"
+  done
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [ -r "$f" ] || continue
+    awk -v want="$want" '
+      /^[[:space:]]*$/ { if (found && uri != "") { print uri; printed = 1; exit } ; uri = ""; found = 0; next }
+      /^URIs:/ { uri = $2 }
+      /^Suites:/ { for (i = 2; i <= NF; i++) if ($i == want) found = 1 }
+      END { if (!printed && found && uri != "") print uri }' "$f"
+  done
+}
+mirror="${DEBIAN_MIRROR:-$(apt_uri_for bookworm | head -n 1)}"
+security_mirror="${DEBIAN_SECURITY_MIRROR:-$(apt_uri_for bookworm-security | head -n 1)}"
+if [ -z "$mirror" ] || [ -z "$security_mirror" ]; then
+  echo "no Debian bookworm mirror found in /etc/apt (sources.list, sources.list.d/*.list or *.sources):" \
+    "set DEBIAN_MIRROR (the archive, for bookworm and bookworm-updates) and DEBIAN_SECURITY_MIRROR" \
+    "(for bookworm-security) to the mirrors this host may use" >&2
+  exit 2
+fi
 tarball="$cache/base-bookworm-py311.tar"
 mkdir -p "$cache"
 
@@ -35,7 +61,7 @@ if [ ! -s "$tarball" ]; then
   chmod 755 "$work/rootfs/usr/sbin/policy-rc.d"
   echo "deb $mirror bookworm main" >"$work/rootfs/etc/apt/sources.list"
   echo "deb $mirror bookworm-updates main" >>"$work/rootfs/etc/apt/sources.list"
-  echo "deb http://deb.debian.org/debian-security bookworm-security main" >>"$work/rootfs/etc/apt/sources.list"
+  echo "deb $security_mirror bookworm-security main" >>"$work/rootfs/etc/apt/sources.list"
   tar -C "$work/rootfs" --numeric-owner -cf "$tarball.part" .
   mv "$tarball.part" "$tarball"
 fi

@@ -4,7 +4,7 @@ The database is the source of truth of a collection. Besides the metadata of eve
 embedding (float32 bytes): ``msir-index rebuild`` rebuilds the FAISS index from the database alone, without
 decoding a single image, and an index that lags the database after a crash is caught up from it.
 
-The schema is owned by the Alembic migrations shipped in ``indexer/migrations``; :func:`migrate` runs them on
+The schema is owned by the Alembic migrations shipped in ``indexer/metadata/migrations``; :func:`migrate` runs them on
 open with a configuration built in code (no ``alembic.ini`` needed), and refuses a database whose schema is newer
 than this code knows.
 """
@@ -182,7 +182,7 @@ def head_revision() -> str:
     from alembic.script import ScriptDirectory
 
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head is not None, "indexer/migrations has no revision"
+    assert head is not None, "indexer/metadata/migrations has no revision"
     return head
 
 

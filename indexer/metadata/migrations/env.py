@@ -2,7 +2,7 @@
 
 Run programmatically by :func:`indexer.metadata.tables.migrate`, which passes an open connection in
 ``config.attributes["connection"]``; the URL branch exists for developers generating revisions with
-``alembic -c indexer/alembic.ini revision --autogenerate``.
+``alembic -c indexer/metadata/alembic.ini revision --autogenerate``.
 """
 
 from __future__ import annotations
