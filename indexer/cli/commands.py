@@ -217,6 +217,8 @@ def label(
     replace_metadata: Annotated[bool, typer.Option(help="Replace the metadata instead of merging.")] = False,
     checkpoint: Checkpoint = None,
     db: Db = None,
+    milvus_uri: MilvusUri = None,
+    milvus_token: MilvusToken = None,
     json_out: Json = False,
     verbose: Verbose = False,
 ) -> None:
@@ -237,7 +239,9 @@ def label(
     labels = None if set_labels is None else [x.strip() for x in set_labels.split("|") if x.strip()]
 
     def run() -> None:
-        with Collection.open(directory, checkpoint, db, "cpu") as col:
+        # Milvus keeps labels for its scalar filters: relabelling writes to it, so it must be reachable here.
+        config = backend_config(milvus_uri, milvus_token)
+        with Collection.open(directory, checkpoint, db, "cpu", backend_config=config) as col:
             wanted = list(ids or []) + (col.store.ids_for_paths(_path_names(paths)) if paths else [])
             changed = col.edit(
                 wanted,

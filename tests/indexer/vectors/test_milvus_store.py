@@ -259,3 +259,21 @@ def test_cli_build_on_milvus_and_switch_backends(tmp_path: Path, checkpoint: Pat
         assert col.stats()["index"]["milvus_index"] == "HNSW"
     assert json.loads(_cli("verify", directory, "--json"))["ok"]
     _cli("build", tmp_path / "bad", "-c", checkpoint, "--data", root, "--backend", "pinecone", *common, code=2)
+
+
+def test_cli_label_reaches_milvus_through_the_milvus_options(tmp_path: Path, checkpoint: Path) -> None:
+    """``label`` writes the new labels to Milvus (its scalar filters), so it takes --milvus-uri/--milvus-token as
+    every command that opens the collection does."""
+    root = write_labelled_folder(tmp_path / "data", 3)
+    directory = tmp_path / "col"
+    lite = tmp_path / "elsewhere" / "vectors.db"
+    _cli("build", directory, "-c", checkpoint, "--data", root, "--backend", "milvus", "--milvus-uri", lite,
+         "--workers", "0", "--device", "cpu", "--json")  # fmt: skip
+    out = json.loads(_cli("label", directory, "--id", "4", "--id", "5", "--set", "violet", "--milvus-uri", lite,
+                          "--milvus-token", "unused-by-lite", "--json"))  # fmt: skip
+    assert out == {"changed": [4, 5], "not_found": []}
+    config = BackendConfig(milvus_uri=str(lite))
+    with Collection.open(directory, device="cpu", backend_config=config) as col:
+        assert col._index.backend == "milvus" and col._index.filters_pushed_down
+        hits = col.search(col.vector(4)[None], 10, labels=["violet"])[0]
+        assert sorted(h.id for h in hits) == [4, 5]
