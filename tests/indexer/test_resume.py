@@ -83,7 +83,11 @@ def test_build_killed_midway_resumes(tmp_path: Path, checkpoint: Path) -> None:
     killed_at = _rows(directory / "metadata.db")
     assert proc.returncode == -signal.SIGKILL and 40 <= killed_at < N_IMAGES
     # Nothing of the build outlives it: its workers die with it (no orphan holding the database).
-    time.sleep(2.0)
+    # Each worker polls its parent (indexer.ingest.decode.die_with_parent): wait for the event, bounded only
+    # against a hang.
+    deadline = time.monotonic() + 60
+    while [pid for pid in workers if _alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not [pid for pid in workers if _alive(pid)], workers
 
     # verify reports a lagging index with its count (it does not catch it up silently).

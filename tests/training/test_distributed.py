@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -226,10 +225,9 @@ def test_a_stalled_connect_exits_for_torchrun_to_restart(tmp_path: Path) -> None
         "MSIR_DIST_CONNECT_TIMEOUT_S": "3",
     }
     code = "import torch; from training import distributed; distributed.setup(torch.device('cpu'))"
-    started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=environment, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == CONNECT_STALLED_EXIT, done.stderr[-2000:]
+    # The watchdog's own exit code and message are the event; subprocess's timeout only guards against a hang.
     assert "did not connect within 3 s" in done.stderr
-    assert time.monotonic() - started < 60
