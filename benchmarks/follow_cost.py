@@ -26,7 +26,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,8 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from app import server_process as harness  # noqa: E402
+from app.server_process import free_port  # noqa: E402
 from indexer import Collection  # noqa: E402
 from indexer.ingest.sources import from_folder  # noqa: E402
 from indexer.manifest import MANIFEST_FILE  # noqa: E402
@@ -66,12 +67,6 @@ def write_images(folder: Path, n: int, seed: int) -> None:
         Image.fromarray(arr, "RGB").save(folder / f"{seed}_{i:05d}.png")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_server(directory: Path, interval_ms: int, log_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MSIR_")}
@@ -80,21 +75,9 @@ def start_server(directory: Path, interval_ms: int, log_dir: Path) -> tuple[subp
         MSIR_SYNC_INTERVAL_MS=str(interval_ms), MSIR_ACCESS_LOG="false", MSIR_LOG_LEVEL="warning",
         OMP_NUM_THREADS="1", PYTHONPATH=str(REPO),
     )  # fmt: skip
-    out = (log_dir / f"server-{port}.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "app.cli"], env=env, cwd=log_dir, stdout=out, stderr=out)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"msir-serve exited: {(log_dir / f'server-{port}.log').read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("msir-serve not ready in 180 s")
+    server = harness.start_server([sys.executable, "-m", "app.cli"], port=port, log=log_dir / f"server-{port}.log",
+                                  env=env, cwd=log_dir, timeout_s=180)  # fmt: skip
+    return server.process, server.url
 
 
 def percentiles(values: list[float]) -> dict[str, float]:

@@ -32,7 +32,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -43,7 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +50,8 @@ sys.path.insert(0, str(REPO))
 import faiss  # noqa: E402
 import torch  # noqa: E402
 
+from app import server_process as harness  # noqa: E402
+from app.server_process import free_port  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from indexer import Collection  # noqa: E402
 from models import open_image, to_uint8  # noqa: E402
@@ -103,12 +103,6 @@ def build_collection(directory: Path, checkpoint: Path, data: Path, limit: int) 
     subprocess.run(command, check=True, cwd=REPO)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_server(collection: Path, overrides: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """A real msir-serve process, or the naive peer with ``overrides={"naive": "1"}``."""
     port = free_port()
@@ -128,24 +122,12 @@ def start_server(collection: Path, overrides: dict[str, str], log: Path) -> tupl
         probe = "/docs"
     else:
         command, probe = [sys.executable, "-m", "app.cli"], "/readyz"
-    with log.open("wb") as fh:
-        process = subprocess.Popen(command, env=env, cwd=REPO, stdout=fh, stderr=fh)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
     try:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise SystemExit(f"msir-serve exited:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{url}{probe}", timeout=2).status_code == 200:
-                    return process, url
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise SystemExit(f"msir-serve not ready:\n{log.read_text()}")
-    except BaseException:  # never leave a half-started server behind (Ctrl-C included)
-        process.kill()
-        raise
+        server = harness.start_server(command, port=port, log=log, env=env, cwd=REPO, probe=probe, timeout_s=300,
+                                      poll_s=0.5)  # fmt: skip
+    except harness.ServerNotReady as error:
+        raise SystemExit(str(error)) from None
+    return server.process, server.url
 
 
 def summarise(latencies_s: list[float], wall_s: float, timings: list[dict[str, float]]) -> dict[str, Any]:

@@ -9,36 +9,16 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from app.server_process import free_port, start_server, stop_server
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"demo server not ready at {url} after {timeout:.0f} s")
 
 
 def main() -> None:
@@ -48,14 +28,17 @@ def main() -> None:
     parser.add_argument("--var-dir", type=Path, default=ROOT / "var/screenshot")
     args = parser.parse_args()
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
+    server = start_server(
         [sys.executable, "-m", "app.quickstart", "--port", str(port), "--var-dir", str(args.var_dir)],
-        cwd=ROOT,
+        port=port,
+        log=args.var_dir / "screenshot-server.log",
         env={**os.environ, "MSIR_ACCESS_LOG": "false"},
+        cwd=ROOT,
+        timeout_s=180,
+        poll_s=0.5,
     )
+    url = server.url
     try:
-        wait_ready(url)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -69,8 +52,7 @@ def main() -> None:
             page.screenshot(path=str(args.out), full_page=True)
             browser.close()
     finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=30)
+        stop_server(server, sig=signal.SIGINT)  # the quick start stops cleanly on Ctrl-C
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -39,6 +38,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from app.server_process import free_port
 from app.settings import Settings
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
@@ -65,12 +65,6 @@ def _docker_answers() -> bool:
         return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _image_bytes(path: Path, variant: int) -> bytes:
@@ -175,7 +169,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         project=f"msirdeploy{secrets.token_hex(4)}",
         env_file=folder / ".env",
         api_key=secrets.token_urlsafe(24),
-        port=_free_port(),
+        port=free_port(),
     )
     lines = {
         "POSTGRES_PASSWORD": secrets.token_hex(16),
@@ -332,7 +326,7 @@ def test_3_postgres_restart_answers_503_then_200_without_api_restart(stack: Stac
 
 
 def test_4_two_replicas_share_the_database(stack: Stack) -> None:
-    port = _free_port()
+    port = free_port()
     started = stack.compose("run", "-d", "--no-deps", "-p", f"127.0.0.1:{port}:8000", "api")
     stack.replica = started.stdout.split()[-1]  # `run -d` prints the container's name
     assert inspect(stack.replica, "{{.State.Running}}") == "true"
@@ -376,7 +370,7 @@ def test_5_non_root_and_no_password_no_start(stack: Stack, tmp_path: Path) -> No
     no_password.write_text(
         "".join(line + "\n" for line in stack.env_file.read_text().splitlines() if "POSTGRES_PASSWORD" not in line)
     )
-    other = Stack(project=f"{stack.project}x", env_file=no_password, api_key="", port=_free_port())
+    other = Stack(project=f"{stack.project}x", env_file=no_password, api_key="", port=free_port())
     refused = other.compose("up", "-d", check=False, timeout=120)
     assert refused.returncode != 0 and "set POSTGRES_PASSWORD in .env" in refused.stderr, refused.stderr
     assert other.owned("ps -a") == [] and other.owned("network ls") == []

@@ -5,10 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +14,10 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from app import server_process as harness
+from app.server_process import ServerProcess
+from app.server_process import free_port as free_port  # re-exported: the tests take it from here
+from app.server_process import stop_server as stop_server
 from app.settings import Settings
 from indexer import Collection, NewImage
 
@@ -85,20 +86,8 @@ def build_collection(
         assert len(report.added) == len(items), report
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class LiveServer:
-    process: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
+# The one server harness (app.server_process): tests call these names.
+LiveServer = ServerProcess
 
 
 def serve_env(fixture: Fixture, port: int, **extra: str) -> dict[str, str]:
@@ -122,38 +111,12 @@ def serve_env(fixture: Fixture, port: int, **extra: str) -> dict[str, str]:
 
 def start_server(fixture: Fixture, log_dir: Path, timeout_s: float = 60.0, **extra: str) -> LiveServer:
     port = free_port()
-    log = log_dir / f"server-{port}.log"
     serve = Path(sys.executable).with_name("msir-serve")
     command = [str(serve)] if serve.exists() else [sys.executable, "-m", "app.cli"]
-    with log.open("wb") as fh:
-        process = subprocess.Popen(
-            command, env=serve_env(fixture, port, **extra), cwd=log_dir, stdout=fh, stderr=subprocess.STDOUT
-        )
-    server = LiveServer(process, f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"msir-serve exited with {process.returncode}:\n{server.output()}")
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    process.wait()
-    raise AssertionError(f"msir-serve not ready after {timeout_s} s:\n{server.output()}")
-
-
-def stop_server(server: LiveServer, timeout_s: float = 30.0) -> int:
-    if server.process.poll() is None:
-        server.process.terminate()  # SIGTERM: graceful shutdown
-        try:
-            server.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
-    return int(server.process.returncode)
+    return harness.start_server(
+        command, port=port, log=log_dir / f"server-{port}.log", env=serve_env(fixture, port, **extra), cwd=log_dir,
+        timeout_s=timeout_s,
+    )  # fmt: skip
 
 
 @contextlib.asynccontextmanager

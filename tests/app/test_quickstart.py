@@ -20,6 +20,7 @@ import torch
 
 import models
 from app import quickstart as demo
+from app.server_process import ServerNotReady, ServerProcess, wait_ready
 from indexer import Collection
 from tests.app.helpers import free_port
 from tests.conftest import in_ci
@@ -207,17 +208,10 @@ class DemoProcess:
         return f"stdout:\n{self.out.read_text(errors='replace')}\nstderr:\n{self.err.read_text(errors='replace')}"
 
     def wait_ready(self, timeout_s: float = 300) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"the demo exited with {self.process.returncode}\n{self.logs()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"the demo was not ready after {timeout_s} s\n{self.logs()}")
+        try:
+            wait_ready(ServerProcess(self.process, self.url, self.out), timeout_s=timeout_s, poll_s=0.3)
+        except ServerNotReady as error:
+            raise AssertionError(f"the demo did not get ready: {error}\n{self.logs()}") from None
 
     def interrupt(self, timeout_s: float = 60) -> int:
         """Ctrl-C, as a person would; returns the exit code."""

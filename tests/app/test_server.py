@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.server_process import ServerNotReady
 from tests.app.conftest import SHARED_SERVER_LIMIT as LIMIT
 from tests.app.helpers import (
     AUTH,
@@ -195,13 +196,13 @@ def test_postgres_backed_server(postgres_collection: Fixture, tmp_path: Path) ->
 
 
 def test_invalid_settings_fail_fast(sqlite_collection: Fixture, tmp_path: Path) -> None:
-    with pytest.raises(AssertionError, match="exited with 2"):
+    with pytest.raises(ServerNotReady, match="exited with 2"):
         start_server(sqlite_collection, tmp_path, MSIR_MAX_K="0")
 
 
 @pytest.mark.slow
 def test_missing_collection_fails_at_startup(sqlite_collection: Fixture, tmp_path: Path) -> None:
-    with pytest.raises(AssertionError, match="exited with 3"):
+    with pytest.raises(ServerNotReady, match="exited with 3"):
         start_server(sqlite_collection, tmp_path, MSIR_COLLECTION_DIR=str(tmp_path / "nothing-here"))
 
 

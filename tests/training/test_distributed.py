@@ -12,7 +12,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
+from app.server_process import free_port
 from models import ModelOutput
 from tests.training.test_trainer import write_imagefolder
 from training.config import LossConfig
@@ -212,9 +212,7 @@ def test_gathered_metric_losses_equal_one_process_on_the_concatenated_batch(tmp_
 
 def test_a_stalled_connect_exits_for_torchrun_to_restart(tmp_path: Path) -> None:
     """Rank 0 of 2 whose peer never comes: the watchdog ends it with CONNECT_STALLED_EXIT after the limit."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     environment = {
         **env(tmp_path / "writes-stalled"),
         "RANK": "0",
