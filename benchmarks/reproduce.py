@@ -38,17 +38,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.logging import RichHandler  # noqa: E402
 
 from models import CheckpointError, load_checkpoint  # noqa: E402
-from msir_core.retrieval.probabilities import probabilities  # noqa: E402
 from msir_data import DatasetError  # noqa: E402
 from training.config import load_config  # noqa: E402
-from training.evaluation import best_thresholds, classification_metrics, retrieval_metrics  # noqa: E402
-from training.evaluation.embed import embed_arrays  # noqa: E402
+from training.evaluation.checkpoint import evaluate_checkpoint  # noqa: E402
 from training.evaluation.per_epoch import headline  # noqa: E402
 from training.loop import TrainingDivergedError  # noqa: E402
 from training.prepared_data import PreparedData  # noqa: E402
@@ -117,30 +114,30 @@ def ensure_dataset(root: Path | None) -> None:
 
 
 # -- one run -------------------------------------------------------------------------------------------------------
-def evaluate_checkpoint(
+def evaluate_run(
     checkpoint: Path, data: PreparedData, device: torch.device, batch_size: int, progress: bool
 ) -> dict[str, Any]:
-    """Test-split classification and retrieval (test queries, training-subset database) of a checkpoint."""
+    """Test-split classification and retrieval (test queries, training-subset database) of a run's checkpoint,
+    through :func:`training.evaluation.checkpoint.evaluate_checkpoint` (as msir-eval and msir-train evaluate)."""
     loaded = load_checkpoint(checkpoint, device=device)
     model, meta = loaded.model, loaded.meta
     if data.test is None:
         raise DatasetError(f"{checkpoint}: the run has no test split to evaluate on")
-
-    def embed(images: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
-        return embed_arrays(model, images, meta.preprocess, batch_size, device, progress=progress, description=what)
-
-    q_emb, q_logits = embed(data.test.images, "test (queries)")
-    db_emb, _ = embed(take(data.images, data.train_rows), "train (database)")
-    thresholds = None
-    if meta.multi_label and data.val is not None:  # per-label thresholds from validation, as msir-eval does
-        _, v_logits = embed(data.val.images, "val (thresholds)")
-        thresholds = best_thresholds(data.val.labels, probabilities(v_logits, multi_label=True))
-    cls = classification_metrics(
-        data.test.labels, q_logits, multi_label=meta.multi_label, class_names=meta.class_names, thresholds=thresholds
+    val = None if data.val is None else (data.val.images, data.val.labels)  # multi-label thresholds, as msir-eval
+    evaluated = evaluate_checkpoint(
+        model,
+        meta.preprocess,
+        (data.test.images, data.test.labels),
+        (take(data.images, data.train_rows), data.labels[data.train_rows]),
+        class_names=meta.class_names,
+        multi_label=meta.multi_label,
+        batch_size=batch_size,
+        device=device,
+        thresholds_from=val,
+        ks=KS,
+        progress=progress,
     )
-    db_labels = data.labels[data.train_rows]
-    ret = retrieval_metrics(q_emb, data.test.labels, db_emb, db_labels, ks=KS, multi_label=meta.multi_label,
-                            class_names=meta.class_names, device=device)  # fmt: skip
+    cls, ret = evaluated["classification"], evaluated["retrieval"]
     classification: dict[str, Any] = {"task": cls["task"], **headline(cls)}
     if "tuned" in cls:
         classification.update(f1_macro_tuned=cls["tuned"]["macro"]["f1"], micro_f1_tuned=cls["tuned"]["micro_f1"])
@@ -178,7 +175,7 @@ def run_entry(
     result = trainer.run()
     run_wall = time.perf_counter() - started
     started = time.perf_counter()
-    evaluation = evaluate_checkpoint(
+    evaluation = evaluate_run(
         result.best_checkpoint, trainer.data, trainer.device, cfg.eval.batch_size, cfg.runtime.progress
     )
     data = trainer.data

@@ -28,7 +28,7 @@ from sklearn.metrics import (
 
 from msir_core.retrieval.probabilities import probabilities
 
-__all__ = ["best_thresholds", "classification_metrics", "probabilities"]
+__all__ = ["best_thresholds", "classification_metrics"]
 
 logger = logging.getLogger(__name__)
 

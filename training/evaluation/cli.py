@@ -23,13 +23,10 @@ from rich.table import Table
 
 from models import CheckpointError, ImageDecodeError, load_checkpoint
 from msir_core.atomic import atomic_write_text
-from msir_core.retrieval.metrics import retrieval_metrics
-from msir_core.retrieval.probabilities import probabilities
 from msir_core.retrieval.rerank import RerankConfig, RerankError
 from msir_data import DatasetError, open_dataset
 from msir_data.cache import CachedSplit, cached_split
-from training.evaluation.classification import best_thresholds, classification_metrics
-from training.evaluation.embed import embed_arrays
+from training.evaluation.checkpoint import Embedded, embed_split, evaluate_embedded
 from training.evaluation.reports import write_markdown_report, write_plots
 from training.splits import carve_test
 
@@ -120,7 +117,7 @@ def evaluate(
     if val_split is None and meta.multi_label and "val" in reader.splits():
         val_split = "val"
 
-    def embedded(split: str) -> tuple[CachedSplit, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    def embedded(split: str) -> tuple[CachedSplit, Embedded]:
         started = time.perf_counter()
         try:
             cached = cached_split(reader, split, meta.preprocess, cache_dir, workers=workers)
@@ -132,65 +129,51 @@ def evaluate(
         labels = cached.labels if rows is None else cached.labels[rows]
         ids = cached.item_ids if rows is None else [cached.item_ids[i] for i in rows]
         started = time.perf_counter()
-        emb, logits = embed_arrays(loaded.model, images, meta.preprocess, batch_size, dev, description=split)
+        result = embed_split(loaded.model, images, labels, meta.preprocess, batch_size=batch_size, device=dev,
+                             ids=list(ids), description=split)  # fmt: skip
         timings[f"embed_{split}"] = round(time.perf_counter() - started, 3)
-        return cached, emb, logits, labels, ids
+        return cached, result
 
     splits = reader.splits()
     if len(splits) == 1 and query_split not in splits and db_split not in splits:
         # A single-split dataset: rebuild the exact held-out test set msir-train evaluated on (same ids, same
         # hash), query with it and search the rest, so no query is in its own database.
         only = splits[0]
-        query, emb, logits, labels, ids = embedded(only)
-        pool, test_rows = carve_test(labels, ids, test_fraction)
+        query, whole = embedded(only)
+        pool, test_rows = carve_test(whole.labels, whole.ids, test_fraction)
         if not len(test_rows):
             _fail(f"{data}: --test-fraction {test_fraction:g} of split {only!r} holds out no image")
         db = query
-        q_emb, q_logits, q_labels, q_ids = (
-            emb[test_rows],
-            logits[test_rows],
-            labels[test_rows],
-            [ids[r] for r in test_rows],
-        )
-        db_emb, db_labels, db_ids = emb[pool], labels[pool], [ids[r] for r in pool]
+        queries, database = whole.rows(test_rows), whole.rows(pool)
         query_split, db_split = f"{only}: held-out {test_fraction:g}", f"{only}: the rest"
         console.print(f"one split {only!r}: {len(test_rows)} held-out queries against {len(pool)} images")
     else:
-        query, q_emb, q_logits, q_labels, q_ids = embedded(query_split)
+        query, queries = embedded(query_split)
         if db_split == query_split:
-            db, db_emb, db_labels, db_ids = query, q_emb, q_labels, q_ids
+            db, database = query, queries
         else:
-            db, db_emb, _, db_labels, db_ids = embedded(db_split)
+            db, database = embedded(db_split)
 
-    thresholds = None
+    validation = None
     if meta.multi_label and val_split is not None and val_split in reader.splits():
-        _, _, v_logits, v_labels, _ = embedded(val_split)
-        thresholds = best_thresholds(v_labels, probabilities(v_logits, multi_label=True))
+        _, validation = embedded(val_split)
 
-    started = time.perf_counter()
-    classification = classification_metrics(
-        q_labels, q_logits, multi_label=meta.multi_label, class_names=meta.class_names, thresholds=thresholds
-    )
-    timings["classification_metrics"] = round(time.perf_counter() - started, 3)
-    started = time.perf_counter()
     try:
-        retrieval = retrieval_metrics(
-            q_emb,
-            q_labels,
-            db_emb,
-            db_labels,
-            ks=k_values,
-            multi_label=meta.multi_label,
-            exclude_self=db_split == query_split,
-            query_ids=q_ids,
-            db_ids=db_ids,
-            device=dev,
+        evaluated = evaluate_embedded(
+            queries,
+            database,
             class_names=meta.class_names,
+            multi_label=meta.multi_label,
+            thresholds_from=validation,
+            ks=k_values,
+            exclude_self=db_split == query_split,
+            device=dev,
             rerank=rerank_cfg,
+            timings=timings,
         )
     except ValueError as exc:
         _fail(str(exc))
-    timings["retrieval_metrics"] = round(time.perf_counter() - started, 3)
+    classification, retrieval = evaluated["classification"], evaluated["retrieval"]
 
     skipped = {split.split: len(split.skipped) for split in (query, db)}
     run = {
@@ -198,17 +181,19 @@ def evaluate(
         "model": meta.model_name,
         "weights_sha256": meta.weights_sha256,
         "dataset": f"{reader.name} at {data}",
-        "query_split": f"{query_split} ({len(q_ids)} images)",
-        "db_split": f"{db_split} ({len(db_ids)} images)",
+        "query_split": f"{query_split} ({len(queries)} images)",
+        "db_split": f"{db_split} ({len(database)} images)",
         "limit": limit,
         "skipped_items": skipped,
-        "threshold_split": val_split if thresholds is not None else None,
+        "threshold_split": val_split if validation is not None else None,
         "device": str(dev),
     }
     metrics = {"run": run, "timings_s": timings, "classification": classification, "retrieval": retrieval}
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_json(out_dir / "metrics.json", metrics)
-    plots = write_plots(out_dir, classification=classification, retrieval=retrieval, y_true=q_labels, scores=q_logits)
+    plots = write_plots(
+        out_dir, classification=classification, retrieval=retrieval, y_true=queries.labels, scores=queries.logits
+    )
     report = write_markdown_report(metrics, out_dir / "report.md", plots, title=f"Evaluation of {checkpoint.name}")
     if reader.skipped:
         reader.skipped.write(out_dir / "skipped.csv")

@@ -1,17 +1,16 @@
-"""Validation and test evaluation of a model on decoded uint8 arrays, through ``training.evaluation``."""
+"""Per-epoch validation (and the final test) of ``msir-train``: :mod:`training.evaluation.checkpoint` on a run's
+decoded uint8 split, and the few headline numbers tracked per epoch."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from models import PreprocessSpec
-from training.evaluation import classification_metrics, retrieval_metrics
-from training.evaluation.embed import embed_arrays
+from training.evaluation.checkpoint import embed_split, evaluate_embedded
 from training.prepared_data import EvalSplit
 
 logger = logging.getLogger(__name__)
@@ -58,14 +57,19 @@ def evaluate(
 ) -> dict[str, Any]:
     """Classification metrics of ``split`` (+ retrieval mAP, leave-one-out within the first ``retrieval_max``
     images, when ``retrieval_max >= 2``). ``embed_arrays`` uses eval mode and restores the mode after."""
-    embeddings, logits = embed_arrays(model, split.images, spec, batch_size, device, progress=progress)
-    metrics = classification_metrics(split.labels, logits, multi_label=multi_label, class_names=class_names)
+    embedded = embed_split(
+        model, split.images, split.labels, spec, batch_size=batch_size, device=device, progress=progress
+    )
+    sample = None
     if retrieval_max >= 2 and len(split) >= 2:
-        n = min(retrieval_max, len(split))
-        emb = np.ascontiguousarray(embeddings[:n])
-        metrics["retrieval"] = retrieval_metrics(
-            emb, split.labels[:n], emb, split.labels[:n], multi_label=multi_label, class_names=class_names
-        )
+        # Leave-one-out retrieval within the first images: the same object as queries and database.
+        sample = embedded.rows(slice(0, min(retrieval_max, len(split))))
+    out = evaluate_embedded(
+        embedded, sample, retrieval_queries=sample, class_names=class_names, multi_label=multi_label
+    )
+    metrics = out["classification"]
+    if sample is not None:
+        metrics["retrieval"] = out["retrieval"]
     return metrics
 
 
