@@ -24,11 +24,11 @@ from swagger_ui_bundle import swagger_ui_path
 from app.deps import single_values
 from app.errors import install_error_handlers
 from app.limits import AdmissionMiddleware, BodyLimitMiddleware
-from app.metrics import Metrics, MetricsMiddleware
 from app.openapi import install_openapi
 from app.routes import classify, collection, health, images, search
 from app.service import Service
 from app.settings import Settings
+from app.telemetry import Metrics, MetricsMiddleware
 from indexer import Collection
 from indexer.vectors.backends import BackendConfig
 from msir_core.allocator import keep_freed_buffers

@@ -25,10 +25,10 @@ from fastapi import UploadFile
 
 from app.batching import DirectEmbedder, MicroBatcher
 from app.errors import ApiError
-from app.metrics import Metrics
 from app.settings import Settings
 from app.shaping import split_labels
 from app.sqltiming import SqlTimer
+from app.telemetry import Metrics
 from app.thumbnails import ThumbnailCache
 from indexer import Collection, Hit, RerankConfig
 from indexer.metadata.queries import UNLABELLED

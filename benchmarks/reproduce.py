@@ -45,7 +45,7 @@ from rich.logging import RichHandler  # noqa: E402
 from models import CheckpointError, load_checkpoint  # noqa: E402
 from msir_data import DatasetError  # noqa: E402
 from training.config import load_config  # noqa: E402
-from training.evaluation.checkpoint import evaluate_checkpoint  # noqa: E402
+from training.evaluation.model_evaluation import evaluate_checkpoint  # noqa: E402
 from training.evaluation.per_epoch import headline  # noqa: E402
 from training.loop import TrainingDivergedError  # noqa: E402
 from training.prepared_data import PreparedData  # noqa: E402
@@ -118,7 +118,7 @@ def evaluate_run(
     checkpoint: Path, data: PreparedData, device: torch.device, batch_size: int, progress: bool
 ) -> dict[str, Any]:
     """Test-split classification and retrieval (test queries, training-subset database) of a run's checkpoint,
-    through :func:`training.evaluation.checkpoint.evaluate_checkpoint` (as msir-eval and msir-train evaluate)."""
+    through :func:`training.evaluation.model_evaluation.evaluate_checkpoint` (as msir-eval and msir-train evaluate)."""
     loaded = load_checkpoint(checkpoint, device=device)
     model, meta = loaded.model, loaded.meta
     if data.test is None:

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path, PurePath
 
 from msir_data.base import DatasetError, DatasetReader, Item
-from msir_data.tables import read_header, read_rows
+from msir_data.label_files import read_header, read_rows
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from msir_data.base import DatasetError, DatasetReader, Item, is_hidden, is_image_name
-from msir_data.tables import walk_files
+from msir_data.label_files import walk_files
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from msir_data.base import DatasetError, DatasetReader, Item, assign_split, check_fractions
-from msir_data.tables import choose_csv, index_images, read_header, read_rows, resolve_option_path
+from msir_data.label_files import choose_csv, index_images, read_header, read_rows, resolve_option_path
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from indexer.cli import output as out
+from indexer.cli import render as out
 from indexer.cli.options import (
     DATA_HELP,
     SHARD_HELP,

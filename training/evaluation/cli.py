@@ -26,7 +26,7 @@ from msir_core.atomic import atomic_write_text
 from msir_core.retrieval.rerank import RerankConfig, RerankError
 from msir_data import DatasetError, open_dataset
 from msir_data.cache import CachedSplit, cached_split
-from training.evaluation.checkpoint import Embedded, embed_split, evaluate_embedded
+from training.evaluation.model_evaluation import Embedded, embed_split, evaluate_embedded
 from training.evaluation.reports import write_markdown_report, write_plots
 from training.splits import carve_test
 

@@ -1,4 +1,4 @@
-"""Per-epoch validation (and the final test) of ``msir-train``: :mod:`training.evaluation.checkpoint` on a run's
+"""Per-epoch validation (and the final test) of ``msir-train``: :mod:`training.evaluation.model_evaluation` on a run's
 decoded uint8 split, and the few headline numbers tracked per epoch."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from models import PreprocessSpec
-from training.evaluation.checkpoint import embed_split, evaluate_embedded
+from training.evaluation.model_evaluation import embed_split, evaluate_embedded
 from training.prepared_data import EvalSplit
 
 logger = logging.getLogger(__name__)

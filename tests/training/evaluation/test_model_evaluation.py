@@ -1,4 +1,4 @@
-"""training.evaluation.checkpoint: the one evaluation of a model that msir-eval, msir-train and the reproduction use."""
+"""training.evaluation.model_evaluation: the one model evaluation of msir-eval, msir-train and the reproduction."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 
 from models import PreprocessSpec, build
 from msir_core.retrieval.metrics import retrieval_metrics
-from training.evaluation.checkpoint import Embedded, embed_split, evaluate_checkpoint, evaluate_embedded
 from training.evaluation.classification import classification_metrics
+from training.evaluation.model_evaluation import Embedded, embed_split, evaluate_checkpoint, evaluate_embedded
 
 NAMES = ["a", "b", "c"]
 
