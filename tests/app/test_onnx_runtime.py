@@ -15,6 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 import models
+from app.server_process import ServerNotReady
 from indexer import Collection
 from indexer.cli import app as index_cli
 from indexer.embedder import Embedder
@@ -125,7 +126,7 @@ def test_an_export_of_other_weights_is_refused(demo_onnx: tuple[Path, Path, Path
         shutil.copy2(path, served / path.name)
     for path in onnx_paths(other):
         shutil.copy2(path, served / path.name)
-    with pytest.raises(AssertionError, match="exported from other weights"):
+    with pytest.raises(ServerNotReady, match="exported from other weights"):
         start_server(
             Fixture(collection, served / checkpoint.name, None, {}),
             tmp_path,
