@@ -34,6 +34,7 @@ from indexer.cli.options import (
     MilvusUri,
     NList,
     NProbe,
+    Opening,
     PqM,
     Runtime,
     Verbose,
@@ -45,6 +46,7 @@ from indexer.cli.options import (
     guarded,
     image_source,
     index_options,
+    opens_collection,
     setup_logging,
 )
 from indexer.collection import Collection
@@ -139,6 +141,7 @@ def build(
 
 
 @app.command()
+@opens_collection
 def add(
     directory: Dir,
     files: Annotated[list[Path] | None, typer.Argument(help="Image files.")] = None,
@@ -149,25 +152,20 @@ def add(
     kind: Annotated[str, typer.Option(help="Dataset kind for --data.")] = "auto",
     manifest: Annotated[Path | None, typer.Option(help="CSV manifest.")] = None,
     split: Annotated[str | None, typer.Option(help="Split of the dataset / split recorded for files.")] = None,
-    checkpoint: Checkpoint = None,
-    db: Db = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass / transaction.")] = 256,
     workers: Annotated[int | None, typer.Option(help="Decoding processes (0: in-process).")] = None,
     device: Device = "auto",
     runtime: Runtime = "torch",
-    milvus_uri: MilvusUri = None,
-    milvus_token: MilvusToken = None,
     json_out: Json = False,
     verbose: Verbose = False,
+    opening: Opening = Opening(),  # filled by @opens_collection from the options it adds
 ) -> None:
     """Add images to an existing collection (duplicates by content are reported, not indexed twice)."""
     setup_logging(verbose)
 
     def run() -> None:
         source = image_source(data, kind, split, folder, manifest, files, None)
-        with Collection.open(
-            directory, checkpoint, db, device, runtime=runtime, backend_config=backend_config(milvus_uri, milvus_token)
-        ) as col:
+        with opening.open(directory, device, runtime=runtime) as col:
             n_workers = default_workers() if workers is None else workers
             report = col.add_source(source, batch_size=batch_size, workers=n_workers, progress=not json_out)
             out.build_report(console, report, col.ntotal, json_out)
@@ -176,16 +174,14 @@ def add(
 
 
 @app.command()
+@opens_collection
 def remove(
     directory: Dir,
     ids: ImageIds = None,
     paths: ImagePaths = None,
-    checkpoint: Checkpoint = None,
-    db: Db = None,
-    milvus_uri: MilvusUri = None,
-    milvus_token: MilvusToken = None,
     json_out: Json = False,
     verbose: Verbose = False,
+    opening: Opening = Opening(),  # filled by @opens_collection from the options it adds
 ) -> None:
     """Remove images (database rows and vectors)."""
     setup_logging(verbose)
@@ -193,9 +189,7 @@ def remove(
         fail("give --id and/or --path")
 
     def run() -> None:
-        with Collection.open(
-            directory, checkpoint, db, "cpu", backend_config=backend_config(milvus_uri, milvus_token)
-        ) as col:
+        with opening.open(directory) as col:
             removed = (col.remove(ids) if ids else 0) + (col.remove_paths(paths) if paths else 0)
             if json_out:
                 console.print_json(json.dumps({"removed": removed, "rows": col.store.count()}))
@@ -206,6 +200,7 @@ def remove(
 
 
 @app.command()
+@opens_collection
 def label(
     directory: Dir,
     ids: ImageIds = None,
@@ -215,12 +210,9 @@ def label(
     remove_labels: Annotated[list[str] | None, typer.Option("--remove", help="Remove a label (repeatable).")] = None,
     metadata: Annotated[str | None, typer.Option("--metadata", help="JSON object merged into the metadata.")] = None,
     replace_metadata: Annotated[bool, typer.Option(help="Replace the metadata instead of merging.")] = False,
-    checkpoint: Checkpoint = None,
-    db: Db = None,
-    milvus_uri: MilvusUri = None,
-    milvus_token: MilvusToken = None,
     json_out: Json = False,
     verbose: Verbose = False,
+    opening: Opening = Opening(),  # filled by @opens_collection from the options it adds
 ) -> None:
     """Change the labels and/or metadata of stored images (no re-embedding); running servers see it at once."""
     setup_logging(verbose)
@@ -240,8 +232,7 @@ def label(
 
     def run() -> None:
         # Milvus keeps labels for its scalar filters: relabelling writes to it, so it must be reachable here.
-        config = backend_config(milvus_uri, milvus_token)
-        with Collection.open(directory, checkpoint, db, "cpu", backend_config=config) as col:
+        with opening.open(directory) as col:
             wanted = list(ids or []) + (col.store.ids_for_paths(_path_names(paths)) if paths else [])
             changed = col.edit(
                 wanted,
@@ -318,35 +309,30 @@ def rebuild(
 
 
 @app.command()
+@opens_collection
 def stats(
     directory: Dir,
-    checkpoint: Checkpoint = None,
-    db: Db = None,
-    milvus_uri: MilvusUri = None,
-    milvus_token: MilvusToken = None,
     json_out: Json = False,
+    opening: Opening = Opening(),  # filled by @opens_collection from the options it adds
 ) -> None:
     """Counts per split / label / source, index type and sizes."""
     setup_logging(False)
 
     def run() -> None:
-        config = backend_config(milvus_uri, milvus_token)
-        with Collection.open(directory, checkpoint, db, "cpu", strict=False, backend_config=config) as col:
+        with opening.open(directory, strict=False) as col:
             out.stats(console, col.stats(), col.problems, json_out)
 
     guarded(run, directory)
 
 
 @app.command()
+@opens_collection
 def verify(
     directory: Dir,
     repair: Annotated[bool, typer.Option("--repair", help="Fix what can be fixed, say what was done.")] = False,
-    checkpoint: Checkpoint = None,
-    db: Db = None,
-    milvus_uri: MilvusUri = None,
-    milvus_token: MilvusToken = None,
     json_out: Json = False,
     verbose: Verbose = False,
+    opening: Opening = Opening(),  # filled by @opens_collection from the options it adds
 ) -> None:
     """Check database <-> index <-> manifest <-> files (ids, index lag, counts, dimension, checkpoint, orphan and
     missing files); exit 1 on any mismatch. --repair catches the index up (rebuilds it on drift), removes orphan
@@ -354,11 +340,8 @@ def verify(
     setup_logging(verbose)
 
     def run() -> bool:
-        config = backend_config(milvus_uri, milvus_token)
         # Not caught up on open: a lagging index file is reported, not silently repaired.
-        with Collection.open(
-            directory, checkpoint, db, "cpu", strict=False, catch_up=False, backend_config=config
-        ) as col:
+        with opening.open(directory, strict=False, catch_up=False) as col:
             actions = col.repair() if repair else []
             report = col.verify()
         if repair:
@@ -374,6 +357,7 @@ def verify(
 
 
 @app.command()
+@opens_collection
 def search(
     directory: Dir,
     image: Annotated[Path, typer.Option("--image", help="Query image file.")],
@@ -383,13 +367,10 @@ def search(
     rerank: Annotated[
         str, typer.Option(help="Re-ranking: none, aqe, dba or kreciprocal (measured in results/RESULTS.md).")
     ] = "none",
-    checkpoint: Checkpoint = None,
-    db: Db = None,
     device: Device = "auto",
     runtime: Runtime = "torch",
-    milvus_uri: MilvusUri = None,
-    milvus_token: MilvusToken = None,
     json_out: Json = False,
+    opening: Opening = Opening(),  # filled by @opens_collection from the options it adds
 ) -> None:
     """The k images most similar to --image, with its predicted class (classifier head and neighbours' vote)."""
     setup_logging(False)
@@ -399,9 +380,7 @@ def search(
             how = RerankConfig(method=rerank)  # type: ignore[arg-type]
         except RerankError as exc:
             fail(f"--{exc}")
-        with Collection.open(
-            directory, checkpoint, db, device, runtime=runtime, backend_config=backend_config(milvus_uri, milvus_token)
-        ) as col:
+        with opening.open(directory, device, runtime=runtime) as col:
             emb = col.embedder
             query = emb.embed_images([open_image(image, max_pixels=64_000_000)])
             hits = col.search(query.embeddings, k, labels=label, split=split, rerank=how)[0]
@@ -411,16 +390,14 @@ def search(
 
 
 @app.command("eval")
+@opens_collection
 def evaluate(
     directory: Dir,
     query_split: Annotated[str, typer.Option(help="Queries: stored vectors of this split.")] = "test",
     db_split: Annotated[str, typer.Option(help="Database: stored vectors of this split.")] = "train",
     ks: Annotated[str, typer.Option(help="Comma-separated K values.")] = "1,5,10",
-    checkpoint: Checkpoint = None,
-    db: Db = None,
-    milvus_uri: MilvusUri = None,
-    milvus_token: MilvusToken = None,
     json_out: Json = False,
+    opening: Opening = Opening(),  # filled by @opens_collection from the options it adds
 ) -> None:
     """Retrieval metrics of the collection's stored embeddings (labels from the database)."""
     setup_logging(False)
@@ -432,9 +409,7 @@ def evaluate(
             k_values = [int(v) for v in ks.split(",") if v.strip()]
         except ValueError:
             fail(f"--ks {ks!r}: expected comma-separated integers such as 1,5,10")
-        with Collection.open(
-            directory, checkpoint, db, "cpu", backend_config=backend_config(milvus_uri, milvus_token)
-        ) as col:
+        with opening.open(directory) as col:
             metrics = evaluate_collection(col, query_split, db_split, k_values)
         out.metrics(console, metrics, json_out)
 

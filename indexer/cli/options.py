@@ -3,18 +3,22 @@ consoles, logging set-up, the one-line refusals with their exit codes, the image
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar, get_type_hints
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
 from indexer.cli.explain import EXPLAINED, explain
+from indexer.collection import Collection
 from indexer.ingest.sources import Source, from_dataset, from_files, from_folder
 from indexer.vectors.backends import BACKENDS, BackendConfig
 from indexer.vectors.faiss_index import DEFAULT_OPTIONS, INDEX_TYPES
@@ -69,6 +73,59 @@ MilvusUri = Annotated[
 MilvusToken = Annotated[
     str | None, typer.Option("--milvus-token", envvar="MSIR_MILVUS_TOKEN", help="milvus: token (user:password).")
 ]
+
+
+@dataclass(frozen=True)
+class Opening:
+    """How a command reaches an existing collection. Every command that opens one takes these options, declared
+    once in :data:`OPENING_OPTIONS` and added by :func:`opens_collection` (so none can lack, say, the Milvus URI)."""
+
+    checkpoint: Path | None = None
+    db: str | None = None
+    milvus_uri: str | None = None
+    milvus_token: str | None = None
+
+    def backend_config(self) -> BackendConfig:
+        return BackendConfig(milvus_uri=self.milvus_uri, milvus_token=self.milvus_token)
+
+    def open(self, directory: Path, device: str = "cpu", **options: Any) -> Collection:
+        return Collection.open(
+            directory, self.checkpoint, self.db, device, backend_config=self.backend_config(), **options
+        )
+
+
+OPENING_OPTIONS: dict[str, Any] = {
+    "checkpoint": Checkpoint,
+    "db": Db,
+    "milvus_uri": MilvusUri,
+    "milvus_token": MilvusToken,
+}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def opens_collection(command: F) -> F:
+    """A command body taking ``opening: Opening`` becomes a typer command with the options of
+    :data:`OPENING_OPTIONS` (typer reads the signature and annotations set here)."""
+    hints = get_type_hints(command, include_extras=True)
+    own = [
+        p.replace(annotation=hints[p.name])
+        for p in inspect.signature(command).parameters.values()
+        if p.name != "opening"
+    ]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+        for name, annotation in OPENING_OPTIONS.items()
+    ]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        opening = Opening(**{name: kwargs.pop(name, None) for name in OPENING_OPTIONS})
+        return command(*args, opening=opening, **kwargs)
+
+    parameters = own + added
+    wrapper.__signature__ = inspect.Signature(parameters, return_annotation=None)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": None}
+    return wrapper  # type: ignore[return-value]
 
 
 def setup_logging(verbose: bool) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from indexer.errors import CollectionError
-from indexer.vectors.interface import Backend, BackendConfig, VectorStore
+from indexer.vectors.interface import Backend, BackendConfig, StoreSite, VectorStore
 
 if TYPE_CHECKING:
     from indexer.manifest import IndexSpec
@@ -55,8 +55,8 @@ def new_store(
     config: BackendConfig | None = None,
 ) -> VectorStore:
     """An empty store of the manifest's backend and index type (a new Milvus collection is created)."""
-    return backend(spec.backend).create(spec, dim, directory=directory, collection_id=collection_id,
-                                        records=records, device=device, config=config or BackendConfig())  # fmt: skip
+    site = StoreSite(directory, collection_id, records, device, config or BackendConfig())
+    return backend(spec.backend).create(spec, dim, site)
 
 
 def load_store(
@@ -70,8 +70,8 @@ def load_store(
     config: BackendConfig | None = None,
 ) -> VectorStore:
     """The saved store of a collection: FAISS files beside the manifest, or the Milvus collection they name."""
-    return backend(spec.backend).load(spec, dim, directory=directory, collection_id=collection_id,
-                                      records=records, device=device, config=config or BackendConfig())  # fmt: skip
+    site = StoreSite(directory, collection_id, records, device, config or BackendConfig())
+    return backend(spec.backend).load(spec, dim, site)
 
 
 def index_spec(

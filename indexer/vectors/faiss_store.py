@@ -12,11 +12,11 @@ import numpy as np
 
 from indexer.errors import CollectionError
 from indexer.vectors.faiss_index import INDEX_FILE, VECTORS_FILE, VectorIndex
-from indexer.vectors.interface import BackendConfig, VectorStore
+from indexer.vectors.interface import BackendConfig, StoreSite, VectorStore
 
 if TYPE_CHECKING:
     from indexer.manifest import IndexSpec
-    from indexer.search import Filters, GetMany
+    from indexer.search import Filters
 
 
 class FaissStore(VectorIndex):
@@ -43,31 +43,11 @@ class FaissBackend:
     name = "faiss"
     own_files = (INDEX_FILE, VECTORS_FILE)
 
-    def create(
-        self,
-        spec: IndexSpec,
-        dim: int,
-        *,
-        directory: Path,
-        collection_id: str,
-        records: GetMany,
-        device: str,
-        config: BackendConfig,
-    ) -> VectorStore:
-        return FaissStore(spec.type, dim, spec.params, device=device)
+    def create(self, spec: IndexSpec, dim: int, site: StoreSite) -> VectorStore:
+        return FaissStore(spec.type, dim, spec.params, device=site.device)
 
-    def load(
-        self,
-        spec: IndexSpec,
-        dim: int,
-        *,
-        directory: Path,
-        collection_id: str,
-        records: GetMany,
-        device: str,
-        config: BackendConfig,
-    ) -> VectorStore:
-        return FaissStore.load(directory, spec.type, dim, spec.params, device=device)
+    def load(self, spec: IndexSpec, dim: int, site: StoreSite) -> VectorStore:
+        return FaissStore.load(site.directory, spec.type, dim, spec.params, device=site.device)
 
     def recorded_uri(self, config: BackendConfig, directory: Path) -> str | None:
         if config.milvus_uri:

@@ -77,6 +77,18 @@ class VectorStore(Protocol):
         """Release connections (the data stays)."""
 
 
+@dataclass(frozen=True)
+class StoreSite:
+    """Where a collection's store lives and what a backend needs besides the index spec: the collection folder and
+    id, the database rows (Milvus keeps labels and splits for its filters), the device and the connection settings."""
+
+    directory: Path
+    collection_id: str
+    records: GetMany
+    device: str = "cpu"
+    config: BackendConfig = field(default_factory=BackendConfig)
+
+
 class Backend(Protocol):
     """One vector backend, registered by name in :mod:`indexer.vectors.backends`."""
 
@@ -85,30 +97,10 @@ class Backend(Protocol):
     #: files in the collection folder that hold this backend's data (removed after a switch to another backend)
     own_files: tuple[str, ...]
 
-    def create(
-        self,
-        spec: IndexSpec,
-        dim: int,
-        *,
-        directory: Path,
-        collection_id: str,
-        records: GetMany,
-        device: str,
-        config: BackendConfig,
-    ) -> VectorStore:
+    def create(self, spec: IndexSpec, dim: int, site: StoreSite) -> VectorStore:
         """An empty store of ``spec``'s index type."""
 
-    def load(
-        self,
-        spec: IndexSpec,
-        dim: int,
-        *,
-        directory: Path,
-        collection_id: str,
-        records: GetMany,
-        device: str,
-        config: BackendConfig,
-    ) -> VectorStore:
+    def load(self, spec: IndexSpec, dim: int, site: StoreSite) -> VectorStore:
         """The saved store the manifest's ``spec`` names."""
 
     def recorded_uri(self, config: BackendConfig, directory: Path) -> str | None:

@@ -29,7 +29,7 @@ import numpy as np
 
 from indexer.errors import CollectionError
 from indexer.vectors.faiss_index import default_m, resolve_options
-from indexer.vectors.interface import BackendConfig, VectorStore
+from indexer.vectors.interface import BackendConfig, StoreSite, VectorStore
 from msir_core.atomic import atomic_write_text
 
 if TYPE_CHECKING:
@@ -455,35 +455,13 @@ class MilvusBackend:
     name = "milvus"
     own_files = (POINTER_FILE,)
 
-    def create(
-        self,
-        spec: IndexSpec,
-        dim: int,
-        *,
-        directory: Path,
-        collection_id: str,
-        records: GetMany,
-        device: str,
-        config: BackendConfig,
-    ) -> VectorStore:
-        return MilvusStore.create(
-            spec, dim, directory=directory, collection_id=collection_id, records=records, config=config
-        )
+    def create(self, spec: IndexSpec, dim: int, site: StoreSite) -> VectorStore:
+        return MilvusStore.create(spec, dim, directory=site.directory, collection_id=site.collection_id,
+                                  records=site.records, config=site.config)  # fmt: skip
 
-    def load(
-        self,
-        spec: IndexSpec,
-        dim: int,
-        *,
-        directory: Path,
-        collection_id: str,
-        records: GetMany,
-        device: str,
-        config: BackendConfig,
-    ) -> VectorStore:
-        return MilvusStore.load(
-            spec, dim, directory=directory, collection_id=collection_id, records=records, config=config
-        )
+    def load(self, spec: IndexSpec, dim: int, site: StoreSite) -> VectorStore:
+        return MilvusStore.load(spec, dim, directory=site.directory, collection_id=site.collection_id,
+                                records=site.records, config=site.config)  # fmt: skip
 
     def recorded_uri(self, config: BackendConfig, directory: Path) -> str | None:
         return recorded_uri(config.milvus_uri, directory)

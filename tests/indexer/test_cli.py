@@ -215,3 +215,17 @@ def test_rerank_search_matches_the_evaluation_code(built: Path, tmp_path: Path) 
         ]
     result = runner.invoke(app, ["search", str(built), "--image", str(query), "--rerank", "nope"])
     assert result.exit_code == 2 and "rerank must be one of" in " ".join(result.output.split())
+
+
+def test_every_command_that_opens_a_collection_takes_the_same_options() -> None:
+    """The options of reaching a collection are declared once (indexer.cli.options.OPENING_OPTIONS): every command
+    has them, Milvus ones included (label once lacked them although relabelling writes to Milvus)."""
+    import typer.main
+
+    from indexer.cli.options import OPENING_OPTIONS
+
+    group = typer.main.get_command(app)
+    names = {name: {p.name for p in command.params} for name, command in group.commands.items()}  # type: ignore[attr-defined]
+    assert set(names) >= {"build", "add", "remove", "label", "rebuild", "stats", "verify", "search", "eval"}
+    for name, params in names.items():
+        assert set(OPENING_OPTIONS) <= params, (name, set(OPENING_OPTIONS) - params)
