@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from indexer.errors import CollectionError
 from msir_core.atomic import atomic_write_text
+from msir_core.versioned_json import read_versioned_json
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = "msir-collection"
@@ -106,18 +107,8 @@ class Manifest(BaseModel):
             raise CollectionError(
                 f"{directory}: not a collection ({MANIFEST_FILE} missing); create one with `msir-index build`"
             )
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise CollectionError(f"{path}: unreadable manifest ({error})") from error
-        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-            raise CollectionError(f'{path}: not an msir collection manifest (expected "format": "{FORMAT}")')
-        version = raw.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise CollectionError(
-                f"{path}: format_version {version!r} is newer than this msir understands ({FORMAT_VERSION}); "
-                f"upgrade msir"
-            )
+        raw = read_versioned_json(path, fmt=FORMAT, max_version=FORMAT_VERSION, error=CollectionError,
+                                  what="an msir collection manifest", unreadable="unreadable manifest")  # fmt: skip
         try:
             return cls.model_validate(raw)
         except ValidationError as error:

@@ -23,6 +23,7 @@ from torch import nn
 from models.preprocessing import PreprocessSpec
 from models.registry import build
 from msir_core.atomic import atomic_write, atomic_write_text
+from msir_core.versioned_json import read_versioned_json
 
 FORMAT = "msir-checkpoint"
 FORMAT_VERSION = 1
@@ -139,18 +140,8 @@ def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:
     _, json_path = checkpoint_paths(path)
     if not json_path.is_file():
         raise CheckpointError(f"{json_path}: checkpoint metadata JSON not found (every .safetensors needs one)")
-    try:
-        raw = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{json_path}: not valid JSON ({exc})") from exc
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise CheckpointError(f'{json_path}: not an msir checkpoint (expected "format": "{FORMAT}")')
-    version = raw.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{json_path}: format_version {version!r} is newer than this msir understands ({FORMAT_VERSION}); "
-            f"upgrade msir"
-        )
+    raw = read_versioned_json(json_path, fmt=FORMAT, max_version=FORMAT_VERSION, error=CheckpointError,
+                              what="an msir checkpoint", unreadable="not valid JSON")  # fmt: skip
     try:
         return CheckpointMeta.model_validate(raw)
     except ValidationError as exc:
