@@ -55,8 +55,9 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 # The deploy test (marker docker) needs a Docker engine and builds images: `make test-deploy` runs it.
+# Two xdist workers (the 2-core CI machine); --durations lists the slowest tests, to keep the suite fast.
 test: install browser lint
-	$(VENV)/bin/pytest -q -m "not docker" -n 2 --dist loadgroup
+	$(VENV)/bin/pytest -q -m "not docker" -n 2 --dist loadgroup --durations=20
 
 test-deploy: install
 	docker/offline/test-deploy.sh
