@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.metadata import servable
+from app.metadata_limits import servable
 from indexer import Hit, ImageRecord
 from msir_schemas.api import ImageInfo, Neighbour
 

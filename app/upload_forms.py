@@ -17,7 +17,7 @@ from fastapi import UploadFile
 from PIL import Image
 
 from app.errors import ApiError
-from app.metadata import MetadataError, MetadataLimits, parse
+from app.metadata_limits import MetadataError, MetadataLimits, parse
 from app.service import Service
 from app.shaping import split_labels
 from indexer import Upload
