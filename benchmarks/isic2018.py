@@ -1,4 +1,4 @@
-"""The ISIC 2018 Task 3 experiments of the MS-ViT paper (shared/papers/003) on a CPU: the ablation and the shipped model.
+"""The ISIC 2018 Task 3 experiments of the MS-ViT paper (shared/papers/003) on a CPU: ablation and shipped model.
 
     .venv/bin/python -m benchmarks.isic2018 train --ablation          # 5 ViT arms + 2 CNN rows x 3 seeds, in turn
     .venv/bin/python -m benchmarks.isic2018 train --runs shipped:0    # the proposed model at the 90-minute budget
@@ -23,27 +23,27 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported: one thread per run
 
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import resource  # noqa: E402
-import sys  # noqa: E402
-import tarfile  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import logging
+import resource
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from models import load_checkpoint  # noqa: E402
-from training.config import load_config  # noqa: E402
-from training.evaluation import classification_metrics, retrieval_metrics  # noqa: E402
-from training.evaluation.embed import embed_arrays  # noqa: E402
-from training.runinfo import cpu_name, git_dirty, git_sha, now, write_json  # noqa: E402
-from training.splits import take  # noqa: E402
-from training.trainer import Trainer  # noqa: E402
+from models import load_checkpoint
+from training.config import load_config
+from training.evaluation import classification_metrics, retrieval_metrics
+from training.evaluation.embed import embed_arrays
+from training.runinfo import cpu_name, git_dirty, git_sha, now, write_json
+from training.splits import take
+from training.trainer import Trainer
 
 logger = logging.getLogger("benchmarks.isic2018")
 
