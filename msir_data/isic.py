@@ -3,16 +3,31 @@
 Layouts seen in the wild, all handled: ``ISIC2018_Task3_Training_Input/`` +
 ``ISIC2018_Task3_Training_GroundTruth/ISIC2018_Task3_Training_GroundTruth.csv`` (official; Validation/Test
 files give official splits when present), Kaggle's ``HAM10000_images_part_{1,2}/`` +
-``HAM10000_metadata.csv``, or ``images/`` + either CSV. Images are found anywhere below the root by their id
-(file stem).
+``HAM10000_metadata.csv``, ``images/`` + either CSV, or the complete 64 px set of ``shared/datasets``
+(``images/`` + the official Training and Test ground truth + ``HAM10000_metadata.csv``). Images are found
+anywhere below the root by their id (file stem).
+
+Validation. ISIC 2018's validation images are rarely at hand (they are not in the 64 px set). When the official
+Training and Test files are there but no Validation file, ``val_fraction`` of the training images become the
+``val`` split, carved **by lesion** (HAM10000 shows one lesion in several images; separating them would leak
+near-duplicates into validation) and **stratified by class** (each diagnosis loses about ``val_fraction`` of its
+images), the lesions chosen by a stable hash of their id and ``seed``.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
-from msir_data.base import DatasetError, DatasetReader, Item, assign_split, check_fractions
+from msir_data.base import (
+    DatasetError,
+    DatasetReader,
+    Item,
+    assign_split,
+    check_fractions,
+    hash_fraction,
+)
 from msir_data.label_files import choose_csv, index_images, read_header, read_rows, resolve_option_path
 
 logger = logging.getLogger(__name__)
@@ -91,13 +106,56 @@ class IsicReader(DatasetReader):
         self._label_files: list[Path] = []
         self._seen: set[str] = set()
         items: list[Item] = []
-        for path, kind, split in self._plan(csv):
+        plan = self._plan(csv)
+        for path, kind, split in plan:
             self._label_files.append(path)
             if kind == "ham":
                 items += self._read_ham(path)
             else:
                 items += self._read_onehot(path, split)
+        official = {split for _, _, split in plan if split is not None}
+        if val_fraction > 0 and "train" in official and "val" not in official:
+            items = self._carve_val(items, val_fraction, seed)
         self._set_items(items)
+
+    def _lesions(self) -> dict[str, str]:
+        """image id -> lesion id from the HAM10000 metadata beside the ground truth (empty when absent)."""
+        found = find_label_files(self.root)["ham"]
+        if not found:
+            return {}
+        path = choose_csv(found, "image_id", self._images)
+        self._label_files.append(path)
+        return {r.values["image_id"]: r.values["lesion_id"] for r in read_rows(path, HAM_COLUMNS)}
+
+    def _carve_val(self, items: list[Item], fraction: float, seed: int | str) -> list[Item]:
+        """Move ``fraction`` of every class's training images, whole lesions at a time, to ``val``."""
+        lesion_of = self._lesions()
+        if not lesion_of:
+            logger.warning(
+                "%s: no HAM10000_metadata.csv beside the ground truth: validation is carved by image, so images "
+                "of one lesion may straddle train and val",
+                self.root,
+            )
+        groups: dict[str, list[int]] = {}  # lesion -> rows of the train items
+        for row, item in enumerate(items):
+            if item.split == "train":
+                image_id = Path(item.item_id).stem
+                groups.setdefault(lesion_of.get(image_id) or image_id, []).append(row)
+        by_class: dict[int, list[str]] = {}
+        for lesion, rows in groups.items():
+            by_class.setdefault(items[rows[0]].labels[0], []).append(lesion)
+        chosen: set[int] = set()
+        for lesions in by_class.values():
+            target = fraction * sum(len(groups[g]) for g in lesions)
+            taken = 0
+            for lesion in sorted(lesions, key=lambda g: hash_fraction(g, f"isic-val-{seed}")):
+                size = len(groups[lesion])
+                # Take a lesion while it brings the class's count closer to its target.
+                if abs(taken + size - target) >= abs(taken - target):
+                    continue
+                taken += size
+                chosen.update(groups[lesion])
+        return [replace(item, split="val") if row in chosen else item for row, item in enumerate(items)]
 
     def _plan(self, csv: str | Path | None) -> list[tuple[Path, str, str | None]]:
         """(label file, kind, fixed split or None for a hash split) to read."""

@@ -256,6 +256,48 @@ def write_isic(
     return root
 
 
+def write_isic_task3_64px(
+    root: Path, train_per_class: tuple[int, ...], test_per_class: int = 2, *, images_per_lesion: int = 3
+) -> Path:
+    """The layout of ``shared/datasets/isic2018_task3_64px.tar``: ``images/ISIC_*.jpg`` (64x64 in the real set),
+    ``ISIC2018_Task3_Training_GroundTruth.csv`` and ``ISIC2018_Task3_Test_GroundTruth.csv`` (one-hot, ``0.0`` /
+    ``1.0``), ``HAM10000_metadata.csv`` (training images only, with their lesion ids), ``labels.csv``
+    (``id,label,split,lesion_id``; lesion empty for test) and ``SOURCE.txt``.
+
+    Class ``c`` has ``train_per_class[c]`` training images, lesion ``HAM_<c><k // images_per_lesion>``, and
+    ``test_per_class`` test images numbered from ISIC_0034524 as the official test set is.
+    """
+    header = "image,MEL,NV,BCC,AKIEC,BKL,DF,VASC"
+    train, test, ham, labels = [header], [header], ["lesion_id,image_id,dx,dx_type,age,sex,localization"], []
+    labels.append("id,label,split,lesion_id")
+    test_no = 34524
+    for c, dx in enumerate(ISIC_DX):
+        hot = ",".join("1.0" if d == dx else "0.0" for d in ISIC_DX)
+        for k in range(train_per_class[c]):
+            image_id = f"ISIC_{24306 + c * 1000 + k:07d}"
+            lesion = f"HAM_{c:03d}{k // images_per_lesion:04d}"
+            write_image(root / "images" / f"{image_id}.jpg", (16, 16), c)
+            train.append(f"{image_id},{hot}")
+            ham.append(f"{lesion},{image_id},{dx},histo,50.0,female,back")
+            labels.append(f"{image_id},{dx.upper()},train,{lesion}")
+        for _ in range(test_per_class):
+            image_id = f"ISIC_{test_no:07d}"
+            test_no += 1
+            write_image(root / "images" / f"{image_id}.jpg", (16, 16), c)
+            test.append(f"{image_id},{hot}")
+            labels.append(f"{image_id},{dx.upper()},test,")
+    files = {
+        "ISIC2018_Task3_Training_GroundTruth.csv": train,
+        "ISIC2018_Task3_Test_GroundTruth.csv": test,
+        "HAM10000_metadata.csv": ham,
+        "labels.csv": labels,
+        "SOURCE.txt": ["ISIC 2018 Task 3 at 64x64 (test fixture in the layout of the shared tar)"],
+    }
+    for name, lines in files.items():
+        (root / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
 # -- NIH ChestX-ray14 ----------------------------------------------------------------------------------------
 def nih_row(name: str, findings: str, follow_up: int, patient: int) -> str:
     return f"{name},{findings},{follow_up},{patient},57,M,PA,2682,2749,0.143,0.143"

@@ -124,6 +124,10 @@ class PhaseConfig(_Strict):
 
 class LossConfig(_Strict):
     label_smoothing: float = Field(0.0, ge=0, lt=1)  # single-label cross-entropy only
+    # Class imbalance (ours; e.g. ISIC 2018, where NV is 67 % of training): weight each class's cross-entropy by
+    # (n / n_c) ("inverse") or its square root ("sqrt_inverse"), normalised so the mean weight over training
+    # images is 1. Single-label only; "none" is plain cross-entropy.
+    class_weighting: Literal["none", "inverse", "sqrt_inverse"] = "none"
     # Cosine similarity on L2-normalised embeddings: positives pulled above pos_margin, negatives below
     # neg_margin.
     contrastive_pos_margin: float = 1.0

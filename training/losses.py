@@ -18,6 +18,7 @@ the multi-label positive/negative rule above, label smoothing, and the optional 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -180,6 +181,20 @@ class Teacher(nn.Module):
         return self.model(x * self.scale + self.shift).logits
 
 
+def class_weights(kind: str, counts: Sequence[int] | None, multi_label: bool) -> Tensor | None:
+    """Per-class cross-entropy weights ``(n / n_c) ** power`` (1 for inverse, 0.5 for sqrt_inverse), scaled so
+    that the weight averaged over the training images is 1 (the loss keeps its scale). ``None`` for "none"."""
+    if kind == "none":
+        return None
+    if multi_label:
+        raise ValueError("loss.class_weighting applies to single-label data only")
+    if counts is None or not len(counts):
+        raise ValueError("loss.class_weighting needs the training set's class counts")
+    n = torch.tensor([float(c) for c in counts]).clamp_min(1.0)
+    w = (n.sum() / n) ** (1.0 if kind == "inverse" else 0.5)
+    return w / ((w * n).sum() / n.sum())
+
+
 class MultiLoss(nn.Module):
     """``total = w · (L_ce, L_contrastive, L_triplet, L_distill)`` with ``w`` the schedule row of this step.
 
@@ -195,6 +210,7 @@ class MultiLoss(nn.Module):
         active: tuple[bool, ...],
         num_classes: int,
         spec: PreprocessSpec | None = None,
+        class_counts: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if len(active) != len(LOSS_NAMES):
@@ -202,6 +218,8 @@ class MultiLoss(nn.Module):
         self.multi_label = multi_label
         self.active = tuple(active)
         self.label_smoothing = cfg.label_smoothing
+        self.class_weights: Tensor | None
+        self.register_buffer("class_weights", class_weights(cfg.class_weighting, class_counts, multi_label))
         self.temperature = cfg.distill_temperature
         cos = distances.CosineSimilarity
         self.contrastive = self.pair_miner = self.triplet = self.triplet_miner = None
@@ -249,7 +267,9 @@ class MultiLoss(nn.Module):
             if self.multi_label:
                 parts[0] = F.binary_cross_entropy_with_logits(logits, labels.float())
             else:
-                parts[0] = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+                parts[0] = F.cross_entropy(
+                    logits, labels, weight=self.class_weights, label_smoothing=self.label_smoothing
+                )
         if self.contrastive is not None or self.triplet is not None:
             emb = F.normalize(out.embedding.float(), dim=1)
             # Under torchrun, pairs and triplets are mined over the global batch (every rank's embeddings, the
@@ -290,5 +310,6 @@ __all__ = [
     "MultiLabelTripletMiner",
     "MultiLoss",
     "Teacher",
+    "class_weights",
     "multilabel_masks",
 ]

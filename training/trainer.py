@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -144,6 +145,9 @@ class Trainer:
             active=self.schedule.active,
             num_classes=len(d.class_names),
             spec=d.spec,
+            class_counts=None
+            if d.multi_label
+            else np.bincount(d.labels[d.train_rows], minlength=len(d.class_names)).tolist(),
         ).to(self.device)
         self.optimizer = build_optimizer(cfg.optim, [p for p in self.model.parameters() if p.requires_grad])
         # Rank 0 keeps the one-process stream; other ranks draw their own augmentations.

@@ -9,7 +9,7 @@ import pytest
 
 from msir_data import DatasetError, open_dataset
 from msir_data.isic import ISIC_CLASSES
-from tests.fixtures_formats import write_image, write_isic
+from tests.fixtures_formats import write_image, write_isic, write_isic_task3_64px
 
 
 def _lesion_of(root: Path) -> dict[str, str]:
@@ -115,3 +115,40 @@ def test_structural_errors(tmp_path: Path) -> None:
         open_dataset("isic2018", root, csv="other.csv")
     with pytest.raises(ValueError, match="test_fraction"):
         open_dataset("isic2018", root, test_fraction=1.5)
+
+
+def test_task3_64px_layout_official_split_and_validation_by_lesion(tmp_path: Path) -> None:
+    """The complete 64 px set's layout: official train/test, validation carved from train by lesion, per class."""
+    per_class = (30, 60, 15, 12, 30, 9, 9)
+    root = write_isic_task3_64px(tmp_path, per_class, test_per_class=2, images_per_lesion=3)
+    reader = open_dataset("isic2018", root, val_fraction=0.2)
+    assert reader.splits() == ["train", "val", "test"]
+    assert not reader.skipped
+    assert reader.count("test") == 14 and reader.count("train") + reader.count("val") == sum(per_class)
+    test_ids = {Path(i.item_id).stem for i in reader.items() if i.split == "test"}
+    assert test_ids == {f"ISIC_{n:07d}" for n in range(34524, 34524 + 14)}  # the official test images, only them
+    lesions = _lesion_of(root)
+    splits_of_lesion: dict[str, set[str]] = defaultdict(set)
+    val_per_class = [0] * 7
+    for i in reader.items():
+        if i.split != "test":
+            splits_of_lesion[lesions[Path(i.item_id).stem]].add(i.split)
+        if i.split == "val":
+            val_per_class[i.labels[0]] += 1
+    assert all(len(s) == 1 for s in splits_of_lesion.values())  # no lesion in both train and val
+    # Stratified: every class gives about 20 % of its images, whole lesions of 3 at a time.
+    for c, n in enumerate(per_class):
+        assert abs(val_per_class[c] - 0.2 * n) <= 3, (c, val_per_class)
+    again = open_dataset("isic2018", root, val_fraction=0.2)
+    assert [(i.item_id, i.split) for i in again.items()] == [(i.item_id, i.split) for i in reader.items()]
+    other_seed = open_dataset("isic2018", root, val_fraction=0.2, seed=1)
+    assert {i.item_id for i in other_seed.items() if i.split == "val"} != {
+        i.item_id for i in reader.items() if i.split == "val"
+    }
+
+
+def test_task3_64px_without_val_fraction_has_train_and_test_only(tmp_path: Path) -> None:
+    root = write_isic_task3_64px(tmp_path, (6,) * 7, test_per_class=1)
+    reader = open_dataset("isic2018", root)
+    assert reader.splits() == ["train", "test"]
+    assert reader.count("train") == 42 and reader.count("test") == 7

@@ -152,3 +152,42 @@ def test_distillation_from_a_checkpoint(tmp_path, multi_label: bool) -> None:
         assert r.total.item() == pytest.approx(entropy.item(), rel=1e-4)
     else:  # identical logits: KL = 0
         assert r.total.item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_class_weighting_balances_the_classes_and_keeps_the_scale() -> None:
+    from training.losses import class_weights
+
+    counts = [600, 100, 300]
+    assert class_weights("none", counts, False) is None
+    inv = class_weights("inverse", counts, False)
+    sqrt = class_weights("sqrt_inverse", counts, False)
+    assert inv is not None and sqrt is not None
+    n = torch.tensor(counts, dtype=torch.float32)
+    # Mean weight over the training images is 1; every class then carries the same total weight (inverse).
+    assert torch.allclose((inv * n).sum() / n.sum(), torch.tensor(1.0))
+    assert torch.allclose((sqrt * n).sum() / n.sum(), torch.tensor(1.0))
+    assert torch.allclose(inv * n, (inv * n)[0].expand(3))
+    assert inv[1] > sqrt[1] > sqrt[0] and inv[0] < sqrt[0]  # the rare class gains, the common one loses
+    with pytest.raises(ValueError, match="single-label"):
+        class_weights("inverse", counts, True)
+
+
+def test_weighted_cross_entropy_is_used_by_the_multiloss() -> None:
+    from training.config import LossConfig
+    from training.losses import MultiLoss
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    labels = torch.tensor([0, 1, 0])
+    out = ModelOutput(embedding=torch.randn(3, 4), logits=logits)
+    w = torch.ones(4)
+    plain = MultiLoss(LossConfig(), multi_label=False, active=(True, False, False, False), num_classes=2)
+    weighted = MultiLoss(
+        LossConfig(class_weighting="inverse"),
+        multi_label=False,
+        active=(True, False, False, False),
+        num_classes=2,
+        class_counts=[2, 1],
+    )
+    expected = torch.nn.functional.cross_entropy(logits, labels, weight=weighted.class_weights)
+    assert torch.allclose(weighted(out, labels, w).total, expected)
+    assert not torch.allclose(plain(out, labels, w).total, expected)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
+    balanced_accuracy_score,
     confusion_matrix,
     f1_score,
     precision_recall_curve,
@@ -109,6 +110,9 @@ def _single_label(y_true: np.ndarray | Sequence[int], scores: np.ndarray, probs:
         "num_classes": int(num_classes),
         "class_names": names,
         "accuracy": float(accuracy_score(y, predicted)),
+        # The mean per-class recall (the ISIC 2018 Task 3 challenge's metric); classes absent from y_true are
+        # left out, as scikit-learn does.
+        "balanced_accuracy": float(balanced_accuracy_score(y, predicted)) if n else 0.0,
         "macro": {
             "precision": float(precision.mean()),
             "recall": float(recall.mean()),

@@ -29,6 +29,7 @@ def headline(metrics: dict[str, Any]) -> dict[str, float | None]:
     else:
         out = {
             "accuracy": metrics.get("accuracy"),
+            "balanced_accuracy": metrics.get("balanced_accuracy"),
             "f1_macro": macro.get("f1"),
             "auc_macro": macro.get("auc"),
         }

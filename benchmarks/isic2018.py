@@ -1,0 +1,230 @@
+"""The ISIC 2018 Task 3 experiments of the MS-ViT paper (shared/papers/003) on a CPU: ablation and shipped model.
+
+    .venv/bin/python -m benchmarks.isic2018 train --ablation          # 5 ViT arms + 2 CNN rows x 3 seeds, in turn
+    .venv/bin/python -m benchmarks.isic2018 train --runs shipped:0    # the proposed model at the 90-minute budget
+    .venv/bin/python -m benchmarks.isic2018 report                    # results/isic2018/*.md, *.json, plots
+
+Data: ``shared/datasets/isic2018_task3_64px.tar`` (the complete set: 10,015 training + the 1,512 official test
+images), extracted once to ``~/.cache/msir/datasets/``. Every run trains on one thread (``runtime.num_threads:
+1``; ``OMP_NUM_THREADS=1`` is set here), evaluates the checkpoint picked on validation (balanced accuracy) on the
+official test set — classification (accuracy, balanced accuracy, macro and per-class P/R/F1, ROC AUC) and retrieval
+(the 1,512 test images as queries against the training images the model was trained on; P@K and R@K at 2, 5, 10,
+mAP@all; relevant = same diagnosis) — and writes ``results/isic2018/runs/<arm>_seed<N>.json`` with the process CPU
+time of the training (one thread: the time the budget counts; wall time is longer when the machine is shared).
+
+Runs are resumable: a finished run (its JSON exists) is skipped, an interrupted one resumes from its last saved
+state in ``~/.cache/msir/runs/isic2018/<arm>/seed<N>``. The distillation arm's teacher is the MSCFNet-4 row of the
+same seed, so the queue trains that row first.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported: one thread per run
+
+import argparse
+import logging
+import resource
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models import load_checkpoint
+from training.config import load_config
+from training.evaluation.model_evaluation import Embedded, embed_split, evaluate_embedded
+from training.runinfo import cpu_name, git_dirty, git_sha, now, write_json
+from training.splits import take
+from training.trainer import Trainer
+
+logger = logging.getLogger("benchmarks.isic2018")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_TAR = REPO.parent / "shared" / "datasets" / "isic2018_task3_64px.tar"
+DATA_ROOT = Path("~/.cache/msir/datasets/isic2018_task3_64px").expanduser()
+RUNS = Path("~/.cache/msir/runs/isic2018").expanduser()
+OUT = REPO / "results" / "isic2018"
+KS = [2, 5, 10]
+SEEDS = (0, 1, 2)
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    label: str  # as the paper's ablation names it, or the CNN row
+    config: str  # relative to the repository
+
+
+ARMS = {
+    a.name: a
+    for a in (
+        Arm("mscfnet4", "MSCFNet-4 (CNN, retrieval options)", "configs/cnn/mscfnet4_isic2018_cpu.yaml"),
+        Arm("resnet18", "ResNet-18 (CNN)", "configs/cnn/resnet18_isic2018_cpu.yaml"),
+        Arm("vit", "ViT", "configs/vit/vit_ce_isic2018_cpu.yaml"),
+        Arm("msvit", "ViT MultiScale", "configs/vit/msvit_ce_isic2018_cpu.yaml"),
+        Arm("vit_multiloss", "ViT MultiLoss", "configs/vit/vit_multiloss_isic2018_cpu.yaml"),
+        Arm("proposed", "MultiScale + dynamic MultiLoss (proposed)", "configs/vit/msvit_multiloss_isic2018_cpu.yaml"),
+        Arm(
+            "proposed_distill",
+            "proposed + distillation (MSCFNet-4 teacher)",
+            "configs/vit/msvit_multiloss_distill_isic2018_cpu.yaml",
+        ),
+        Arm("shipped", "proposed, 90-minute budget (shipped)", "configs/vit/msvit_multiloss_isic2018_cpu90.yaml"),
+    )
+}
+ABLATION = ("mscfnet4", "resnet18", "vit", "msvit", "vit_multiloss", "proposed", "proposed_distill")
+
+
+def ensure_dataset() -> None:
+    """Extract the shared tar into the cache (never into the repository)."""
+    if DATA_ROOT.exists():
+        return
+    if not SHARED_TAR.is_file():
+        raise SystemExit(f"{SHARED_TAR} not found: the ISIC 2018 experiments need shared/datasets beside the clone")
+    logger.info("extracting %s to %s", SHARED_TAR, DATA_ROOT)
+    DATA_ROOT.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=DATA_ROOT.parent) as tmp, tarfile.open(SHARED_TAR) as archive:
+        archive.extractall(tmp, filter="data")
+        os.replace(Path(tmp) / DATA_ROOT.name, DATA_ROOT)
+
+
+def result_path(arm: str, seed: int, out: Path = OUT) -> Path:
+    return out / "runs" / f"{arm}_seed{seed}.json"
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def test_evaluation(checkpoint: Path, trainer: Trainer, batch_size: int) -> tuple[dict[str, Any], np.ndarray]:
+    """Official-test classification and retrieval (test queries, training database) of a checkpoint, through the
+    one model evaluation (``training.evaluation.model_evaluation``); also returns the test logits for the plots."""
+    data, device = trainer.data, trainer.device
+    if data.test is None:
+        raise SystemExit("the ISIC data has no test split")
+    loaded = load_checkpoint(checkpoint, device=device)
+    spec, names = loaded.meta.preprocess, loaded.meta.class_names
+
+    def embedded(images: np.ndarray, labels: np.ndarray, what: str) -> Embedded:
+        return embed_split(loaded.model, images, labels, spec, batch_size=batch_size, device=device, progress=False,
+                           description=what)  # fmt: skip
+
+    queries = embedded(data.test.images, data.test.labels, "test")
+    database = embedded(take(data.images, data.train_rows), data.labels[data.train_rows], "train")
+    result = evaluate_embedded(queries, database, class_names=names, multi_label=False, ks=KS, device=device)
+    keep = ("num_queries", "num_database", "map_at_all", "map_at_r", "precision_at_k", "recall_at_k", "per_class")
+    params = sum(p.numel() for p in loaded.model.parameters())
+    retrieval = {k: result["retrieval"][k] for k in keep}
+    return {"parameters": params, "classification": result["classification"], "retrieval": retrieval}, queries.logits
+
+
+def run_one(
+    arm: Arm, seed: int, extra: list[str] | None = None, results: Path = OUT, runs: Path = RUNS
+) -> dict[str, Any]:
+    out = result_path(arm.name, seed, results)
+    if out.is_file():
+        logger.info("%s seed %d: done before (%s)", arm.name, seed, out)
+        return {}
+    overrides = [f"output_dir={runs / arm.name / f'seed{seed}'}", f"seed={seed}", f"name=isic2018_{arm.name}_s{seed}"]
+    if arm.name == "proposed_distill":
+        teacher = runs / "mscfnet4" / f"seed{seed}" / "best.safetensors"
+        if not teacher.is_file():
+            raise SystemExit(f"the distillation teacher {teacher} is missing: run mscfnet4 seed {seed} first")
+        overrides.append(f"loss.distill_teacher={teacher}")
+    overrides += extra or []
+    cfg, raw = load_config(REPO / arm.config, overrides)
+    torch.set_num_threads(cfg.runtime.num_threads or 1)
+    load_before = os.getloadavg()[0]
+    cpu0, wall0 = cpu_seconds(), time.perf_counter()
+    trainer = Trainer(cfg, raw, resume=True)
+    result = trainer.run()
+    train_cpu, train_wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
+    evaluation, test_logits = test_evaluation(result.best_checkpoint, trainer, cfg.eval.batch_size)
+    np.savez_compressed(
+        runs / arm.name / f"seed{seed}" / "test_logits.npz", logits=test_logits, labels=trainer.data.test.labels
+    )
+    record = {
+        "arm": arm.name,
+        "label": arm.label,
+        "seed": seed,
+        "config": arm.config,
+        "model": cfg.model.name,
+        "model_options": cfg.model.options,
+        "epochs": cfg.total_epochs,
+        "train_images": len(trainer.data.train_rows),
+        "val_images": len(trainer.data.val or []),
+        "test_images": len(trainer.data.test or []),
+        "precision": "bf16 autocast" if trainer.cpu_bf16 else "fp32",
+        "device": f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s)",
+        # A resumed run counts only this process's share; resumed_from says so.
+        "train_cpu_seconds": train_cpu,
+        "train_wall_seconds": train_wall,
+        "trainer_train_seconds": result.train_seconds,
+        "resumed_from_step": trainer.resumed_from,
+        "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
+        "best": result.metrics.get("best"),
+        "checkpoint": str(result.best_checkpoint),
+        **evaluation,
+        "git_sha": git_sha(),
+        "git_dirty": git_dirty(),
+        "finished_at": now(),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, record)
+    c, r = evaluation["classification"], evaluation["retrieval"]
+    logger.info(
+        "%s seed %d: acc %.4f, balanced %.4f, macro AUC %.4f, F1 %.4f, P@10 %.4f, mAP@all %.4f (%.0f s CPU)",
+        arm.name, seed, c["accuracy"], c["balanced_accuracy"], c["macro"]["auc"], c["macro"]["f1"],
+        r["precision_at_k"]["10"], r["map_at_all"], train_cpu,
+    )  # fmt: skip
+    return record
+
+
+def parse_runs(text: str) -> list[tuple[Arm, int]]:
+    runs = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, seed = part.partition(":")
+        if name not in ARMS:
+            raise SystemExit(f"--runs: unknown arm {name!r}; known: {', '.join(ARMS)}")
+        runs.append((ARMS[name], int(seed or 0)))
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train and evaluate runs (skips finished ones, resumes interrupted ones)")
+    t.add_argument("--ablation", action="store_true", help="the 7 arms x seeds 0, 1, 2, seed by seed")
+    t.add_argument("--runs", default="", help="ARM:SEED,... e.g. shipped:0")
+    t.add_argument("--set", action="append", default=[], help="config override for every run (smoke tests)")
+    t.add_argument("--results", type=Path, default=OUT, help="results folder (default results/isic2018)")
+    t.add_argument("--runs-dir", type=Path, default=RUNS, help="run folders (default ~/.cache/msir/runs/isic2018)")
+    sub.add_parser("report", help="write results/isic2018/ablation.md and the plots from the run JSONs")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.command == "report":
+        from benchmarks.isic2018_report import write_report
+
+        write_report(OUT, RUNS)
+        return 0
+    queue = parse_runs(args.runs)
+    if args.ablation:
+        queue += [(ARMS[name], seed) for seed in SEEDS for name in ABLATION]
+    if not queue:
+        ap.error("give --ablation or --runs")
+    ensure_dataset()
+    for arm, seed in queue:
+        run_one(arm, seed, args.set, args.results, args.runs_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
