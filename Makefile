@@ -10,10 +10,11 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.msir-installed
 export MSIR_TEST_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 
-.PHONY: install test test-deploy lint format demo browser clean-demo help
+.PHONY: install test test-deploy lint format demo demo-isic browser clean-demo help
 
 help:
 	@echo "make demo   - build the demo collection and serve the web UI on http://127.0.0.1:8000"
+	@echo "make demo-isic - the dermatology demo: ISIC 2018 training images + the shipped MS-ViT (needs ../shared/datasets)"
 	@echo "make test   - lint + the whole test suite (CPU)"
 	@echo "make test-deploy - build the Docker images and run the docker-compose deployment (Docker; root installs it)"
 
@@ -64,6 +65,13 @@ test-deploy: install
 
 demo: install
 	$(PY) -m app.quickstart $(if $(DATA),--data "$(DATA)",)
+
+# The medical demo: the ISIC 2018 training images (the shared tar, extracted once to ~/.cache/msir/datasets, or
+# DATA=<a folder of ISIC images with their ground-truth CSV>) indexed with the shipped multi-scale ViT.
+ISIC_DATA ?= ../shared/datasets/isic2018_task3_64px.tar
+demo-isic: install
+	$(PY) -m app.quickstart --data "$(or $(DATA),$(ISIC_DATA))" --split train \
+	  --checkpoint demo/isic2018/msvit_isic2018.safetensors $(if $(PORT),--port $(PORT),)
 
 clean-demo:
 	rm -rf var/demo

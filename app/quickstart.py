@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_IMAGES = REPO / "demo" / "images"
 DEMO_CHECKPOINT = REPO / "demo" / "checkpoint" / "mscfnet4_cifar10.safetensors"
 DEFAULT_VAR_DIR = REPO / "var" / "demo"
+DATASET_CACHE = Path("~/.cache/msir/datasets").expanduser()
 STATE_FILE = "demo-state.json"
 KEY_FILE = "api_key"
 STATE_VERSION = 1
@@ -111,13 +112,15 @@ def fingerprint(folder: Path, files: Sequence[Path]) -> str:
     return digest.hexdigest()
 
 
-def collection_dir_for(data: Path | None, var_dir: Path) -> Path:
-    """``var/demo/collection`` for the shipped images, ``var/demo/<name>-<hash>`` for ``--data DIR``."""
+def collection_dir_for(data: Path | None, var_dir: Path, split: str | None = None) -> Path:
+    """``var/demo/collection`` for the shipped images, ``var/demo/<name>[-<split>]-<hash>`` for ``--data DIR``."""
     if data is None:
         return var_dir / "collection"
     resolved = data.resolve()
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", resolved.name).strip("-.") or "data"
-    return var_dir / f"{name[:40]}-{hashlib.sha256(str(resolved).encode()).hexdigest()[:10]}"
+    key = str(resolved) if split is None else f"{resolved}\x00{split}"
+    suffix = f"-{re.sub(r'[^A-Za-z0-9]+', '', split)[:16]}" if split else ""
+    return var_dir / f"{name[:40]}{suffix}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
 def api_key(var_dir: Path) -> str:
@@ -150,14 +153,46 @@ def _write_state(directory: Path, state: dict[str, Any]) -> None:
     atomic_write_text(directory / STATE_FILE, json.dumps({"version": STATE_VERSION, **state}, indent=2) + "\n")
 
 
-def _source(folder: Path, files: Sequence[Path]) -> tuple[Any, bool]:
-    """(indexer source, labelled): an ImageFolder gives class labels, anything else is a plain folder."""
+def _source(folder: Path, files: Sequence[Path], split: str | None = None) -> tuple[Any, bool]:
+    """(indexer source, labelled): a labelled dataset in any format msir_data reads (an ImageFolder, ISIC 2018,
+    ChestX-ray14, a CSV manifest, ...) gives its labels, anything else is a plain folder. ``split`` indexes one
+    split of a labelled dataset only (e.g. the training images, the test images then being the queries)."""
     from indexer.ingest.sources import from_dataset, from_files
-    from msir_data import imagefolder
+    from msir_data import DatasetError, detect_kind
 
-    if imagefolder.detect(folder):
-        return from_dataset(folder, "imagefolder"), True
+    try:
+        kind = detect_kind(folder)
+    except DatasetError:
+        kind = None
+    if kind is not None:
+        return from_dataset(folder, kind, split=split), True
+    if split is not None:
+        raise DemoError(f"{folder}: --split {split} needs a labelled dataset; this folder holds plain images")
     return from_files(files, source="folder", name=f"folder {folder}"), False
+
+
+def extract_archive(archive: Path, cache: Path = DATASET_CACHE) -> Path:
+    """A dataset shipped as a ``.tar`` (``shared/datasets/*.tar``): extracted once into the cache (never into the
+    repository) and the folder it holds returned. Members that would land outside the cache are refused."""
+    import tarfile
+    import tempfile
+
+    name = archive.name.removesuffix(".tar")
+    target = cache / name
+    if target.is_dir():
+        return target
+    if not archive.is_file():
+        raise DemoError(f"{archive}: no such archive")
+    cache.mkdir(parents=True, exist_ok=True)
+    logger.info("extracting %s to %s", archive, target)
+    try:
+        with tempfile.TemporaryDirectory(dir=cache) as tmp, tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+            inner = Path(tmp) / name
+            os.replace(inner if inner.is_dir() else Path(tmp), target)
+    except (tarfile.TarError, OSError) as error:
+        raise DemoError(f"{archive}: cannot extract ({error})") from error
+    return target
 
 
 def prepare_collection(
@@ -169,6 +204,7 @@ def prepare_collection(
     device: str = "auto",
     console: Console | None = None,
     progress: bool = True,
+    split: str | None = None,
 ) -> DemoCollection:
     """Reuse, resume or (re)build the collection of ``source`` in ``directory`` with ``checkpoint``."""
     from indexer import Collection, CollectionError
@@ -196,6 +232,7 @@ def prepare_collection(
         "images_fingerprint": fingerprint(source, files),
         "image_files": len(files),
         "checkpoint_sha256": meta.weights_sha256,
+        "split": split,
     }
     state = _read_state(directory)
     same = Manifest.exists(directory) and all(state.get(k) == v for k, v in wanted.items())
@@ -217,7 +254,7 @@ def prepare_collection(
         logger.info("removing the out-of-date demo collection %s", directory)
         shutil.rmtree(directory)
     try:
-        index_source, labelled = _source(source, files)
+        index_source, labelled = _source(source, files, split)
     except CollectionError as error:
         raise DemoError(str(error)) from error
     directory.mkdir(parents=True, exist_ok=True)
@@ -378,7 +415,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m app.quickstart",
         description="Build the demo collection (or one of --data DIR) and serve it with the web UI.",
     )
-    parser.add_argument("--data", type=Path, help="index this folder (ImageFolder or plain images) instead")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="index this folder instead: a labelled dataset (class folders, ISIC 2018, ChestX-ray14, a CSV "
+        "manifest), plain images, or a dataset .tar (extracted once to ~/.cache/msir/datasets)",
+    )
+    parser.add_argument("--split", help="index only this split of a labelled dataset (e.g. train)")
     parser.add_argument("--port", type=int, default=8000, help="listen port (default 8000)")
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     parser.add_argument("--rebuild", action="store_true", help="rebuild the collection even if it is current")
@@ -413,14 +456,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(err)
     source = args.data if args.data is not None else DEMO_IMAGES
     var_dir = args.var_dir.resolve()
-    directory = collection_dir_for(args.data, var_dir)
     try:
+        if source.suffix == ".tar":
+            source = extract_archive(source)
+        directory = collection_dir_for(source if args.data is not None else None, var_dir, args.split)
         checkpoint = check_checkpoint(args.checkpoint)
         if args.data is None and not DEMO_IMAGES.is_dir():
             raise DemoError(f"{_show(DEMO_IMAGES)} is missing: the demo images ship with the repository")
         if not args.build_only:
             check_port(args.host, args.port)  # fail before a long build, not after it
-        collection = prepare_collection(source, directory, checkpoint, rebuild=args.rebuild, device=args.device)
+        collection = prepare_collection(
+            source, directory, checkpoint, rebuild=args.rebuild, device=args.device, split=args.split
+        )
         err.print(
             f"collection {_show(collection.directory)}: {collection.action} in {collection.seconds:.1f} s "
             f"({collection.images} images)",

@@ -405,6 +405,7 @@ class Service:
             model=meta.model_name,
             checkpoint_sha256=meta.weights_sha256,
             classes=self.class_names,
+            class_descriptions=dict(meta.class_descriptions),
             label_names=sorted(set(labels) - {UNLABELLED}),
             multi_label=self.multi_label,
             embedding_dim=int(meta.embedding_dim),

@@ -43,6 +43,8 @@ class CheckpointMeta(BaseModel):
     format_version: int = FORMAT_VERSION
     model: dict[str, Any]
     class_names: list[str]
+    # Full names of the classes where the codes are terse (ISIC's "MEL" = "melanoma"); shown beside the codes.
+    class_descriptions: dict[str, str] = {}
     multi_label: bool = False
     preprocess: PreprocessSpec
     embedding_dim: int
@@ -94,6 +96,7 @@ def save_checkpoint(
     multi_label: bool = False,
     training: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
+    class_descriptions: dict[str, str] | None = None,
 ) -> Path:
     """Save ``model`` (built by :func:`models.build`) as ``path.safetensors`` + ``path.json``; returns the former."""
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
@@ -120,6 +123,7 @@ def save_checkpoint(
     meta = CheckpointMeta(
         model=config,
         class_names=list(class_names),
+        class_descriptions={k: v for k, v in (class_descriptions or {}).items() if k in class_names},
         multi_label=multi_label,
         preprocess=preprocess,
         embedding_dim=int(model.embedding_dim),  # type: ignore[arg-type]

@@ -120,6 +120,7 @@ class DatasetReader:
         self.max_pixels = max_pixels
         self.skipped = SkipLog()
         self.class_names: list[str] = []
+        self.class_descriptions: dict[str, str] = {}  # class name -> full name, where the names are codes
         self.multi_label = False
         self._items: list[Item] = []
         self._splits: list[str] = []

@@ -33,6 +33,16 @@ from msir_data.label_files import choose_csv, index_images, read_header, read_ro
 logger = logging.getLogger(__name__)
 
 ISIC_CLASSES = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+# The diagnoses behind the codes, as the ISIC 2018 Task 3 challenge names them.
+ISIC_DESCRIPTIONS = {
+    "MEL": "melanoma",
+    "NV": "melanocytic nevus",
+    "BCC": "basal cell carcinoma",
+    "AKIEC": "actinic keratosis / Bowen's disease",
+    "BKL": "benign keratosis",
+    "DF": "dermatofibroma",
+    "VASC": "vascular lesion",
+}
 ONE_HOT_COLUMNS = ["image", *ISIC_CLASSES]
 HAM_COLUMNS = ["lesion_id", "image_id", "dx"]
 # Official ground-truth file names carry their split.
@@ -102,6 +112,7 @@ class IsicReader(DatasetReader):
         check_fractions(test_fraction, val_fraction)
         self._split_args = {"test_fraction": test_fraction, "val_fraction": val_fraction, "seed": seed}
         self.class_names = list(ISIC_CLASSES)
+        self.class_descriptions = dict(ISIC_DESCRIPTIONS)
         self._images = index_images([self.root], key="stem")
         self._label_files: list[Path] = []
         self._seen: set[str] = set()

@@ -292,6 +292,10 @@ class CollectionInfo(BaseModel):
     model: str
     checkpoint_sha256: str = Field(description="sha256 of the checkpoint weights.")
     classes: list[str] = Field(description="The checkpoint's classes: what predictions (the classifier head) name.")
+    class_descriptions: dict[str, str] = Field(
+        default_factory=dict,
+        description="Full names of the checkpoint's classes where the names are codes (ISIC: MEL = melanoma).",
+    )
     label_names: list[str] = Field(
         default_factory=list,
         description="The collection's labels (every label stored on an image): what filters and the kNN vote use.",

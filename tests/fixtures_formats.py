@@ -276,14 +276,14 @@ def write_isic_task3_64px(
         for k in range(train_per_class[c]):
             image_id = f"ISIC_{24306 + c * 1000 + k:07d}"
             lesion = f"HAM_{c:03d}{k // images_per_lesion:04d}"
-            write_image(root / "images" / f"{image_id}.jpg", (16, 16), c)
+            write_image(root / "images" / f"{image_id}.jpg", (16 + k, 16), c)  # distinct files, not duplicates
             train.append(f"{image_id},{hot}")
             ham.append(f"{lesion},{image_id},{dx},histo,50.0,female,back")
             labels.append(f"{image_id},{dx.upper()},train,{lesion}")
         for _ in range(test_per_class):
             image_id = f"ISIC_{test_no:07d}"
             test_no += 1
-            write_image(root / "images" / f"{image_id}.jpg", (16, 16), c)
+            write_image(root / "images" / f"{image_id}.jpg", (16, 16 + test_no % 64), c)
             test.append(f"{image_id},{hot}")
             labels.append(f"{image_id},{dx.upper()},test,")
     files = {

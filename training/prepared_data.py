@@ -47,6 +47,7 @@ class PreparedData:
     val: EvalSplit | None
     test: EvalSplit | None
     summary: dict[str, Any] = field(default_factory=dict)
+    class_descriptions: dict[str, str] = field(default_factory=dict)  # the reader's full class names
 
     def fingerprint(self) -> str:
         """Identity of the training set (a resumed run must see the same images in the same rows)."""
@@ -191,6 +192,7 @@ def prepare_data(cfg: RunConfig, *, progress: bool = True) -> PreparedData:
         val,
         test,
         summary,
+        dict(reader.class_descriptions),
     )
 
 

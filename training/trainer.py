@@ -240,6 +240,7 @@ class Trainer:
             self.out / name,
             self.model,
             class_names=d.class_names,
+            class_descriptions=d.class_descriptions,
             preprocess=d.spec,
             multi_label=d.multi_label,
             training={

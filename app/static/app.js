@@ -100,9 +100,17 @@ function setBusy(busy, message) {
   if (message) els.status.textContent = message;
 }
 
+// Full class names (from the checkpoint) where labels are codes: "melanoma (MEL)".
+let descriptions = {};
+function named(label) {
+  const full = descriptions[label];
+  return full ? `${full} (${label})` : label;
+}
+
 async function loadCollection() {
   try {
     const info = await api("/v1/collection");
+    descriptions = info.class_descriptions || {};
     maxUploadBytes = info.max_upload_bytes;
     els.info.textContent =
       `${info.size.toLocaleString()} images · model ${info.model} · ${info.label_names.length} labels` +
@@ -113,7 +121,7 @@ async function loadCollection() {
     for (const name of info.label_names) {
       const option = document.createElement("option");
       option.value = name;
-      option.textContent = name;
+      option.textContent = named(name);
       els.label.appendChild(option);
     }
   } catch (err) {
@@ -215,11 +223,11 @@ function renderBars(list, items) {
       '<span class="bar-label"></span>' +
       '<span class="bar-track" role="presentation"><span class="bar-fill"></span></span>' +
       '<span class="bar-value"></span>';
-    li.querySelector(".bar-label").textContent = item.label;
-    li.querySelector(".bar-label").title = item.label;
+    li.querySelector(".bar-label").textContent = named(item.label);
+    li.querySelector(".bar-label").title = named(item.label);
     li.querySelector(".bar-fill").style.width = `${Math.max(0, Math.min(100, pct))}%`;
     li.querySelector(".bar-value").textContent = `${pct}%`;
-    li.setAttribute("aria-label", `${item.label}: ${pct} percent`);
+    li.setAttribute("aria-label", `${named(item.label)}: ${pct} percent`);
     list.appendChild(li);
   }
 }
@@ -245,7 +253,7 @@ function render(result, heading) {
     button.type = "button";
     button.className = "result";
     button.dataset.id = String(n.id);
-    const labels = n.labels.join(", ") || "unlabelled";
+    const labels = n.labels.map(named).join(", ") || "unlabelled";
     button.setAttribute(
       "aria-label",
       `Result ${i + 1}: image #${n.id}, ${labels}, similarity ${n.score.toFixed(3)}. Find images similar to this one.`,

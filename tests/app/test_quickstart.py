@@ -314,3 +314,32 @@ def test_shipped_demo_end_to_end(tmp_path: Path) -> None:
     )
     assert again.returncode == 0, again.stderr
     assert "reused" in again.stderr and "1000 images" in again.stderr
+
+
+def test_a_labelled_dataset_of_another_format_is_indexed_by_split(tmp_path: Path, checkpoint: Path) -> None:
+    """ISIC 2018 in the layout of the shared tar: its diagnoses become the labels, --split keeps the training
+    images (the official test images are the queries), and a dataset .tar is extracted into the cache once."""
+    import tarfile
+
+    from tests.fixtures_formats import write_isic_task3_64px
+
+    root = write_isic_task3_64px(tmp_path / "isic2018_task3_64px", (3, 4, 2, 2, 2, 2, 2), test_per_class=1)
+    archive = tmp_path / "isic2018_task3_64px.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(root, arcname=root.name)
+    extracted = demo.extract_archive(archive, cache=tmp_path / "cache")
+    assert extracted == tmp_path / "cache" / "isic2018_task3_64px" and (extracted / "labels.csv").is_file()
+    assert demo.extract_archive(archive, cache=tmp_path / "cache") == extracted  # once
+    directory = demo.collection_dir_for(extracted, tmp_path / "var", "train")
+    assert directory.name.startswith("isic2018_task3_64px-train-")
+    built = demo.prepare_collection(extracted, directory, checkpoint, device="cpu", progress=False, split="train")
+    assert (built.action, built.images, built.labelled) == ("built", 17, True)
+    with Collection.open(directory) as col:
+        stats = col.stats()
+    assert stats["labels"] == {"MEL": 3, "NV": 4, "BCC": 2, "AKIEC": 2, "BKL": 2, "DF": 2, "VASC": 2}
+    assert stats["splits"] == {"train": 17}
+    with pytest.raises(demo.DemoError, match="needs a labelled dataset"):
+        plain = tmp_path / "plain"
+        plain.mkdir()
+        shutil.copy2(next((extracted / "images").iterdir()), plain / "a.jpg")
+        demo.prepare_collection(plain, tmp_path / "var" / "plain", checkpoint, device="cpu", progress=False, split="x")

@@ -136,3 +136,16 @@ def test_save_refuses_inconsistent_metadata(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="build_config"):
         save_checkpoint(tmp_path / "x", torch.nn.Linear(2, 2), class_names=CLASSES, preprocess=SPEC)
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_class_descriptions_are_kept_for_known_classes_only(tmp_path: Path) -> None:
+    path = save_checkpoint(
+        tmp_path / "named",
+        small_model(),
+        class_names=CLASSES,
+        preprocess=SPEC,
+        class_descriptions={"a": "alpha", "z": "not a class"},
+    )
+    assert read_checkpoint_meta(path).class_descriptions == {"a": "alpha"}
+    _, plain = saved(tmp_path)
+    assert read_checkpoint_meta(plain).class_descriptions == {}  # older checkpoints: none

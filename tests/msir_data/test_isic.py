@@ -152,3 +152,10 @@ def test_task3_64px_without_val_fraction_has_train_and_test_only(tmp_path: Path)
     reader = open_dataset("isic2018", root)
     assert reader.splits() == ["train", "test"]
     assert reader.count("train") == 42 and reader.count("test") == 7
+
+
+def test_the_reader_names_the_diagnoses_in_full(tmp_path: Path) -> None:
+    root = write_isic_task3_64px(tmp_path, (3,) * 7, test_per_class=1)
+    reader = open_dataset("isic2018", root)
+    assert set(reader.class_descriptions) == set(ISIC_CLASSES)
+    assert reader.class_descriptions["MEL"] == "melanoma" and reader.class_descriptions["NV"] == "melanocytic nevus"
