@@ -16,19 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from msir_data.isic import ISIC_DESCRIPTIONS
 from training.evaluation.plots import plot_confusion_matrix, plot_roc_curves
 
 logger = logging.getLogger(__name__)
 
-ISIC_NAMES = {
-    "MEL": "melanoma",
-    "NV": "melanocytic nevus",
-    "BCC": "basal cell carcinoma",
-    "AKIEC": "actinic keratosis / intraepithelial carcinoma",
-    "BKL": "benign keratosis",
-    "DF": "dermatofibroma",
-    "VASC": "vascular lesion",
-}
 ABLATION_ORDER = ("vit", "msvit", "vit_multiloss", "proposed", "proposed_distill", "mscfnet4", "resnet18")
 # Paper 003's claims on ISIC-2018, quoted: abstract ("an improvement of 4.84 % in F1-score ... over the standard
 # ViT", "precision for melanoma (MEL) ... increased by 5.46 %"), section 5.1.1 (AUC "above 0.92" for every class).
@@ -201,7 +193,7 @@ def shipped_section(record: dict[str, Any], out: Path, runs_dir: Path) -> list[s
     for i, name in enumerate(names):
         auc = pc["auc"][i]
         lines.append(
-            f"| {name} | {ISIC_NAMES.get(name, name)} | {pc['support'][i]} | {pc['precision'][i]:.3f} | "
+            f"| {name} | {ISIC_DESCRIPTIONS.get(name, name)} | {pc['support'][i]} | {pc['precision'][i]:.3f} | "
             f"{pc['recall'][i]:.3f} | {pc['f1'][i]:.3f} | {'–' if auc is None else f'{auc:.3f}'} | "
             f"{rp[i]:.3f} |"
         )
@@ -267,4 +259,4 @@ def write_report(out: Path, runs_dir: Path) -> Path:
     return path
 
 
-__all__ = ["ISIC_NAMES", "load_runs", "mean_std", "write_report"]
+__all__ = ["load_runs", "mean_std", "write_report"]
