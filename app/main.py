@@ -149,9 +149,8 @@ def create_app(settings: Settings | None = None, opened: Collection | None = Non
             swagger_favicon_url="/docs-assets/favicon-32x32.png",
         )
 
-    # Added innermost first: metrics (outermost) -> CORS (so that a browser can read a 503 too) -> admission ->
-    # body limit -> routes.
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_upload_bytes)
+    # Added innermost first: metrics (outermost) -> CORS (so that a browser can read a 503 too) -> body limit ->
+    # admission (which reads the whole body, under the body limit, before it takes a slot) -> routes.
     app.add_middleware(
         AdmissionMiddleware,
         max_in_flight=settings.max_in_flight,
@@ -159,6 +158,7 @@ def create_app(settings: Settings | None = None, opened: Collection | None = Non
         queue_timeout_s=settings.queue_timeout_s,
         retry_after_s=settings.retry_after_s,
     )
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_upload_bytes)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
