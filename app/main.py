@@ -31,6 +31,7 @@ from app.settings import Settings
 from app.telemetry import Metrics, MetricsMiddleware
 from indexer import Collection
 from indexer.vectors.backends import BackendConfig
+from indexer.verification import settle_dead_uploads
 from msir_core.allocator import keep_freed_buffers
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,8 @@ def create_app(settings: Settings | None = None, opened: Collection | None = Non
     @asynccontextmanager
     async def _serving(app: FastAPI) -> AsyncIterator[None]:
         col = opened if opened is not None else await anyio.to_thread.run_sync(open_collection, settings)
+        # Uploads a killed process left half-done: moved in when their row was committed, removed otherwise.
+        await anyio.to_thread.run_sync(settle_dead_uploads, col)
         service = Service(settings, col, metrics)
         await service.start()
         metrics.index_size.set(service.index_size())
