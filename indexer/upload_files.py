@@ -147,6 +147,29 @@ def dead_owner_locks(directory: Path) -> list[Path]:
     return sorted(p for p in folder.glob(f"*{LOCK_SUFFIX}") if not _owner_alive(p))
 
 
+def uploads_tail(path: str | Path) -> str | None:
+    """``uploads/<xx>/<name>`` of a stored path that points into some collection's uploads folder, else None."""
+    parts = Path(path).parts
+    if len(parts) >= 3 and parts[-3] == UPLOADS and parts[-1].startswith(parts[-2]):
+        return "/".join(parts[-3:])
+    return None
+
+
+def locate(directory: Path, path: str | Path) -> Path:
+    """Where a row's file is: its stored path, or, when that is gone and it names an upload, the same upload under
+    ``directory`` (rows of a copied or moved collection still hold the old absolute path; uploads are
+    content-addressed, so the file under the same name here holds the same bytes)."""
+    stored = Path(path)
+    if not stored.is_absolute():
+        stored = directory / stored
+    if stored.is_file():
+        return stored
+    tail = uploads_tail(path)
+    if tail is not None and (directory / tail).is_file():
+        return directory / tail
+    return stored
+
+
 def stored_files(directory: Path) -> list[Path]:
     """Every file under ``uploads/`` except the pending ones (and temp files of a write in progress)."""
     root = directory / UPLOADS

@@ -36,14 +36,6 @@ def _resolve(directory: Path, path: str) -> Path:
     return p if p.is_absolute() else directory / p
 
 
-def _uploads_tail(path: str) -> str | None:
-    """``uploads/<xx>/<name>`` of a stored path that points into some collection's uploads folder, else None."""
-    parts = Path(path).parts
-    if len(parts) >= 3 and parts[-3] == uploads.UPLOADS:
-        return "/".join(parts[-3:])
-    return None
-
-
 def file_problems(col: Collection) -> tuple[list[int], list[Path], list[Path]]:
     """``(ids of rows whose file is missing, orphan files under uploads/, stale pending uploads)``.
 
@@ -58,7 +50,7 @@ def file_problems(col: Collection) -> tuple[list[int], list[Path], list[Path]]:
         if not file.is_file():
             missing.append(image_id)
         referenced.add(file.resolve())
-        tail = _uploads_tail(path)
+        tail = uploads.uploads_tail(path)
         if tail is not None:
             tails.add(tail)
     orphans = [
@@ -76,8 +68,10 @@ def relocated_rows(col: Collection, missing: list[int]) -> list[int]:
     found = []
     for image_id, path in col.store.iter_paths():
         if image_id in wanted:
-            tail = _uploads_tail(path)
-            if tail is not None and (col.directory / tail).is_file():
+            tail = uploads.uploads_tail(path)
+            here = col.directory / tail if tail is not None else None
+            # Only rows that name another place: a file moved in here meanwhile (a settled pending upload) is not.
+            if here is not None and here.is_file() and _resolve(col.directory, path).resolve() != here.resolve():
                 found.append(image_id)
     return found
 
@@ -208,7 +202,13 @@ def repair(col: Collection) -> list[str]:
             done.append(f"moved {moved} committed pending upload(s) into uploads/")
         if removed:
             done.append(f"removed {removed} orphan file(s) under uploads/")
-        still_missing = len(missing) - moved
+        relocated = relocated_rows(col, missing) if missing else []
+        if relocated:
+            done.append(
+                f"kept: {len(relocated)} upload(s) whose row names them by a path outside this collection (a copied "
+                f"or moved collection); they are found and served from here"
+            )
+        still_missing = len(missing) - moved - len(relocated)
         if still_missing > 0:
             done.append(
                 f"not repaired: {still_missing} row(s) whose file is missing (restore the files or "
