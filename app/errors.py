@@ -19,6 +19,9 @@ from indexer import CollectionError, ConsistencyError, DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
 
+# python-multipart's limit on one header line of a part (DEFAULT_MAX_HEADER_SIZE), which holds the file name.
+MULTIPART_HEADER_BYTES = 4096
+
 # Status -> code used when an HTTPException did not name one (Starlette's own 404/405, for instance).
 DEFAULT_CODES = {
     400: "bad_request",
@@ -101,7 +104,13 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route {request.method} {request.url.path}; the API lives under /v1 (see /docs)"
         elif exc.status_code == 400 and "multipart" in message.lower():
-            message = f"{message.rstrip('.')}: the body is not valid multipart/form-data (or its boundary is missing)"
+            # python-multipart refuses a part header line over 4,096 bytes with no word of why: a file name that
+            # long is the usual cause, so name it.
+            message = (
+                f"{message.rstrip('.')}: the body is not valid multipart/form-data (its boundary is missing, or a "
+                f"part header is over {MULTIPART_HEADER_BYTES:,} bytes: a file name in field 'images' may be at "
+                "most that long)"
+            )
         elif exc.status_code == 400 and message == "There was an error parsing the body":
             # FastAPI's words for a JSON body that is not even text (invalid UTF-8): name the field and the form.
             message = "body: expected a JSON document in UTF-8; the body could not be decoded"

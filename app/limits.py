@@ -7,8 +7,10 @@ the limit, reading stops and the request fails with 413. Nothing is ever buffere
 Admission: at most ``MSIR_MAX_IN_FLIGHT`` API requests are handled at once; up to ``MSIR_MAX_QUEUED`` more wait for
 a slot, each for at most ``MSIR_QUEUE_TIMEOUT_S``. A request beyond the queue, or one that waited its budget out,
 is answered 503 + Retry-After instead of piling up: under overload, the requests that are accepted stay fast and
-the rest learn at once to come back later. (Slow connections are handled below the application, in
-``app.connections``.)
+the rest learn at once to come back later. A request's body is read to its end *before* it asks for a slot (spooled
+to memory, then to a temporary file past ``SPOOL_MEMORY_BYTES``): a client that sends its body slowly, or stalls
+half-way, holds only its connection (bounded by ``MSIR_MAX_CONNECTIONS`` and the minimum body rate in
+``app.connections``), never one of the slots that searches need.
 """
 
 from __future__ import annotations
@@ -16,13 +18,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import tempfile
 from collections import deque
+from typing import IO
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import ApiError, error_body
 
 logger = logging.getLogger(__name__)
+
+# Bodies up to this size are held in memory while they wait for a slot; larger ones go to a temporary file, so
+# MSIR_MAX_CONNECTIONS slow uploads cost at most this much memory each.
+SPOOL_MEMORY_BYTES = 256 * 1024
+# Size of the chunks a spooled body is handed to the application in.
+REPLAY_CHUNK_BYTES = 64 * 1024
 
 
 class BodyTooLarge(ApiError):
@@ -135,6 +145,15 @@ class AdmissionMiddleware:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
             return
+        body = await _read_body(receive)
+        if body is None:  # the client went away (or was cut off as too slow) before its body was complete
+            return
+        try:
+            await self._admitted(scope, body.replay(receive), send)
+        finally:
+            body.close()
+
+    async def _admitted(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not await self._acquire():
             await _send_json(
                 send,
@@ -182,3 +201,54 @@ class AdmissionMiddleware:
                 slot.set_result(None)  # the slot passes to the longest waiter: in_flight is unchanged
                 return
         self.in_flight -= 1
+
+
+class _SpooledBody:
+    """A complete request body, held until the request is admitted, then handed to the application as the
+    ``http.request`` messages it would have received (the original ``receive`` takes over after the last one, so
+    that a disconnect is still seen)."""
+
+    def __init__(self) -> None:
+        self.file: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)  # noqa: SIM115
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        if chunk:
+            self.file.write(chunk)
+            self.size += len(chunk)
+
+    def replay(self, receive: Receive) -> Receive:
+        self.file.seek(0)
+        remaining = self.size
+        done = False
+
+        async def replaying_receive() -> Message:
+            nonlocal remaining, done
+            if done:
+                return await receive()
+            chunk = self.file.read(min(REPLAY_CHUNK_BYTES, remaining)) if remaining else b""
+            remaining -= len(chunk)
+            done = remaining <= 0
+            return {"type": "http.request", "body": chunk, "more_body": not done}
+
+        return replaying_receive
+
+    def close(self) -> None:
+        self.file.close()
+
+
+async def _read_body(receive: Receive) -> _SpooledBody | None:
+    """The whole body (empty for a request without one), or None when the client disconnected first."""
+    body = _SpooledBody()
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                body.close()
+                return None
+            body.write(message.get("body", b""))
+            if not message.get("more_body", False):
+                return body
+    except BaseException:
+        body.close()
+        raise

@@ -31,6 +31,7 @@ from app.settings import Settings
 from app.telemetry import Metrics, MetricsMiddleware
 from indexer import Collection
 from indexer.vectors.backends import BackendConfig
+from indexer.verification import settle_dead_uploads
 from msir_core.allocator import keep_freed_buffers
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,8 @@ def create_app(settings: Settings | None = None, opened: Collection | None = Non
     @asynccontextmanager
     async def _serving(app: FastAPI) -> AsyncIterator[None]:
         col = opened if opened is not None else await anyio.to_thread.run_sync(open_collection, settings)
+        # Uploads a killed process left half-done: moved in when their row was committed, removed otherwise.
+        await anyio.to_thread.run_sync(settle_dead_uploads, col)
         service = Service(settings, col, metrics)
         await service.start()
         metrics.index_size.set(service.index_size())
@@ -149,9 +152,8 @@ def create_app(settings: Settings | None = None, opened: Collection | None = Non
             swagger_favicon_url="/docs-assets/favicon-32x32.png",
         )
 
-    # Added innermost first: metrics (outermost) -> CORS (so that a browser can read a 503 too) -> admission ->
-    # body limit -> routes.
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_upload_bytes)
+    # Added innermost first: metrics (outermost) -> CORS (so that a browser can read a 503 too) -> body limit ->
+    # admission (which reads the whole body, under the body limit, before it takes a slot) -> routes.
     app.add_middleware(
         AdmissionMiddleware,
         max_in_flight=settings.max_in_flight,
@@ -159,6 +161,7 @@ def create_app(settings: Settings | None = None, opened: Collection | None = Non
         queue_timeout_s=settings.queue_timeout_s,
         retry_after_s=settings.retry_after_s,
     )
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_upload_bytes)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

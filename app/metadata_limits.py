@@ -48,6 +48,31 @@ def parse(text: str, limits: MetadataLimits) -> Any:
         raise MetadataError(f"not valid JSON ({exc.msg} at position {exc.pos})") from exc
     if value is None:  # JSON null: no metadata
         return {}
+    check(value, limits)
+    return value
+
+
+def check(value: Any, limits: MetadataLimits, *, size: bool = False) -> None:
+    """Refuse a parsed metadata value that could not be stored the same way on every database: non-finite numbers
+    (``1e999`` parses as infinity; PostgreSQL's JSONB refuses it, SQLite would store a non-standard token), lone
+    surrogates, and anything over the limits (``size``: measure its JSON text too, for values that did not come as
+    text, such as a PATCH body)."""
+    if size:
+        try:
+            text = json.dumps(value, allow_nan=False)
+        except ValueError:
+            text = ""  # a non-finite number: named below
+        encoded = len(text.encode("utf-8", "surrogatepass"))
+        if encoded > limits.max_bytes:
+            raise MetadataError(
+                f"{encoded:,} bytes exceeds the limit of {limits.max_bytes:,} bytes (MSIR_MAX_METADATA_BYTES)"
+            )
+    where = non_finite_at(value)
+    if where is not None:
+        raise MetadataError(
+            f"{where}: non-finite numbers (NaN, Infinity, or a number too large for a double such as 1e999) "
+            "cannot be stored; send a finite number, a string or null"
+        )
     if not _encodable(value):
         raise MetadataError("holds a lone UTF-16 surrogate (a \\udXXX escape without its pair): not valid Unicode")
     depth, keys = measure(value)
@@ -55,7 +80,20 @@ def parse(text: str, limits: MetadataLimits) -> Any:
         raise MetadataError(_too_deep(limits, depth))
     if keys > limits.max_keys:
         raise MetadataError(f"{keys:,} keys exceeds the limit of {limits.max_keys:,} keys (MSIR_MAX_METADATA_KEYS)")
-    return value
+
+
+def non_finite_at(value: Any) -> str | None:
+    """The path (``metadata.a[2].b``) of the first non-finite number in a JSON value, or None."""
+    stack: list[tuple[Any, str]] = [(value, "metadata")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((v, f"{path}.{k}") for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(item))
+        elif isinstance(item, float) and not math.isfinite(item):
+            return path
+    return None
 
 
 def _too_deep(limits: MetadataLimits, depth: int | None = None) -> str:

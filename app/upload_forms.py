@@ -27,6 +27,9 @@ from msir_schemas.api import AddedImage, AddImagesResponse, DuplicateImage, Fail
 
 logger = logging.getLogger(__name__)
 
+# Longest file name stored with an upload (filesystems allow 255 bytes; a little room for names from elsewhere).
+MAX_FILENAME_CHARS = 1024
+
 # Pillow format -> suffix of the stored file.
 SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
 
@@ -107,6 +110,17 @@ async def add_uploads(
     pending: dict[str, _Pending] = {}  # by sha256: the same bytes twice in one request are stored once
     for i, upload in enumerate(images):
         filename = upload.filename or f"images[{i}]"
+        if len(filename) > MAX_FILENAME_CHARS:
+            # The name is stored with the image and echoed in every answer: bound it like the metadata.
+            shown = f"{filename[:40]}..."
+            failures.append(
+                FailedImage(
+                    filename=shown,
+                    reason=f"form field 'images': file name of {len(filename):,} characters exceeds the limit of "
+                    f"{MAX_FILENAME_CHARS:,} characters",
+                )
+            )
+            continue
         data = await upload.read()
         if not data:
             failures.append(FailedImage(filename=filename, reason="empty file (0 bytes)"))

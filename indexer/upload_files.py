@@ -1,16 +1,25 @@
 """Files uploaded into a collection: stored content-addressed under ``<collection>/uploads/``, never at a user path,
 and deleted again when no database row references them (a duplicate, an undecodable upload, a removed image).
 
-An upload's file is tied to its row's commit: it is first written aside (``uploads/.pending/<token>-<name>``), moved
-to its place only once the row is committed, and removed when the add fails (the database down, say), so no file
-without a row is left. A process killed in between leaves a pending file that ``msir-index verify --repair`` moves
-in (its row was committed) or deletes."""
+An upload's file is tied to its row's commit: it is first written aside
+(``uploads/.pending/<owner>.<token>-<name>``), moved to its place only once the row is committed, and removed when
+the add fails (the database down, say), so no file without a row is left. A process killed in between leaves a
+pending file; the server's start and ``msir-index verify --repair`` move it in (its row was committed) or delete it.
+
+Whose pending file is whose: every writing process holds an exclusive ``flock`` on
+``<collection>/.upload-owners/<owner>.lock`` (beside ``uploads/``, which holds image files only) for as long as it
+lives; the kernel drops it when the process dies, kill -9 included. A pending file whose owner's lock can be taken
+belongs to a dead process and is settled at once; a live writer's files are never touched, however old. Files of
+the older ``<token>-<name>`` form (no owner) are settled once older than PENDING_MAX_AGE_S``."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import logging
 import os
 import re
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -21,9 +30,13 @@ from indexer.metadata.queries import MetadataStore
 from msir_core.atomic import atomic_write_bytes
 from msir_data.base import IMAGE_EXTENSIONS
 
+logger = logging.getLogger(__name__)
+
 _SUFFIX = re.compile(r"^\.[a-z0-9]{1,5}$")
 UPLOADS = "uploads"
 PENDING = ".pending"
+LOCK_SUFFIX = ".lock"
+OWNERS = ".upload-owners"
 # A pending file older than this belongs to no running upload (an add takes seconds): verify --repair settles it.
 PENDING_MAX_AGE_S = 600.0
 
@@ -48,10 +61,30 @@ def store_upload(directory: Path, data: bytes, suffix: str) -> Path:
     return path
 
 
+# (pid, pending folder) -> (owner token, the open lock file): one owner per process and collection. The pid is part of
+# the key so that a forked child takes its own lock instead of sharing its parent's.
+_owners: dict[tuple[int, Path], tuple[str, int]] = {}
+_owners_lock = threading.Lock()
+
+
+def _owner(directory: Path) -> str:
+    """This process's owner token in the collection ``directory``, its lock taken (held until the process exits)."""
+    folder = directory / OWNERS
+    key = (os.getpid(), folder.resolve())
+    with _owners_lock:
+        if key not in _owners:
+            folder.mkdir(parents=True, exist_ok=True)
+            token = uuid.uuid4().hex
+            fd = os.open(folder / f"{token}{LOCK_SUFFIX}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a fresh random name: nobody else holds it
+            _owners[key] = (token, fd)
+        return _owners[key][0]
+
+
 def stage(directory: Path, data: bytes, suffix: str) -> tuple[Path, Path]:
     """Write uploaded bytes aside; returns ``(pending, final)``: :func:`settle` moves it in after the commit."""
     final = final_path(directory, hashlib.sha256(data).hexdigest(), suffix)
-    pending = directory / UPLOADS / PENDING / f"{uuid.uuid4().hex}-{final.name}"
+    pending = directory / UPLOADS / PENDING / f"{_owner(directory)}.{uuid.uuid4().hex}-{final.name}"
     atomic_write_bytes(pending, data)
     return pending, final
 
@@ -67,12 +100,74 @@ def final_of_pending(directory: Path, pending: Path) -> Path:
     return directory / UPLOADS / name[:2] / name
 
 
+def _owner_alive(lock: Path) -> bool:
+    """Whether a process still holds ``lock`` (taking it, briefly, when nobody does)."""
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the lock if it was taken
+    return False
+
+
 def stale_pending(directory: Path, max_age_s: float = PENDING_MAX_AGE_S) -> list[Path]:
+    """Pending files no running upload will settle: their owner process is gone (or, for files without an owner,
+    they are older than ``max_age_s``). A live writer's files are never listed."""
     folder = directory / UPLOADS / PENDING
     if not folder.is_dir():
         return []
     now = time.time()
-    return sorted(p for p in folder.iterdir() if p.is_file() and now - p.stat().st_mtime > max_age_s)
+    alive: dict[str, bool] = {}
+    stale = []
+    for p in folder.iterdir():
+        if not p.is_file() or p.name.endswith(".tmp"):
+            continue
+        head = p.name.split("-", 1)[0]
+        if "." in head:
+            owner = head.split(".", 1)[0]
+            if owner not in alive:
+                alive[owner] = _owner_alive(directory / OWNERS / f"{owner}{LOCK_SUFFIX}")
+            if not alive[owner]:
+                stale.append(p)
+        elif now - p.stat().st_mtime > max_age_s:
+            stale.append(p)
+    return sorted(stale)
+
+
+def dead_owner_locks(directory: Path) -> list[Path]:
+    """Lock files of owners that are gone (removed once their pending files are settled)."""
+    folder = directory / OWNERS
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob(f"*{LOCK_SUFFIX}") if not _owner_alive(p))
+
+
+def uploads_tail(path: str | Path) -> str | None:
+    """``uploads/<xx>/<name>`` of a stored path that points into some collection's uploads folder, else None."""
+    parts = Path(path).parts
+    if len(parts) >= 3 and parts[-3] == UPLOADS and parts[-1].startswith(parts[-2]):
+        return "/".join(parts[-3:])
+    return None
+
+
+def locate(directory: Path, path: str | Path) -> Path:
+    """Where a row's file is: its stored path, or, when that is gone and it names an upload, the same upload under
+    ``directory`` (rows of a copied or moved collection still hold the old absolute path; uploads are
+    content-addressed, so the file under the same name here holds the same bytes)."""
+    stored = Path(path)
+    if not stored.is_absolute():
+        stored = directory / stored
+    if stored.is_file():
+        return stored
+    tail = uploads_tail(path)
+    if tail is not None and (directory / tail).is_file():
+        return directory / tail
+    return stored
 
 
 def stored_files(directory: Path) -> list[Path]:

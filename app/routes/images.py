@@ -15,11 +15,15 @@ from PIL import Image
 
 from app.deps import ServiceDep, require_read_key, require_write_key, resolve_k
 from app.errors import ApiError
+from app.filters import check_split
+from app.metadata_limits import MetadataError
+from app.metadata_limits import check as check_metadata
 from app.routes import errors
 from app.service import Service, StageTimer
 from app.shaping import image_info, neighbour
-from app.upload_forms import add_uploads
+from app.upload_forms import add_uploads, metadata_limits
 from indexer import ImageRecord
+from indexer.upload_files import locate
 from models import ImageDecodeError
 from msir_schemas.api import AddImagesResponse, ImageEdit, ImageInfo, ImagePage, SearchResponse, Timings
 
@@ -32,6 +36,7 @@ read = [Depends(require_read_key)]
 MAX_ID = 2**63 - 1  # FAISS and database ids are signed 64-bit
 ImageId = Annotated[int, PathParam(ge=0, le=MAX_ID, description="Image id (as returned by search).")]
 MAX_PAGE = 500  # images per page of GET /v1/images
+UNBOUNDED_FORM_FIELD = 2**62
 
 
 def file_headers(service: Service, etag: str) -> dict[str, str]:
@@ -52,9 +57,8 @@ def stored_file(service: Service, record: ImageRecord) -> Path:
     if record.path is None:
         # No server path or source location in the message: clients only ever see ids and URLs.
         raise ApiError(404, "file_not_stored", f"image {record.id} has no file of its own to serve")
-    path = Path(record.path)
-    if not path.is_absolute():
-        path = Path(service.settings.collection_dir) / path
+    # An upload of a copied or moved collection is found under this collection even though its row holds the old path.
+    path = locate(Path(service.settings.collection_dir), record.path)
     if not path.is_file():
         logger.warning("file of image %d is missing: %s", record.id, path)
         raise ApiError(404, "file_missing", f"the file of image {record.id} is missing on the server")
@@ -89,7 +93,7 @@ async def list_images(
 ) -> ImagePage:
     labels = await service.check_labels(label)
     records, total = await service.blocking(
-        service.collection.list_images, after=after, limit=limit, labels=labels, split=split or None
+        service.collection.list_images, after=after, limit=limit, labels=labels, split=await check_split(service, split)
     )
     last = records[-1].id if len(records) == limit else None
     return ImagePage(images=[image_info(r) for r in records], total=total, limit=limit, next_after=last)
@@ -163,7 +167,9 @@ async def get_neighbours(
     timer.add("database", time.perf_counter() - timer.started)
     if vector is None:
         raise ApiError(404, "image_not_found", f"image {image_id} has no stored embedding")
-    hits = await service.search(vector, k, timer, labels=labels, split=split or None, exclude_ids={image_id})
+    hits = await service.search(
+        vector, k, timer, labels=labels, split=await check_split(service, split), exclude_ids={image_id}
+    )
     service.observe(timer)
     return SearchResponse(
         k=k,
@@ -182,6 +188,9 @@ async def get_neighbours(
     status_code=201,
     summary="Add images to the collection (API key)",
     dependencies=[Depends(require_write_key)],
+    # The whole body is already bounded by MSIR_MAX_UPLOAD_BYTES: lift Starlette's own 1 MB cap on a text field,
+    # so that oversized metadata reaches parse_metadata and is refused with a 422 naming MSIR_MAX_METADATA_BYTES.
+    form_limits={"max_part_size": UNBOUNDED_FORM_FIELD},
     responses={
         200: {"model": AddImagesResponse, "description": "Nothing new added: every image was a duplicate."},
         **errors(400, 401, 403, 413, 422, 503),
@@ -247,6 +256,17 @@ async def delete_image(service: ServiceDep, image_id: ImageId) -> Response:
 async def edit_image(service: ServiceDep, image_id: ImageId, edit: ImageEdit) -> ImageInfo:
     if edit.is_empty():
         return image_info(await fetch_record(service, image_id))
+    if edit.metadata is not None:
+        # The same rule as an upload's metadata, so that no database sees a value another one would refuse.
+        try:
+            check_metadata(edit.metadata, metadata_limits(service), size=True)
+        except MetadataError as exc:
+            raise ApiError(
+                422,
+                "validation_error",
+                f"body field 'metadata': {exc}",
+                details=[{"field": "metadata", "in": "body", "message": str(exc)}],
+            ) from exc
     changed = await service.blocking(
         service.collection.edit,
         [image_id],

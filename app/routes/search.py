@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 
 from app.deps import ServiceDep, require_read_key, resolve_k
 from app.errors import ApiError
+from app.filters import check_split
 from app.routes import errors
 from app.service import SearchArgs, StageTimer
 from app.shaping import neighbour
@@ -51,7 +52,7 @@ async def search(
     args = SearchArgs(
         resolve_k(k, service.settings),
         await service.check_labels(label),
-        split or None,
+        await check_split(service, split),
         exclude_duplicates,
         RerankConfig(method=rerank),
     )
@@ -96,7 +97,7 @@ async def search_batch(
             details=[{"field": "images", "message": f"at most {MAX_BATCH_QUERIES} files"}],
         )
     labels = await service.check_labels(label)
-    args = SearchArgs(resolve_k(k, service.settings), labels, split or None, exclude_duplicates)
+    args = SearchArgs(resolve_k(k, service.settings), labels, await check_split(service, split), exclude_duplicates)
     timer = StageTimer()
     results = await service.query_batch(images, "images", timer, args)
     service.observe(timer)
@@ -127,7 +128,7 @@ async def search_vector(service: ServiceDep, body: VectorSearchRequest) -> Searc
     labels = await service.check_labels(body.labels, "labels")
     vector = service.check_vector(body.vector)
     timer = StageTimer()
-    hits = await service.search(vector, k, timer, labels=labels, split=body.split or None)
+    hits = await service.search(vector, k, timer, labels=labels, split=await check_split(service, body.split))
     service.observe(timer)
     return SearchResponse(
         k=k,

@@ -10,7 +10,9 @@ tell from valid ones.
 Filter labels are the same kind of constraint: valid only when some image carries them, which changes as the stateful
 phase adds, relabels and deletes images, so no schema can state it. ``before_call`` puts labels the collection holds
 right now (asked of the server under test, MSIR_SCHEMATHESIS_BASE_URL) in the filter fields of cases meant to be
-valid; invalid cases keep theirs, and the 422 for an unknown label is tested in tests/app/test_errors.py.
+valid; invalid cases keep theirs, and the 422 for an unknown label is tested in tests/app/test_errors.py. A ``split``
+filter is the same (a split no image is in is a 422, tested in tests/app/test_json_rule.py): it gets a split the
+collection holds.
 """
 
 from __future__ import annotations
@@ -116,10 +118,13 @@ def filter_case(context: schemathesis.HookContext, case: Any) -> bool:
     return not (isinstance(metadata, list) and all(isinstance(item, dict) for item in metadata))
 
 
-def _vocabulary() -> list[str]:
+def _vocabulary(field: str = "label") -> list[str]:
+    """Labels (or, for ``field="split"``, splits) some image carries right now."""
     base = os.environ["MSIR_SCHEMATHESIS_BASE_URL"]
     answer = httpx.get(f"{base}/v1/collection", timeout=30)
     answer.raise_for_status()
+    if field == "split":
+        return sorted(set(answer.json()["splits"]) - {"(none)"})
     return sorted(answer.json()["label_names"])
 
 
@@ -141,12 +146,13 @@ def before_call(context: schemathesis.HookContext, case: Any, **kwargs: Any) -> 
     if case.operation.method.upper() in ("POST", "PATCH") and case.operation.path.startswith("/v1/images"):
         return
     containers = [c for c in (case.query, case.body) if isinstance(c, dict)]
-    fields = [(c, name) for c in containers for name in FILTER_FIELDS if c.get(name) not in (None, [])]
+    names = [*FILTER_FIELDS, "split"]
+    fields = [(c, name) for c in containers for name in names if c.get(name) not in (None, [], "")]
     if not fields:
         return
-    vocabulary = _vocabulary()
+    vocabularies = {"label": _vocabulary(), "split": _vocabulary("split")}
     for container, name in fields:
-        value = _known(container[name], vocabulary)
+        value = _known(container[name], vocabularies["split" if name == "split" else "label"])
         if value is None:
             del container[name]
         else:

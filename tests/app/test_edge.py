@@ -170,6 +170,73 @@ def test_a_body_slower_than_the_minimum_rate_is_cut_off(edge_server: tuple[LiveS
     assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
 
 
+def test_stalled_and_trickling_bodies_never_take_the_slots_searches_need(
+    sqlite_collection: Fixture, tmp_path: Path
+) -> None:
+    """32 bodies that stall and 32 that trickle just above the minimum rate, against 2 compute slots and a queue of
+    2: a slot is taken only once a body is complete, so every normal search is still answered 200."""
+    server = start_server(
+        sqlite_collection,
+        tmp_path,
+        MSIR_MAX_IN_FLIGHT="2",
+        MSIR_MAX_QUEUED="2",
+        MSIR_QUEUE_TIMEOUT_S="0.1",
+        MSIR_BODY_GRACE_S="120",  # the stalled bodies stay open for the whole test
+        MSIR_MIN_BODY_RATE="100",
+        MSIR_HEADER_TIMEOUT_S="120",
+    )
+    port = int(server.url.rsplit(":", 1)[1])
+    head = (
+        "POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        "Content-Length: 1000000\r\n\r\n"
+        '--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+    )
+    stop = asyncio.Event()
+    answers: list[bytes] = []
+
+    async def slow_body(trickle: bool) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head.encode() + b"x" * 100)
+        await writer.drain()
+        try:
+            while not stop.is_set():
+                if trickle:  # 500 bytes a second: above MSIR_MIN_BODY_RATE, never finishing
+                    writer.write(b"x" * 50)
+                    await writer.drain()
+                try:
+                    chunk = await asyncio.wait_for(reader.read(4096), 0.1)
+                except TimeoutError:
+                    continue
+                answers.append(chunk)
+                break
+        except (ConnectionError, OSError):
+            answers.append(b"reset")
+        writer.close()
+
+    async def run() -> list[int]:
+        clients = [asyncio.create_task(slow_body(trickle=i % 2 == 1)) for i in range(64)]
+        statuses = []
+        try:
+            await asyncio.sleep(1.0)  # every slow body is under way
+            async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+                for _ in range(5):
+                    r = await client.post("/v1/search", files={"image": ("q.png", QUERY, "image/png")})
+                    statuses.append(r.status_code)
+                    await asyncio.sleep(0.5)
+        finally:
+            stop.set()
+            await asyncio.gather(*clients)
+        return statuses
+
+    try:
+        statuses = asyncio.run(run())
+        # The slow senders were still sending (not cut off, not answered) while the searches ran.
+        assert answers == [], answers[:3]
+        assert statuses == [200] * 5, statuses
+    finally:
+        stop_server(server)
+
+
 def test_more_concurrent_requests_than_the_cap_get_503_with_retry_after(
     sqlite_collection: Fixture, tmp_path: Path
 ) -> None:
