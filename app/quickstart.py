@@ -205,8 +205,11 @@ def prepare_collection(
     console: Console | None = None,
     progress: bool = True,
     split: str | None = None,
+    runtime: str | None = None,
 ) -> DemoCollection:
-    """Reuse, resume or (re)build the collection of ``source`` in ``directory`` with ``checkpoint``."""
+    """Reuse, resume or (re)build the collection of ``source`` in ``directory`` with ``checkpoint``. ``runtime``
+    (default: MSIR_RUNTIME, else auto): the build makes and verifies the ONNX export the server then reuses."""
+    runtime = runtime or os.environ.get("MSIR_RUNTIME", "auto")
     from indexer import Collection, CollectionError
     from indexer.manifest import Manifest
     from models import CheckpointError, read_checkpoint_meta
@@ -267,9 +270,9 @@ def prepare_collection(
     )
     try:
         col = (
-            Collection.open(directory, checkpoint, device=device)
+            Collection.open(directory, checkpoint, device=device, runtime=runtime)
             if resume
-            else Collection.create(directory, checkpoint, device=device)
+            else Collection.create(directory, checkpoint, device=device, runtime=runtime)
         )
         with col:
             workers = 0 if len(files) <= IN_PROCESS_MAX else max(1, (os.cpu_count() or 2) - 1)

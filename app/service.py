@@ -30,7 +30,7 @@ from app.shaping import split_labels
 from app.sqltiming import SqlTimer
 from app.telemetry import Metrics
 from app.thumbnails import ThumbnailCache
-from indexer import Collection, Hit, RerankConfig
+from indexer import Collection, CollectionError, Hit, RerankConfig
 from indexer.metadata.queries import UNLABELLED
 from indexer.predict import knn_vote
 from models import ImageDecodeError, ImageTooLargeError, PreprocessSpec, UnsupportedImageError, open_image, to_uint8
@@ -43,6 +43,10 @@ T = TypeVar("T")
 # per STATS_MIN_AGE_S, so a stream of writes elsewhere does not turn every request into a scan) or after STATS_TTL_S.
 STATS_TTL_S = 30.0
 STATS_MIN_AGE_S = 1.0
+# Warm-up before /readyz says ready: the first passes of a model pay for lazy initialisation (ONNX Runtime's and
+# oneDNN's kernel choices, allocator growth, FAISS and SQLite first touches), which the first user's query would
+# otherwise pay. A few passes of each served batch shape and one search make that query cost what the later ones do.
+WARMUP_PASSES = 3
 
 
 @dataclass
@@ -130,6 +134,7 @@ class Service:
             else DirectEmbedder(fn, self.limiter, metrics.observe_batch, self._search_batch)
         )
         self._stats: tuple[float, tuple[int, int], dict[str, Any]] | None = None
+        self.warmed_up = False  # /readyz answers 503 until warm_up() finished
         self.db_timer = SqlTimer(collection.store.engine)
         self.thumbnails = ThumbnailCache(
             settings.resolved_thumbnail_dir(), settings.thumbnail_size, settings.max_pixels
@@ -143,6 +148,31 @@ class Service:
         await self.model.start()
         # Other processes' writes (msir-index, other workers, replicas) reach this index within the interval.
         self.collection.start_following(self.settings.sync_interval_ms / 1000.0)
+        await self.warm_up()
+
+    async def warm_up(self) -> None:
+        """Forward passes and a search before the service calls itself ready (see WARMUP_PASSES)."""
+        started = time.perf_counter()
+        await self.blocking(self._warm_up)
+        self.warmed_up = True
+        logger.info("warmed up in %.0f ms", (time.perf_counter() - started) * 1000.0)
+
+    def _warm_up(self) -> None:
+        blank = np.zeros((1, self.spec.channels, *self.spec.image_size), dtype=np.uint8)
+        embeddings = self._forward(blank)[0]
+        sizes = [1] * WARMUP_PASSES
+        if self.settings.batching_enabled:
+            sizes.append(min(2, self.settings.batch_max_size))  # the batcher's shapes, not only a lone query's
+        for size in sizes:
+            self._forward(np.repeat(blank, size, axis=0))
+        if self.index_size() == 0:
+            return
+        try:
+            self._timed_search(embeddings, self.settings.default_k)
+        except CollectionError as exc:
+            # A database that is down at start-up is /readyz's to report (database_unavailable), not a reason to
+            # refuse to start.
+            logger.warning("warm-up search failed: %s", exc)
 
     async def stop(self) -> None:
         await self.blocking(self.collection.stop_following)

@@ -126,12 +126,14 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where the model runs: auto (CUDA when available), cpu or cuda."
     )
-    runtime: Literal["torch", "onnx"] = Field(
-        "torch",
+    runtime: Literal["auto", "torch", "onnx"] = Field(
+        "auto",
         description=(
-            "What runs the model: torch (eager PyTorch) or onnx (ONNX Runtime on the CPU, from the checkpoint's "
-            "export NAME.onnx + NAME.onnx.json made by 'msir-export CHECKPOINT --format onnx'). The same checkpoint "
-            "contract either way: an export of other weights than the collection's is refused."
+            "What runs the model. auto: ONNX Runtime when the model runs on the CPU, onnxruntime is installed and the "
+            "checkpoint's export (NAME.onnx + NAME.onnx.json) verifies, else eager PyTorch with the reason logged "
+            "once. onnx: ONNX Runtime, and a startup error when it cannot run. torch: eager PyTorch. A missing or "
+            "stale export (other weights sha256, changed graph, outputs that differ from PyTorch) is made again at "
+            "startup, beside the checkpoint when that folder is writable, else in collection_dir."
         ),
     )
     batch_max_size: int = Field(

@@ -92,7 +92,7 @@ class Collection(FollowingIndex):
         options = resolve_options(index_type, index_options)
         spec = index_spec(index_type, options, backend, backend_config, directory)
         directory.mkdir(parents=True, exist_ok=True)
-        embedder = Embedder(checkpoint, device, runtime)
+        embedder = Embedder(checkpoint, device, runtime, onnx_cache_dir=directory)
         url = database_url or default_url(directory)
         store = MetadataStore(url)
         try:
@@ -161,7 +161,7 @@ class Collection(FollowingIndex):
     ) -> Collection:
         """Open a collection. ``strict=False`` (used by ``verify``/``rebuild``) records consistency problems in
         ``col.problems`` instead of raising :class:`ConsistencyError`; ``catch_up=False`` (``verify``) leaves the
-        index as saved, so a lagging index file is reported rather than silently caught up. ``runtime``: torch or
+        index as saved, so a lagging index file is reported rather than silently caught up. ``runtime``: auto, torch or
         onnx (the checkpoint's ONNX export, see :class:`indexer.embedder.Embedder`)."""
         directory = Path(directory)
         manifest = Manifest.load(directory)
@@ -183,7 +183,7 @@ class Collection(FollowingIndex):
         store = MetadataStore(url)
         try:
             store.migrate()
-            embedder = Embedder(checkpoint, device, runtime)
+            embedder = Embedder(checkpoint, device, runtime, onnx_cache_dir=directory)
             info = store.info()
             problems = cons.identity_problems(manifest, info, embedder, None)
             try:

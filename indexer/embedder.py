@@ -40,7 +40,7 @@ from models.checkpoint import checkpoint_paths
 logger = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("auto", "torch", "onnx")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -60,16 +60,33 @@ def resolve_device(device: str) -> torch.device:
 class Embedder:
     """A loaded checkpoint that turns images into retrieval embeddings."""
 
-    def __init__(self, checkpoint: str | Path, device: str = "auto", runtime: str = "torch") -> None:
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        device: str = "auto",
+        runtime: str = "torch",
+        onnx_cache_dir: Path | None = None,
+    ) -> None:
+        """``runtime``: ``onnx`` (ONNX Runtime on the CPU; the export is made and verified when missing or stale, see
+        :func:`models.onnx.ensure_export`, and a failure is an error), ``torch`` (eager PyTorch), or ``auto``: onnx
+        wherever it can run (a CPU device, onnxruntime installed, an export that verifies), else torch with one
+        logged reason. ``onnx_cache_dir``: where the export is cached when the checkpoint's folder is read-only."""
         if runtime not in RUNTIMES:
             raise CollectionError(f"unknown runtime {runtime!r}; expected one of {list(RUNTIMES)}")
-        self.runtime = runtime
         # One forward pass at a time per model: concurrent requests queue here instead of thrashing the device.
         self._lock = threading.Lock()
         self._onnx: OnnxModel | None = None
+        onnx_path: Path | None = None
+        fallback = [onnx_cache_dir] if onnx_cache_dir is not None else []
         if runtime == "onnx":
             if str(device).lower().startswith("cuda"):
                 raise CollectionError("runtime onnx runs on the CPU; use --device cpu (MSIR_DEVICE=cpu) or auto")
+            onnx_path = self._export(checkpoint, fallback)
+        elif runtime == "auto":
+            onnx_path = self._try_export(checkpoint, device, fallback)
+            runtime = "onnx" if onnx_path is not None else "torch"
+        self.runtime = runtime
+        if onnx_path is not None:
             from models.onnx import OnnxModel
 
             self.device = torch.device("cpu")
@@ -78,7 +95,7 @@ class Embedder:
             self.checkpoint_path = json_path.with_name(self.meta.weights_file)
             try:
                 # Same threads as a torch forward pass would get (MSIR_TORCH_THREADS in the service).
-                self._onnx = OnnxModel(self.meta, self.checkpoint_path, threads=torch.get_num_threads())
+                self._onnx = OnnxModel(self.meta, self.checkpoint_path, threads=torch.get_num_threads(), path=onnx_path)
             except CheckpointError as exc:
                 raise CollectionError(str(exc)) from exc
         else:
@@ -95,8 +112,32 @@ class Embedder:
             self.meta.model_name,
             self.dim,
             self.device,
-            runtime,
+            self.runtime,
         )
+
+    @staticmethod
+    def _export(checkpoint: str | Path, fallback: list[Path]) -> Path:
+        from models.onnx import ensure_export
+
+        try:
+            return ensure_export(checkpoint, fallback)
+        except CheckpointError as exc:
+            raise CollectionError(f"runtime onnx: {exc}") from exc
+
+    @staticmethod
+    def _try_export(checkpoint: str | Path, device: str, fallback: list[Path]) -> Path | None:
+        """The verified export for runtime auto, or None after logging the one reason torch runs instead."""
+        if resolve_device(device).type != "cpu":
+            # A GPU runs eager PyTorch (bf16, channels-last) faster than ONNX Runtime on the CPU would.
+            logger.info("runtime auto: torch (the model runs on %s; ONNX Runtime here is CPU only)", device)
+            return None
+        from models.onnx import ensure_export
+
+        try:
+            return ensure_export(checkpoint, fallback)
+        except CheckpointError as exc:  # OnnxExportError included: not installed, not exportable, no writable folder
+            logger.warning("runtime auto: torch, because the ONNX export cannot be used: %s", exc)
+            return None
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -139,20 +180,24 @@ class Embedder:
             embeddings_np, logits_np = self._onnx(batch)  # L2-normalised inside the graph
             return EmbedResult(embeddings=embeddings_np, logits=logits_np)
         cuda = self.device.type == "cuda"
-        x = torch.from_numpy(np.ascontiguousarray(batch))
-        if cuda:
-            x = x.pin_memory().to(self.device, non_blocking=True)
-        x = normalize(x, self.spec)
-        if cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-        with self._lock, torch.inference_mode(), autocast:
-            out = self.model(x)
-        embeddings = F.normalize(out.embedding.float(), dim=1)
-        return EmbedResult(
-            embeddings=embeddings.cpu().numpy().astype(np.float32, copy=False),
-            logits=out.logits.float().cpu().numpy().astype(np.float32, copy=False),
-        )
+        # Everything under inference_mode (normalisation and the output's normalisation too, not only the forward
+        # pass): outside it each op records version counters and autograd metadata, a per-request cost a plain
+        # inference script does not pay.
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch))
+            if cuda:
+                x = x.pin_memory().to(self.device, non_blocking=True)
+            x = normalize(x, self.spec)
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self._lock, autocast:
+                out = self.model(x)
+            embeddings = F.normalize(out.embedding.float(), dim=1)
+            return EmbedResult(
+                embeddings=embeddings.cpu().numpy().astype(np.float32, copy=False),
+                logits=out.logits.float().cpu().numpy().astype(np.float32, copy=False),
+            )
 
     def _empty(self) -> EmbedResult:
         return EmbedResult(np.zeros((0, self.dim), np.float32), np.zeros((0, len(self.meta.class_names)), np.float32))

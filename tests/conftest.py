@@ -13,6 +13,11 @@ from pathlib import Path
 
 import pytest
 
+# The default runtime (auto) exports every checkpoint to ONNX on first use; the suite's tests compare with eager
+# PyTorch and build many throwaway checkpoints, so they run torch (msir-index's --runtime and the app's settings both
+# read MSIR_RUNTIME) unless a test asks otherwise; tests/app/test_runtime_auto.py covers auto.
+os.environ.setdefault("MSIR_RUNTIME", "torch")
+
 POSTGRES_URL = os.environ.get("MSIR_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 

@@ -32,6 +32,8 @@ async def readyz(request: Request) -> Response:
     retry = str(request.app.state.settings.retry_after_s)
     if service is None:
         return _not_ready("not_ready", "the model and collection are still loading", {"model": "loading"}, retry)
+    if not service.warmed_up:
+        return _not_ready("not_ready", "the model is warming up", {"model": "warming up"}, retry)
     col = service.collection
     checks = {
         "model": "ok",

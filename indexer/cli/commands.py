@@ -83,7 +83,7 @@ def build(
     batch_size: Annotated[int, typer.Option(help="Images per forward pass / transaction.")] = 256,
     workers: Annotated[int | None, typer.Option(help="Decoding processes (0: in-process).")] = None,
     device: Device = "auto",
-    runtime: Runtime = "torch",
+    runtime: Runtime = "auto",
     resume: Annotated[bool, typer.Option(help="Continue an interrupted build (always on: kept for clarity).")] = False,
     limit: Annotated[int | None, typer.Option(help="Index at most N images of the source.")] = None,
     save_every: Annotated[float, typer.Option(help="Seconds between index saves (rows are safe anyway).")] = 30.0,
@@ -155,7 +155,7 @@ def add(
     batch_size: Annotated[int, typer.Option(help="Images per forward pass / transaction.")] = 256,
     workers: Annotated[int | None, typer.Option(help="Decoding processes (0: in-process).")] = None,
     device: Device = "auto",
-    runtime: Runtime = "torch",
+    runtime: Runtime = "auto",
     json_out: Json = False,
     verbose: Verbose = False,
     opening: Opening = Opening(),  # filled by @opens_collection from the options it adds
@@ -368,7 +368,7 @@ def search(
         str, typer.Option(help="Re-ranking: none, aqe, dba or kreciprocal (measured in results/RESULTS.md).")
     ] = "none",
     device: Device = "auto",
-    runtime: Runtime = "torch",
+    runtime: Runtime = "auto",
     json_out: Json = False,
     opening: Opening = Opening(),  # filled by @opens_collection from the options it adds
 ) -> None:

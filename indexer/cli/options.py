@@ -36,7 +36,16 @@ Dir = Annotated[
 Db = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL (default: metadata.db in DIR).")]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 Runtime = Annotated[
-    str, typer.Option("--runtime", help="torch | onnx (the checkpoint's export from msir-export, on the CPU)")
+    str,
+    typer.Option(
+        "--runtime",
+        # The server's setting too, so one MSIR_RUNTIME picks the runtime of the indexer and the service alike.
+        envvar="MSIR_RUNTIME",
+        help=(
+            "auto | torch | onnx. auto: ONNX Runtime on the CPU when the checkpoint's export can be made and verified "
+            "(cached beside the checkpoint or in the collection), else torch with the reason logged."
+        ),
+    ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 ImageIds = Annotated[list[int] | None, typer.Option("--id", help="Image id (repeatable).")]

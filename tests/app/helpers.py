@@ -68,6 +68,7 @@ class Fixture:
             "api_key": API_KEY,
             "device": "cpu",
             "thumbnail_cache_dir": self.directory / "thumbs",
+            "runtime": "torch",  # as in serve_env: the default (auto) has its own tests
             **overrides,
         }
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -100,6 +101,9 @@ def serve_env(fixture: Fixture, port: int, **extra: str) -> dict[str, str]:
         MSIR_API_KEY=API_KEY,
         MSIR_THUMBNAIL_CACHE_DIR=str(fixture.directory / "thumbs"),
         MSIR_LOG_LEVEL="info",
+        # The suite's servers compare answers with eager PyTorch and start often: torch unless a test asks for
+        # auto or onnx (tests/app/test_runtime_auto.py covers the default).
+        MSIR_RUNTIME="torch",
     )
     if fixture.database_url:
         env["MSIR_DATABASE_URL"] = fixture.database_url

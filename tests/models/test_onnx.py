@@ -64,7 +64,7 @@ def test_export_matches_pytorch_on_real_images(tmp_path: Path, name: str) -> Non
         assert float(np.abs(got.logits - expected.logits).max()) <= 1e-4
 
 
-def test_onnx_runtime_refuses_an_export_of_other_weights(tmp_path: Path) -> None:
+def test_an_export_of_other_weights_is_refused_then_made_again(tmp_path: Path) -> None:
     checkpoint = make_checkpoint(tmp_path, "mscfnet2")
     export_onnx(checkpoint)
     # Another checkpoint (other weights) given the first one's export.
@@ -79,18 +79,34 @@ def test_onnx_runtime_refuses_an_export_of_other_weights(tmp_path: Path) -> None
     )
     for path in onnx_paths(checkpoint):
         shutil.copy(path, other_dir / path.name)
-    with pytest.raises(CollectionError, match="exported from other weights"):
-        Embedder(other, "cpu", runtime="onnx")
+    meta = models.read_checkpoint_meta(other)
+    with pytest.raises(models.CheckpointError, match="exported from other weights"):
+        OnnxModel(meta, other)
+    # The runtime never serves it: the stale export is replaced by one of these weights.
+    embedder = Embedder(other, "cpu", runtime="onnx")
+    assert embedder.runtime == "onnx"
+    assert json.loads(onnx_paths(other)[1].read_text())["weights_sha256"] == meta.weights_sha256
+    OnnxModel(meta, other)
 
 
-def test_onnx_runtime_refuses_a_changed_graph_and_a_missing_export(tmp_path: Path) -> None:
+def test_a_changed_graph_and_a_missing_export_are_refused_then_made_again(tmp_path: Path) -> None:
     checkpoint = make_checkpoint(tmp_path, "mscfnet2")
-    with pytest.raises(CollectionError, match="msir-export"):
-        Embedder(checkpoint, "cpu", runtime="onnx")
+    meta = models.read_checkpoint_meta(checkpoint)
+    with pytest.raises(models.CheckpointError, match="msir-export"):
+        OnnxModel(meta, checkpoint)
     onnx_path = export_onnx(checkpoint)
     with onnx_path.open("ab") as fh:
         fh.write(b"\0")
-    with pytest.raises(CollectionError, match="sha256"):
+    with pytest.raises(models.CheckpointError, match="sha256"):
+        OnnxModel(meta, checkpoint)
+    Embedder(checkpoint, "cpu", runtime="onnx")
+    OnnxModel(meta, checkpoint)  # exported again: the graph matches its record
+
+
+def test_runtime_onnx_that_cannot_export_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    checkpoint = make_checkpoint(tmp_path, "mscfnet2")
+    monkeypatch.setattr("models.onnx._writable", lambda folder: False)
+    with pytest.raises(CollectionError, match="runtime onnx: no writable folder"):
         Embedder(checkpoint, "cpu", runtime="onnx")
 
 
