@@ -12,8 +12,11 @@ half-applied write. How the index follows other processes' writes and rebuilds: 
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,9 @@ from msir_core.retrieval.rerank import RerankConfig
 
 logger = logging.getLogger(__name__)
 
+# Filters whose allowed ids a collection keeps (8 bytes per passing row each).
+ALLOWED_CACHE_SIZE = 16
+
 
 def _add_report(result: BuildReport) -> AddReport:
     """An add's outcome as the service reports it: rows already stored count as duplicates, unlisted as failed."""
@@ -69,6 +75,9 @@ class Collection(FollowingIndex):
         self.embedder = embedder
         self._staged: dict[str, tuple[Path, Path]] = {}  # uri -> (pending, final) of uploads being added
         self.problems: list[str] = []  # consistency problems found by a non-strict open
+        # (labels, split, feed head) -> sorted ids passing that filter (see _allowed_ids)
+        self._allowed_cache: OrderedDict[tuple[frozenset[str] | None, str | None, int], np.ndarray] = OrderedDict()
+        self._allowed_lock = threading.Lock()
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     @classmethod
@@ -437,6 +446,11 @@ class Collection(FollowingIndex):
             exclude_ids=frozenset(int(i) for i in exclude_ids or ()),
             exclude_sha256=frozenset(exclude_sha256 or ()),
         )
+        pushdown = self._index.filters_pushed_down
+        if not pushdown and (filters.labels or filters.split is not None):
+            # FAISS: the database resolves the label/split filter to ids, the index searches only those.
+            filters = replace(filters, allowed=self._allowed_ids(filters.labels, filters.split))
+            pushdown = True
 
         def search_index(batch: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray, int]:
             with self._rw.read():
@@ -445,7 +459,6 @@ class Collection(FollowingIndex):
                 scores, ids = self._index.search(batch, min(fetch, max(total, 1)), filters)
             return scores, ids, total
 
-        pushdown = self._index.filters_pushed_down
         if rerank is not None and rerank.active:
 
             def search_all(batch: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -458,6 +471,23 @@ class Collection(FollowingIndex):
                 search_index, search_all, self._reconstruct, self.store.get_many, q, k, filters, rerank, pushdown
             )
         return filtered_search(search_index, self.store.get_many, q, k, filters, pushdown=pushdown)
+
+    def _allowed_ids(self, labels: frozenset[str] | None, split: str | None) -> np.ndarray:
+        """Ids passing a label/split filter, cached per filter until the change feed moves (every insert, delete
+        and label/split edit appends a change, so the feed's head identifies the rows' state). Repeated queries
+        with one filter then cost one indexed ``max(seq)`` lookup, not a scan of the rows that pass."""
+        key = (labels, split, self.store.head())
+        with self._allowed_lock:
+            found = self._allowed_cache.get(key)
+            if found is not None:
+                self._allowed_cache.move_to_end(key)
+                return found
+        found = self.store.allowed_ids(sorted(labels) if labels else None, split)
+        with self._allowed_lock:
+            self._allowed_cache[key] = found
+            while len(self._allowed_cache) > ALLOWED_CACHE_SIZE:
+                self._allowed_cache.popitem(last=False)
+        return found
 
     def _reconstruct(self, ids: np.ndarray) -> np.ndarray:
         with self._rw.read():

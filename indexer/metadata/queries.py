@@ -64,6 +64,20 @@ def _chunks(values: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]
         yield values[start : start + size]
 
 
+def _filter_conditions(labels: Sequence[str] | None, split: str | None) -> list[Any]:
+    """SQL conditions of a label (any of) / split filter, shared by :meth:`MetadataStore.page` and
+    :meth:`MetadataStore.allowed_ids` so listing and searching agree on what passes."""
+    conditions: list[Any] = []
+    if split is not None:
+        conditions.append(ImageRow.split == split)
+    if labels:
+        # Labels are a JSON list of strings: '"cat"' (quotes included) occurs in its text exactly when "cat" is
+        # an element, since quotes inside a label are escaped. Portable across SQLite and PostgreSQL.
+        as_text = cast(ImageRow.labels, Text)
+        conditions.append(or_(*(as_text.contains(json.dumps(label), autoescape=True) for label in labels)))
+    return conditions
+
+
 def _record(row: Any) -> ImageRecord:
     return ImageRecord(
         id=int(row.id),
@@ -354,14 +368,7 @@ class MetadataStore:
     ) -> tuple[list[ImageRecord], int]:
         """Rows with id > ``after`` in id order (at most ``limit``), carrying any of ``labels`` and in ``split``
         when given, and how many rows match the filters in all."""
-        conditions = []
-        if split is not None:
-            conditions.append(ImageRow.split == split)
-        if labels:
-            # Labels are a JSON list of strings: '"cat"' (quotes included) occurs in its text exactly when "cat" is
-            # an element, since quotes inside a label are escaped. Portable across SQLite and PostgreSQL.
-            as_text = cast(ImageRow.labels, Text)
-            conditions.append(or_(*(as_text.contains(json.dumps(label), autoescape=True) for label in labels)))
+        conditions = _filter_conditions(labels, split)
         with db_errors(self.engine), self.session() as s:
             total = int(s.scalar(select(func.count()).select_from(ImageRow).where(*conditions)) or 0)
             query = select(*RECORD_COLUMNS).where(*conditions)
@@ -369,6 +376,15 @@ class MetadataStore:
                 query = query.where(ImageRow.id > int(after))
             rows = s.execute(query.order_by(ImageRow.id).limit(int(limit))).all()
         return [_record(row) for row in rows], total
+
+    def allowed_ids(self, labels: Sequence[str] | None = None, split: str | None = None) -> np.ndarray:
+        """Sorted ids (int64) of the rows carrying any of ``labels`` and in ``split``: what a filtered FAISS search
+        turns into an ``IDSelector``. One id-only scan (8 bytes a row that passes), not one row read per hit."""
+        conditions = _filter_conditions(labels, split)
+        with db_errors(self.engine), self.engine.connect() as conn:
+            query = select(ImageRow.id).where(*conditions).order_by(ImageRow.id).execution_options(yield_per=100_000)
+            found = np.fromiter((int(i) for (i,) in conn.execute(query)), dtype=np.int64)
+        return found
 
     def vectors(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
         wanted = sorted({int(i) for i in ids})

@@ -37,6 +37,12 @@ logger = logging.getLogger(__name__)
 INDEX_FILE = "index.faiss"
 VECTORS_FILE = "index.vectors.faiss"
 INDEX_TYPES = ("flat", "ivfpq", "hnsw")
+# A filter that lets at most this many ids through is answered by scoring those vectors exactly (reconstruct +
+# one matrix product) instead of an IDSelector search: exact, and faster than a selector search at that size
+# (measured on 20k x 32-d clustered vectors; see indexer/README.md, "Filtered search").
+EXACT_FILTER_MAX = 4096
+# Cap of the efSearch a selective filter raises an HNSW search to.
+HNSW_FILTER_EF_MAX = 2048
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "flat": {},
     # nlist / m / nprobe = None: chosen at training time from the vector count, the dimension and nlist.
@@ -275,11 +281,18 @@ class VectorIndex:
         store = self.exact if self.exact is not None else self.main
         return store.reconstruct_batch(_as_ids(ids))
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores [Q, k], ids [Q, k])`` best first; missing results have id -1 and score -inf."""
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores [Q, k], ids [Q, k])`` best first; missing results have id -1 and score -inf.
+
+        ``allowed``: sorted int64 ids, the only ones that may be returned (a label/split filter resolved by the
+        database). Few of them (<= :data:`EXACT_FILTER_MAX`) are scored exactly; more become an ``IDSelector``
+        inside the FAISS search itself (see :meth:`_selector_params`), so k results come back whenever k allowed
+        vectors are in the index."""
         queries = _as_f32(np.atleast_2d(queries))
         if queries.shape[1] != self.dim:
             raise CollectionError(f"queries have dimension {queries.shape[1]}, the index holds {self.dim}")
+        if allowed is not None:
+            return self._search_allowed(queries, k, _as_ids(allowed))
         k = max(1, min(int(k), max(1, self.ntotal)))
         if self.index_type == "ivfpq":
             return self._search_ivfpq(queries, k)
@@ -291,13 +304,82 @@ class VectorIndex:
             scores, ids = index.search(queries, k)
         return self._clean(scores, ids)
 
-    def _search_ivfpq(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search_allowed(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        k = max(1, min(int(k), max(1, len(allowed))))
+        if len(allowed) == 0 or self.ntotal == 0:
+            return self._clean(np.zeros((len(queries), k), np.float32), np.full((len(queries), k), -1, np.int64))
+        if len(allowed) <= EXACT_FILTER_MAX:
+            exact = self._search_exact_subset(queries, k, allowed)
+            if exact is not None:
+                return exact
+        if self.index_type == "ivfpq" and self.trained:
+            return self._search_ivfpq(queries, k, allowed)
+        store = self.exact if self.exact is not None else self.main  # an untrained ivfpq searches its exact store
+        params = self._selector_params(allowed, k, hnsw=store is self.main and self.index_type == "hnsw")
+        # Selectors run on the CPU index: FAISS's GPU indexes do not take them.
+        scores, ids = store.search(queries, k, params=params)
+        return self._clean(scores, ids)
+
+    def _search_exact_subset(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Score the few allowed vectors exactly (every index type keeps them: flat/HNSW in the index, ivfpq in
+        its exact store); None when an allowed id is not in the index (the database is ahead of this copy, e.g. a
+        follower between polls), so the caller takes the selector path, which simply never meets that id."""
+        store = self.exact if self.exact is not None else self.main
+        try:
+            vectors = store.reconstruct_batch(allowed)
+        except RuntimeError:
+            return None
+        scores = queries @ vectors.T
+        top = min(k, len(allowed))
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :top]
+        out_scores = np.take_along_axis(scores, order, 1)
+        out_ids = allowed[order]
+        if top < k:
+            out_scores = np.pad(out_scores, ((0, 0), (0, k - top)), constant_values=-np.inf)
+            out_ids = np.pad(out_ids, ((0, 0), (0, k - top)), constant_values=-1)
+        return self._clean(out_scores, out_ids)
+
+    def _selector_params(self, allowed: np.ndarray, k: int, *, hnsw: bool = False, nprobe: int | None = None) -> Any:
+        """FAISS search parameters restricting a search to ``allowed``. IVF (``SearchParametersIVF``) and HNSW
+        (``SearchParametersHNSW``) apply the selector while scanning, also through ``IndexIDMap2``, which
+        translates it to its internal ids. HNSW still walks the whole graph but only allowed nodes enter the
+        result heap, so when few rows pass, ``efSearch`` is raised in proportion (1/fraction allowed, capped):
+        with a fixed efSearch a 1 % filter leaves the candidate list mostly full of rejected nodes."""
+        selector = faiss.IDSelectorBatch(allowed)
+        if hnsw:
+            fraction = max(len(allowed) / max(self.ntotal, 1), 1e-6)
+            ef = max(self.options["ef_search"], k)
+            ef = int(min(max(ef, ef / math.sqrt(fraction)), HNSW_FILTER_EF_MAX))
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=ef)  # type: ignore[attr-defined]
+        elif nprobe is not None:
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)  # type: ignore[attr-defined]
+        else:
+            params = faiss.SearchParameters(sel=selector)  # type: ignore[attr-defined]
+        # The parameters hold only a raw pointer to the selector: keep it alive as long as they are.
+        params.referenced_selector = selector
+        return params
+
+    def _search_ivfpq(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         assert self.exact is not None
         if not self.trained:
             return self._clean(*self.exact.search(queries, k))
-        shortlist = min(self.ntotal, k * self.options["refine_factor"])
-        # nprobe lives on the index (set when built or loaded) so a GPU clone inherits it.
-        _, cand = self._search_index().search(queries, shortlist)
+        total = self.ntotal if allowed is None else min(self.ntotal, len(allowed))
+        shortlist = max(k, min(total, k * self.options["refine_factor"]))
+        if allowed is None:
+            # nprobe lives on the index (set when built or loaded) so a GPU clone inherits it.
+            _, cand = self._search_index().search(queries, shortlist)
+        else:
+            # The nearest allowed vectors of a selective filter lie farther out, often in lists an unfiltered
+            # search would not probe: raise nprobe by 1/sqrt(fraction passing), as efSearch for HNSW (measured on
+            # 20k x 32-d clustered vectors, 1 % passing: recall 0.90 at the unfiltered nprobe, 1.0 raised).
+            fraction = max(len(allowed) / max(self.ntotal, 1), 1e-6)
+            nprobe = min(int(self.main.nlist), math.ceil(int(self.main.nprobe) / math.sqrt(fraction)))
+            params = self._selector_params(allowed, k, nprobe=nprobe)
+            _, cand = self.main.search(queries, shortlist, params=params)
         # Exact re-ranking of the shortlist with the stored float vectors.
         flat = cand.reshape(-1)
         valid = flat >= 0
