@@ -36,7 +36,7 @@ from indexer.locks import RWLock, directory_lock
 from indexer.manifest import MANIFEST_FILE, Manifest
 from indexer.metadata.queries import Change, MetadataStore
 from indexer.vectors.backends import BackendConfig, VectorStore, load_store, new_store, stale_files
-from indexer.vectors.faiss_index import INDEX_FILE, VECTORS_FILE, resolve_options
+from indexer.vectors.faiss_index import DELETED_FILE, INDEX_FILE, VECTORS_FILE, resolve_options
 from indexer.vectors.milvus_store import POINTER_FILE
 from msir_core.atomic import remove_stale_temps
 
@@ -92,7 +92,7 @@ class FollowingIndex:
         repaired here)."""
         with self._write_lock():
             # Under the lock: a live writer's temp file is never taken for a killed one's.
-            for name in (INDEX_FILE, VECTORS_FILE, MANIFEST_FILE, POINTER_FILE):
+            for name in (INDEX_FILE, VECTORS_FILE, DELETED_FILE, MANIFEST_FILE, POINTER_FILE):
                 remove_stale_temps(self.directory, name)
             generation, _ = self.store.generation()
             if self.manifest.generation > generation:  # a rebuild died between its files and its database commit

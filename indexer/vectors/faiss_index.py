@@ -10,8 +10,11 @@ Index types:
   index is untrained and searches go to the exact store; training happens once, on the vectors present then
   (``nlist``/``m``/``nprobe`` default to values derived from that count, the dimension and ``nlist``); bulk loads
   (builds, rebuilds, catch-up) train once at their end on everything; ``rebuild`` retrains.
-* ``hnsw``: ``IndexIDMap2(IndexHNSWFlat)``. FAISS cannot remove from HNSW, so :attr:`supports_remove` is False
-  and the collection rebuilds the index from the database after a removal (documented in the README).
+* ``hnsw``: ``IndexIDMap2(IndexHNSWFlat)``. FAISS cannot remove from an HNSW graph, so a removal marks the ids
+  deleted (a tombstone set, saved beside the index as ``index.deleted.npy``) and every search excludes them with
+  an ``IDSelector``; the graph keeps the nodes, so it stays navigable. Once more than
+  :data:`HNSW_COMPACT_FRACTION` of the graph's nodes are deleted, the index is compacted: a new graph from the
+  vectors it holds (no database read). A removal, here or followed from another process, costs no O(N) rebuild.
 
 GPU: with a CUDA device and a FAISS built with GPU support, searches run on a GPU clone made lazily with
 ``index_cpu_to_gpu``; every mutation goes to the CPU index (GPU indexes cannot ``remove_ids``) and drops the clone.
@@ -36,6 +39,10 @@ logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
 VECTORS_FILE = "index.vectors.faiss"
+DELETED_FILE = "index.deleted.npy"  # hnsw: ids removed from the collection but still nodes of the graph
+# hnsw: compact (rebuild the graph from its own live vectors) once this fraction of its nodes is deleted; below it a
+# tombstone costs a selector check per visited node, above it the dead nodes dominate memory and search time.
+HNSW_COMPACT_FRACTION = 0.2
 INDEX_TYPES = ("flat", "ivfpq", "hnsw")
 # A filter that lets at most this many ids through is answered by scoring those vectors exactly (reconstruct +
 # one matrix product) instead of an IDSelector search: exact, and faster than a selector search at that size
@@ -79,6 +86,12 @@ def _as_ids(ids: np.ndarray | list[int]) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
 
 
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    # Through a file object: np.save given a path not ending in .npy would append .npy to the temp file's name.
+    with open(path, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+
+
 def _flat_store(dim: int) -> faiss.IndexIDMap2:
     return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
@@ -120,6 +133,7 @@ class VectorIndex:
         self._gpu: faiss.Index | None = None
         self._gpu_failed = False
         self._gpu_lock = threading.Lock()
+        self.deleted: np.ndarray = np.zeros(0, np.int64)  # hnsw tombstones, sorted
         # Any: the SWIG classes (IndexIDMap2, IndexIVFPQ...) are not visible to type checkers as such.
         self.main: Any
         self.exact: Any = None
@@ -200,14 +214,16 @@ class VectorIndex:
     @property
     def ntotal(self) -> int:
         store = self.exact if self.exact is not None else self.main
-        return int(store.ntotal)
+        return int(store.ntotal) - len(self.deleted)
 
     @property
     def supports_remove(self) -> bool:
-        return self.index_type != "hnsw"
+        return True
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"type": self.index_type, "options": dict(self.options), "ntotal": self.ntotal}
+        if self.index_type == "hnsw":
+            info["deleted"] = len(self.deleted)  # tombstones awaiting compaction
         if self.index_type == "ivfpq":
             info["trained"] = self.trained
             if self.trained:
@@ -228,6 +244,9 @@ class VectorIndex:
         if vectors.shape != (len(ids), self.dim):
             raise CollectionError(f"vectors of shape {vectors.shape} do not match {len(ids)} ids of dim {self.dim}")
         self._gpu = None
+        if len(self.deleted) and np.isin(ids, self.deleted).any():
+            # A deleted id coming back (SQLite may reuse the largest id): its old node must go first.
+            self.compact()
         if self.exact is not None:
             self.exact.add_with_ids(vectors, ids)
             if self.trained:
@@ -238,12 +257,12 @@ class VectorIndex:
             self.main.add_with_ids(vectors, ids)
 
     def remove(self, ids: np.ndarray | list[int]) -> int:
-        if not self.supports_remove:
-            raise CollectionError("FAISS HNSW indexes cannot remove vectors; rebuild the index instead")
         ids = _as_ids(ids)
         if len(ids) == 0:
             return 0
         self._gpu = None
+        if self.index_type == "hnsw":
+            return self._tombstone(ids)
         selector = faiss.IDSelectorBatch(ids)
         if self.exact is not None:
             removed = int(self.exact.remove_ids(selector))
@@ -252,11 +271,41 @@ class VectorIndex:
             return removed
         return int(self.main.remove_ids(selector))
 
-    # -- reading ----------------------------------------------------------------------------------------------
-    def ids(self) -> np.ndarray:
-        """Every id in the index, sorted (int64)."""
+    def _tombstone(self, ids: np.ndarray) -> int:
+        """HNSW removal: mark the ids deleted (searches exclude them); compact when enough are."""
+        held = np.unique(ids[np.isin(ids, self._graph_ids())])
+        fresh = np.setdiff1d(held, self.deleted, assume_unique=True)
+        self.deleted = np.union1d(self.deleted, fresh)
+        if len(self.deleted) > HNSW_COMPACT_FRACTION * max(int(self.main.ntotal), 1):
+            self.compact()
+        return len(fresh)
+
+    def compact(self) -> None:
+        """HNSW: a new graph of the live vectors (read back from the graph itself), tombstones cleared."""
+        if self.index_type != "hnsw" or not len(self.deleted):
+            return
+        everything = self._graph_ids()
+        live = np.setdiff1d(everything, self.deleted, assume_unique=True)
+        logger.info("compacting the HNSW index: %d live of %d nodes", len(live), len(everything))
+        vectors = self.main.reconstruct_batch(live) if len(live) else np.zeros((0, self.dim), np.float32)
+        hnsw = faiss.IndexHNSWFlat(self.dim, self.options["M"], faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = self.options["ef_construction"]
+        main = faiss.IndexIDMap2(hnsw)
+        if len(live):
+            main.add_with_ids(_as_f32(vectors), live)
+        self.main = main
+        self.deleted = np.zeros(0, np.int64)
+        self._gpu = None
+
+    def _graph_ids(self) -> np.ndarray:
         store = self.exact if self.exact is not None else self.main
         return np.sort(faiss.vector_to_array(store.id_map).astype(np.int64))
+
+    # -- reading ----------------------------------------------------------------------------------------------
+    def ids(self) -> np.ndarray:
+        """Every id in the index, sorted (int64); deleted (tombstoned) ids are not in it."""
+        found = self._graph_ids()
+        return np.setdiff1d(found, self.deleted, assume_unique=True) if len(self.deleted) else found
 
     def contains(self, ids: np.ndarray | list[int]) -> list[bool]:
         """Whether each id is in the index (what following the change feed checks before applying a change)."""
@@ -292,10 +341,18 @@ class VectorIndex:
         if queries.shape[1] != self.dim:
             raise CollectionError(f"queries have dimension {queries.shape[1]}, the index holds {self.dim}")
         if allowed is not None:
-            return self._search_allowed(queries, k, _as_ids(allowed))
+            allowed = _as_ids(allowed)
+            if len(self.deleted):
+                allowed = np.setdiff1d(allowed, self.deleted)
+            return self._search_allowed(queries, k, allowed)
         k = max(1, min(int(k), max(1, self.ntotal)))
         if self.index_type == "ivfpq":
             return self._search_ivfpq(queries, k)
+        if len(self.deleted):  # hnsw tombstones: every live id but those
+            selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(self.deleted))
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.options["ef_search"], k))  # type: ignore[attr-defined]
+            params.referenced_selector = selector
+            return self._clean(*self.main.search(queries, k, params=params))
         index = self._search_index()
         if self.index_type == "hnsw":
             params = faiss.SearchParametersHNSW(efSearch=max(self.options["ef_search"], k))  # type: ignore[attr-defined]
@@ -419,10 +476,18 @@ class VectorIndex:
 
     # -- persistence ------------------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
-        """Atomically write ``index.faiss`` (and ``index.vectors.faiss`` for ivfpq)."""
+        """Atomically write ``index.faiss`` (and ``index.vectors.faiss`` for ivfpq, ``index.deleted.npy`` for hnsw).
+
+        The tombstones go after the graph: a crash between the two leaves tombstones of a graph compacted without
+        those ids (harmless: they match no node) or, if no graph change happened, the previous tombstones, which
+        the open's consistency check finds as rows the index still holds and catches up."""
         if self.exact is not None:
             atomic_write(directory / VECTORS_FILE, lambda tmp: faiss.write_index(self.exact, str(tmp)))
         atomic_write(directory / INDEX_FILE, lambda tmp: faiss.write_index(self.main, str(tmp)))
+        if self.index_type == "hnsw":
+            atomic_write(directory / DELETED_FILE, lambda tmp: _save_npy(tmp, self.deleted))
+        else:
+            (directory / DELETED_FILE).unlink(missing_ok=True)
 
     @classmethod
     def load(
@@ -432,6 +497,9 @@ class VectorIndex:
         main = cls._read(path)
         exact = cls._read(directory / VECTORS_FILE) if index_type == "ivfpq" else None
         loaded = cls(index_type, dim, options, main=main, exact=exact, device=device)
+        deleted = directory / DELETED_FILE
+        if index_type == "hnsw" and deleted.is_file():
+            loaded.deleted = np.sort(np.load(deleted, allow_pickle=False).astype(np.int64))
         if index_type == "ivfpq" and loaded.trained:
             loaded.main.nprobe = loaded.effective_nprobe(int(loaded.main.nlist))
         return loaded

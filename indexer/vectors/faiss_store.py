@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from indexer.errors import CollectionError
-from indexer.vectors.faiss_index import INDEX_FILE, VECTORS_FILE, VectorIndex
+from indexer.vectors.faiss_index import DELETED_FILE, INDEX_FILE, VECTORS_FILE, VectorIndex
 from indexer.vectors.interface import BackendConfig, StoreSite, VectorStore
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ class FaissStore(VectorIndex):
 
 class FaissBackend:
     name = "faiss"
-    own_files = (INDEX_FILE, VECTORS_FILE)
+    own_files = (INDEX_FILE, VECTORS_FILE, DELETED_FILE)
 
     def create(self, spec: IndexSpec, dim: int, site: StoreSite) -> VectorStore:
         return FaissStore(spec.type, dim, spec.params, device=site.device)

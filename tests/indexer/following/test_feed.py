@@ -53,10 +53,14 @@ def test_a_copy_follows_adds_removes_edits_and_rebuilds(
         assert writer.generation > generation
         reader.refresh()
         assert reader.index_type == "hnsw" and reader.generation == writer.generation and reader.ntotal == 10
-        # A removal made elsewhere reaches an hnsw copy too (rebuilt from the database: hnsw cannot remove).
+        # A removal made elsewhere reaches an hnsw copy too, as a tombstone: neither process rebuilds its graph.
+        writer_graph, reader_graph = writer._index.main, reader._index.main
         writer.remove([base[2]])
         reader.refresh()
         assert reader.ntotal == 9 and base[2] not in reader.store.ids()
+        assert writer._index.main is writer_graph and reader._index.main is reader_graph
+        assert reader._index.deleted.tolist() == [base[2]]
+        assert base[2] not in {h.id for h in reader.search(reader.vector(base[3])[None], 10)[0]}
     finally:
         writer.close()
         reader.close()

@@ -3,6 +3,8 @@ itself, so a filtered query returns k results whenever k rows pass, at the recal
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -89,3 +91,42 @@ def test_allowed_ids_missing_from_the_index_are_skipped(data: tuple[np.ndarray, 
         _, found = index.search(queries[:2], K, allowed)
         assert set(found[0][found[0] >= 0]) <= set(range(990, 1001))
         assert (found[0] >= 0).sum() == K
+
+
+def test_hnsw_removal_is_a_tombstone_then_a_compaction(data: tuple[np.ndarray, ...], tmp_path: Path) -> None:
+    db, queries, ids, allowed = data
+    n = 2000
+    index = VectorIndex("hnsw", DIM)
+    index.add(ids[:n], db[:n])
+    graph = index.main
+    _, before = index.search(queries[:20], K)
+    gone = np.unique(before[:, :3])  # the best hits of the queries: they must disappear from the answers
+    assert index.remove(np.concatenate([gone, [n + 50]])) == len(gone)  # an id not held counts for nothing
+    assert index.main is graph, "no rebuild for a removal below the compaction threshold"
+    assert index.ntotal == n - len(gone) and not np.isin(gone, index.ids()).any()
+    assert index.remove(gone) == 0  # removing again is a no-op
+    _, after = index.search(queries[:20], K)
+    assert (after >= 0).all() and not np.isin(after, gone).any()
+    live = np.setdiff1d(ids[:n], gone)
+    assert recall_at(after, _exact(db[:n], ids[:n], queries[:20], live)) >= 0.95
+    _, filtered = index.search(queries[:20], K, allowed)  # the filtered paths exclude tombstones too
+    assert not np.isin(filtered, gone).any()
+
+    # Saved and loaded: the tombstones survive.
+    index.save(tmp_path)
+    loaded = VectorIndex.load(tmp_path, "hnsw", DIM, None)
+    assert loaded.ntotal == index.ntotal and np.array_equal(loaded.deleted, index.deleted)
+    _, again = loaded.search(queries[:20], K)
+    assert not np.isin(again, gone).any()
+
+    # Past HNSW_COMPACT_FRACTION of the nodes deleted, the graph is rebuilt from its own live vectors.
+    many = np.setdiff1d(ids[: n // 2], gone)
+    loaded.remove(many)
+    assert len(loaded.deleted) == 0 and int(loaded.main.ntotal) == loaded.ntotal == n - len(gone) - len(many)
+    rest = np.setdiff1d(live, many)
+    np.testing.assert_array_equal(loaded.ids(), rest)
+    np.testing.assert_allclose(loaded.reconstruct(rest[:5]), db[rest[:5] - 1], rtol=1e-6)
+    # A deleted id re-added (SQLite may reuse the largest id) replaces its old node.
+    index.add([int(gone[0])], db[-1:])
+    assert int(gone[0]) in set(index.ids().tolist()) and len(index.deleted) == 0
+    np.testing.assert_allclose(index.reconstruct([int(gone[0])]), db[-1:], rtol=1e-6)
