@@ -98,6 +98,7 @@ def _record(row: Any) -> ImageRecord:
 # (``msir-index build --shard I/N``) and servers can write into one collection at once.
 LOCK_KEY = "SELECT hashtext('msir-collection:' || current_schema())"
 GENERATION_KEY = "index_generation"
+PRUNED_KEY = "feed_pruned_through"  # changes with seq <= this value were deleted by prune_changes
 INDEX_SPEC_KEY = "index_spec"
 
 
@@ -142,6 +143,31 @@ class MetadataStore:
                 query = query.where(ChangeRow.seq <= upto)
             rows = s.execute(query.order_by(ChangeRow.seq)).all()
         return [Change(int(r.seq), None if r.image_id is None else int(r.image_id), r.op) for r in rows]
+
+    def pruned_through(self) -> int:
+        """Changes with ``seq`` <= this were pruned (0: none): a copy at an older position cannot follow the feed
+        and must reload the current index instead."""
+        with db_errors(self.engine), self.session() as s:
+            row = s.get(CollectionInfo, PRUNED_KEY)
+            return int(row.value) if row is not None else 0
+
+    def prune_changes(self, keep: int) -> int:
+        """Delete all but the newest ``keep`` (>= 1) changes, so the feed stays bounded; returns how many went.
+        The newest change always stays: ``head()`` is ``max(seq)`` and must not move back. The horizon is recorded
+        in the same transaction, so a follower sees either both or neither."""
+        keep = max(1, int(keep))
+        with db_errors(self.engine), self.session() as s, s.begin():
+            self._lock_transaction(s)
+            head = int(s.scalar(select(func.max(ChangeRow.seq))) or 0)
+            row = s.get(CollectionInfo, PRUNED_KEY)
+            before = int(row.value) if row is not None else 0
+            horizon = head - keep
+            if horizon <= before:
+                return 0
+            deleted = s.execute(delete(ChangeRow).where(ChangeRow.seq <= horizon)).rowcount
+            s.merge(CollectionInfo(key=PRUNED_KEY, value=horizon))
+        logger.info("pruned %d change(s) of the feed, through seq %d", deleted, horizon)
+        return int(deleted or 0)
 
     def generation(self) -> tuple[int, dict[str, Any] | None]:
         """The index generation recorded by the last rebuild, and its index spec (``{"type", "params"}``)."""
