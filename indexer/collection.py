@@ -15,10 +15,10 @@ import logging
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -46,8 +46,9 @@ from msir_core.retrieval.rerank import RerankConfig
 
 logger = logging.getLogger(__name__)
 
-# Filters whose allowed ids a collection keeps (8 bytes per passing row each).
+# Filters whose allowed ids (8 bytes per passing row each) or counts a collection keeps.
 ALLOWED_CACHE_SIZE = 16
+T = TypeVar("T")
 
 
 def _add_report(result: BuildReport) -> AddReport:
@@ -75,8 +76,8 @@ class Collection(FollowingIndex):
         self.embedder = embedder
         self._staged: dict[str, tuple[Path, Path]] = {}  # uri -> (pending, final) of uploads being added
         self.problems: list[str] = []  # consistency problems found by a non-strict open
-        # (labels, split, feed head) -> sorted ids passing that filter (see _allowed_ids)
-        self._allowed_cache: OrderedDict[tuple[frozenset[str] | None, str | None, int], np.ndarray] = OrderedDict()
+        # (what, labels, split, feed head) -> ids passing that filter, or their count (see _by_feed_head)
+        self._allowed_cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._allowed_lock = threading.Lock()
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
@@ -476,15 +477,20 @@ class Collection(FollowingIndex):
         """Ids passing a label/split filter, cached per filter until the change feed moves (every insert, delete
         and label/split edit appends a change, so the feed's head identifies the rows' state). Repeated queries
         with one filter then cost one indexed ``max(seq)`` lookup, not a scan of the rows that pass."""
-        key = (labels, split, self.store.head())
+        return self._by_feed_head(
+            ("allowed", labels, split), lambda: self.store.allowed_ids(sorted(labels) if labels else None, split)
+        )
+
+    def _by_feed_head(self, key: tuple[Any, ...], compute: Callable[[], T]) -> T:
+        """``compute()``, cached under ``key`` until the change feed's head moves (LRU of ALLOWED_CACHE_SIZE)."""
+        full = (*key, self.store.head())
         with self._allowed_lock:
-            found = self._allowed_cache.get(key)
-            if found is not None:
-                self._allowed_cache.move_to_end(key)
-                return found
-        found = self.store.allowed_ids(sorted(labels) if labels else None, split)
+            if full in self._allowed_cache:
+                self._allowed_cache.move_to_end(full)
+                return self._allowed_cache[full]  # type: ignore[no-any-return]
+        found = compute()
         with self._allowed_lock:
-            self._allowed_cache[key] = found
+            self._allowed_cache[full] = found
             while len(self._allowed_cache) > ALLOWED_CACHE_SIZE:
                 self._allowed_cache.popitem(last=False)
         return found
@@ -507,8 +513,15 @@ class Collection(FollowingIndex):
         labels: Sequence[str] | None = None,
         split: str | None = None,
     ) -> tuple[list[ImageRecord], int]:
-        """One page of the stored images in id order (keyset pagination on ``after``) and the matching total."""
-        return self.store.page(after=after, limit=limit, labels=labels, split=split)
+        """One page of the stored images in id order (keyset pagination on ``after``) and the matching total.
+
+        The page is an index range scan; the total is a count over the table, cached per filter until the change
+        feed moves, so paging through a large collection does not count it again for every page."""
+        rows = self.store.page_rows(after=after, limit=limit, labels=labels, split=split)
+        label_key = frozenset(labels) if labels else None
+        return rows, self._by_feed_head(
+            ("count", label_key, split), lambda: self.store.count_matching(sorted(label_key or ()) or None, split)
+        )
 
     def vector(self, id: int) -> np.ndarray | None:
         return self.store.vectors([id]).get(int(id))

@@ -394,14 +394,25 @@ class MetadataStore:
     ) -> tuple[list[ImageRecord], int]:
         """Rows with id > ``after`` in id order (at most ``limit``), carrying any of ``labels`` and in ``split``
         when given, and how many rows match the filters in all."""
+        return self.page_rows(after=after, limit=limit, labels=labels, split=split), self.count_matching(labels, split)
+
+    def page_rows(
+        self, *, after: int | None, limit: int, labels: Sequence[str] | None = None, split: str | None = None
+    ) -> list[ImageRecord]:
+        """The rows of :meth:`page` alone: an index range scan from ``after`` (keyset), whatever the table size."""
         conditions = _filter_conditions(labels, split)
         with db_errors(self.engine), self.session() as s:
-            total = int(s.scalar(select(func.count()).select_from(ImageRow).where(*conditions)) or 0)
             query = select(*RECORD_COLUMNS).where(*conditions)
             if after is not None:
                 query = query.where(ImageRow.id > int(after))
             rows = s.execute(query.order_by(ImageRow.id).limit(int(limit))).all()
-        return [_record(row) for row in rows], total
+        return [_record(row) for row in rows]
+
+    def count_matching(self, labels: Sequence[str] | None = None, split: str | None = None) -> int:
+        """Rows passing the filters: a scan of the table (or of its id index), so callers cache it."""
+        conditions = _filter_conditions(labels, split)
+        with db_errors(self.engine), self.session() as s:
+            return int(s.scalar(select(func.count()).select_from(ImageRow).where(*conditions)) or 0)
 
     def allowed_ids(self, labels: Sequence[str] | None = None, split: str | None = None) -> np.ndarray:
         """Sorted ids (int64) of the rows carrying any of ``labels`` and in ``split``: what a filtered FAISS search
