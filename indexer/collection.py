@@ -448,10 +448,12 @@ class Collection(FollowingIndex):
             exclude_sha256=frozenset(exclude_sha256 or ()),
         )
         pushdown = self._index.filters_pushed_down
+        unapplied = 0
         if not pushdown and (filters.labels or filters.split is not None):
-            # FAISS: the database resolves the label/split filter to ids, the index searches only those.
+            # FAISS: the database resolves the label/split filter to ids, the index searches only those (and
+            # leaves out exclude_ids); excluded hashes are dropped here, so that many more are asked for.
             filters = replace(filters, allowed=self._allowed_ids(filters.labels, filters.split))
-            pushdown = True
+            pushdown, unapplied = True, len(filters.exclude_sha256)
 
         def search_index(batch: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray, int]:
             with self._rw.read():
@@ -469,9 +471,10 @@ class Collection(FollowingIndex):
                 return scores, ids, total
 
             return reranked_search(
-                search_index, search_all, self._reconstruct, self.store.get_many, q, k, filters, rerank, pushdown
-            )
-        return filtered_search(search_index, self.store.get_many, q, k, filters, pushdown=pushdown)
+                search_index, search_all, self._reconstruct, self.store.get_many, q, k, filters, rerank, pushdown,
+                unapplied,
+            )  # fmt: skip
+        return filtered_search(search_index, self.store.get_many, q, k, filters, pushdown=pushdown, unapplied=unapplied)
 
     def _allowed_ids(self, labels: frozenset[str] | None, split: str | None) -> np.ndarray:
         """Ids passing a label/split filter, cached per filter until the change feed moves (every insert, delete

@@ -68,14 +68,22 @@ def unit_queries(queries: np.ndarray, dim: int) -> np.ndarray:
 
 
 def filtered_search(
-    search: SearchFn, get_many: GetMany, queries: np.ndarray, k: int, filters: Filters, *, pushdown: bool = False
+    search: SearchFn,
+    get_many: GetMany,
+    queries: np.ndarray,
+    k: int,
+    filters: Filters,
+    *,
+    pushdown: bool = False,
+    unapplied: int = 0,
 ) -> list[list[Hit]]:
-    """``pushdown``: ``search`` applies the filters itself (Milvus scalar filters), so it is asked for k and returns
-    fewer only when fewer rows pass; it is asked again for more only for rows deleted by a concurrent write."""
+    """``pushdown``: ``search`` applies the filters itself (Milvus scalar filters, FAISS selectors), so it is asked
+    for k and returns fewer only when fewer rows pass; it is asked again for more only for rows deleted by a
+    concurrent write. ``unapplied``: how many excluded rows the store may still return (FAISS knows no sha256),
+    asked for on top of k."""
     over_fetch = filters.active and not pushdown
     excluded = len(filters.exclude_ids) + len(filters.exclude_sha256)
-    # Pushed down, excluded hashes may not be known to the store: ask for that many more (a few at most).
-    fetch = k * 4 + excluded if over_fetch else k + excluded
+    fetch = k * 4 + excluded if over_fetch else k + unapplied
     results: list[list[Hit]] = [[] for _ in range(len(queries))]
     pending = list(range(len(queries)))
     while pending:
@@ -112,6 +120,7 @@ def reranked_search(
     filters: Filters,
     rerank: RerankConfig,
     pushdown: bool = False,
+    unapplied: int = 0,
 ) -> list[list[Hit]]:
     """:func:`filtered_search` with re-ranking (:mod:`msir_core.retrieval.rerank`, the code msir-eval measures).
 
@@ -137,9 +146,9 @@ def reranked_search(
 
     if rerank.method == "aqe":
         expanded = expand_queries(q, neighbours, rerank).numpy()
-        return filtered_search(search, get_many, expanded, k, filters, pushdown=pushdown)
+        return filtered_search(search, get_many, expanded, k, filters, pushdown=pushdown, unapplied=unapplied)
     shortlist = max(k, rerank.shortlist)
-    found = filtered_search(search, get_many, queries, shortlist, filters, pushdown=pushdown)
+    found = filtered_search(search, get_many, queries, shortlist, filters, pushdown=pushdown, unapplied=unapplied)
     results: list[list[Hit]] = []
     for row, hits in enumerate(found):
         if len(hits) < 2:
