@@ -12,7 +12,10 @@ the metadata database (the truth) while other processes write to it:
 * index files carry a generation (``manifest.json``): a rebuild, in any process, writes files of a new generation,
   then publishes it in the database; followers load those files aside and swap them in (or rebuild from the
   database with the published spec when the files are not on their host). :meth:`_save` never writes over files of
-  a newer generation or a later feed position, so a stale process cannot revert a rebuild.
+  a newer generation or a later feed position, so a stale process cannot revert a rebuild;
+* the feed is bounded (:meth:`_maybe_prune` after a save keeps the newest ``feed_keep`` changes): a copy whose
+  position is behind the pruned horizon loads the saved files when they are within the kept feed, or rebuilds
+  from the database, then follows as usual.
 
 The vector index is only used through ``add/remove/contains/ids/search/save/load``, ``supports_remove`` and
 ``maybe_train``: nothing here depends on FAISS.
