@@ -12,10 +12,13 @@ half-applied write. How the index follows other processes' writes and rebuilds: 
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -43,6 +46,10 @@ from msir_core.retrieval.rerank import RerankConfig
 
 logger = logging.getLogger(__name__)
 
+# Filters whose allowed ids (8 bytes per passing row each) or counts a collection keeps.
+ALLOWED_CACHE_SIZE = 16
+T = TypeVar("T")
+
 
 def _add_report(result: BuildReport) -> AddReport:
     """An add's outcome as the service reports it: rows already stored count as duplicates, unlisted as failed."""
@@ -69,6 +76,9 @@ class Collection(FollowingIndex):
         self.embedder = embedder
         self._staged: dict[str, tuple[Path, Path]] = {}  # uri -> (pending, final) of uploads being added
         self.problems: list[str] = []  # consistency problems found by a non-strict open
+        # (what, labels, split, feed head) -> ids passing that filter, or their count (see _by_feed_head)
+        self._allowed_cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._allowed_lock = threading.Lock()
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     @classmethod
@@ -437,6 +447,13 @@ class Collection(FollowingIndex):
             exclude_ids=frozenset(int(i) for i in exclude_ids or ()),
             exclude_sha256=frozenset(exclude_sha256 or ()),
         )
+        pushdown = self._index.filters_pushed_down
+        unapplied = 0
+        if not pushdown and (filters.labels or filters.split is not None):
+            # FAISS: the database resolves the label/split filter to ids, the index searches only those (and
+            # leaves out exclude_ids); excluded hashes are dropped here, so that many more are asked for.
+            filters = replace(filters, allowed=self._allowed_ids(filters.labels, filters.split))
+            pushdown, unapplied = True, len(filters.exclude_sha256)
 
         def search_index(batch: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray, int]:
             with self._rw.read():
@@ -445,7 +462,6 @@ class Collection(FollowingIndex):
                 scores, ids = self._index.search(batch, min(fetch, max(total, 1)), filters)
             return scores, ids, total
 
-        pushdown = self._index.filters_pushed_down
         if rerank is not None and rerank.active:
 
             def search_all(batch: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -455,9 +471,32 @@ class Collection(FollowingIndex):
                 return scores, ids, total
 
             return reranked_search(
-                search_index, search_all, self._reconstruct, self.store.get_many, q, k, filters, rerank, pushdown
-            )
-        return filtered_search(search_index, self.store.get_many, q, k, filters, pushdown=pushdown)
+                search_index, search_all, self._reconstruct, self.store.get_many, q, k, filters, rerank, pushdown,
+                unapplied,
+            )  # fmt: skip
+        return filtered_search(search_index, self.store.get_many, q, k, filters, pushdown=pushdown, unapplied=unapplied)
+
+    def _allowed_ids(self, labels: frozenset[str] | None, split: str | None) -> np.ndarray:
+        """Ids passing a label/split filter, cached per filter until the change feed moves (every insert, delete
+        and label/split edit appends a change, so the feed's head identifies the rows' state). Repeated queries
+        with one filter then cost one indexed ``max(seq)`` lookup, not a scan of the rows that pass."""
+        return self._by_feed_head(
+            ("allowed", labels, split), lambda: self.store.allowed_ids(sorted(labels) if labels else None, split)
+        )
+
+    def _by_feed_head(self, key: tuple[Any, ...], compute: Callable[[], T]) -> T:
+        """``compute()``, cached under ``key`` until the change feed's head moves (LRU of ALLOWED_CACHE_SIZE)."""
+        full = (*key, self.store.head())
+        with self._allowed_lock:
+            if full in self._allowed_cache:
+                self._allowed_cache.move_to_end(full)
+                return self._allowed_cache[full]  # type: ignore[no-any-return]
+        found = compute()
+        with self._allowed_lock:
+            self._allowed_cache[full] = found
+            while len(self._allowed_cache) > ALLOWED_CACHE_SIZE:
+                self._allowed_cache.popitem(last=False)
+        return found
 
     def _reconstruct(self, ids: np.ndarray) -> np.ndarray:
         with self._rw.read():
@@ -477,8 +516,15 @@ class Collection(FollowingIndex):
         labels: Sequence[str] | None = None,
         split: str | None = None,
     ) -> tuple[list[ImageRecord], int]:
-        """One page of the stored images in id order (keyset pagination on ``after``) and the matching total."""
-        return self.store.page(after=after, limit=limit, labels=labels, split=split)
+        """One page of the stored images in id order (keyset pagination on ``after``) and the matching total.
+
+        The page is an index range scan; the total is a count over the table, cached per filter until the change
+        feed moves, so paging through a large collection does not count it again for every page."""
+        rows = self.store.page_rows(after=after, limit=limit, labels=labels, split=split)
+        label_key = frozenset(labels) if labels else None
+        return rows, self._by_feed_head(
+            ("count", label_key, split), lambda: self.store.count_matching(sorted(label_key or ()) or None, split)
+        )
 
     def vector(self, id: int) -> np.ndarray | None:
         return self.store.vectors([id]).get(int(id))

@@ -48,6 +48,8 @@ class IndexSpec(BaseModel):
     # named by index.milvus.json). uri: the Milvus URI without credentials; None = milvus.db in the folder.
     backend: str = "faiss"
     uri: str | None = None
+    # ``--index auto``: the inputs and reason of the choice (indexer.vectors.auto); None for an explicit type.
+    auto: dict[str, Any] | None = None
 
 
 class Manifest(BaseModel):

@@ -1,11 +1,21 @@
-"""Filtered k-NN over the vector store: over-fetch, filter on database rows, grow until k hits or exhausted.
+"""Filtered k-NN over the vector store.
 
-Filters (labels, split, excluded ids / sha256) live in the database, not in FAISS, so a search asks the index for
-more candidates than needed (``4k`` plus the excluded count), drops the rows that do not pass, and asks again
-with four times as many until every query has ``k`` hits or the whole index has been ranked. Candidates whose row
-has just been deleted by a concurrent write are dropped the same way. One mechanism for every FAISS index type
-(an ``IDSelector`` would only help the flat index, and only for id exclusions). A store that applies the filters
-itself (Milvus: scalar filters, ``pushdown``) is asked for exactly k; the rows are still read and checked here.
+Filters (labels, split, excluded ids / sha256) live in the database. Two ways to apply them:
+
+* **pushed down** (``pushdown``): the store restricts the search itself and is asked for exactly k (plus the
+  few excluded ids/hashes). Milvus applies scalar filters; FAISS takes the ids that pass a label/split filter
+  (``Filters.allowed``, resolved by the database) as an ``IDSelector`` inside the search: flat, HNSW and IVF
+  indexes all honour one (``SearchParameters``/``SearchParametersHNSW``/``SearchParametersIVF``, through
+  ``IndexIDMap2`` too), and very selective filters are scored exactly over just the allowed vectors
+  (:meth:`indexer.vectors.faiss_index.VectorIndex.search`). A filtered query then returns k results whenever
+  k rows pass, at the recall of an unfiltered one; an over-fetched candidate list cannot promise that (at 1 %
+  of rows passing, IVF-PQ answered with fewer than k and recall 0.54, issue #26).
+* **over-fetch** (only exclusions, or a store that takes no filters): ask for ``4k`` plus the excluded count,
+  drop rows that do not pass, and ask again with four times as many until every query has ``k`` hits or the
+  whole index has been ranked.
+
+Either way the rows are read and checked here, so candidates whose row was just deleted or edited by a
+concurrent write are dropped (and, pushed down, the store is asked again for more).
 """
 
 from __future__ import annotations
@@ -32,6 +42,9 @@ class Filters:
     split: str | None = None
     exclude_ids: frozenset[int] = field(default_factory=frozenset)
     exclude_sha256: frozenset[str] = field(default_factory=frozenset)
+    # Sorted int64 ids passing ``labels``/``split`` (the database's answer), for stores that restrict a search to
+    # given ids (FAISS); None: not resolved. Not part of equality: it is derived from the fields above.
+    allowed: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def active(self) -> bool:
@@ -55,12 +68,22 @@ def unit_queries(queries: np.ndarray, dim: int) -> np.ndarray:
 
 
 def filtered_search(
-    search: SearchFn, get_many: GetMany, queries: np.ndarray, k: int, filters: Filters, *, pushdown: bool = False
+    search: SearchFn,
+    get_many: GetMany,
+    queries: np.ndarray,
+    k: int,
+    filters: Filters,
+    *,
+    pushdown: bool = False,
+    unapplied: int = 0,
 ) -> list[list[Hit]]:
-    """``pushdown``: ``search`` applies the filters itself (Milvus scalar filters), so it is asked for k and returns
-    fewer only when fewer rows pass; it is asked again for more only for rows deleted by a concurrent write."""
+    """``pushdown``: ``search`` applies the filters itself (Milvus scalar filters, FAISS selectors), so it is asked
+    for k and returns fewer only when fewer rows pass; it is asked again for more only for rows deleted by a
+    concurrent write. ``unapplied``: how many excluded rows the store may still return (FAISS knows no sha256),
+    asked for on top of k."""
     over_fetch = filters.active and not pushdown
-    fetch = k * 4 + len(filters.exclude_ids) + len(filters.exclude_sha256) if over_fetch else k
+    excluded = len(filters.exclude_ids) + len(filters.exclude_sha256)
+    fetch = k * 4 + excluded if over_fetch else k + unapplied
     results: list[list[Hit]] = [[] for _ in range(len(queries))]
     pending = list(range(len(queries)))
     while pending:
@@ -97,6 +120,7 @@ def reranked_search(
     filters: Filters,
     rerank: RerankConfig,
     pushdown: bool = False,
+    unapplied: int = 0,
 ) -> list[list[Hit]]:
     """:func:`filtered_search` with re-ranking (:mod:`msir_core.retrieval.rerank`, the code msir-eval measures).
 
@@ -122,9 +146,9 @@ def reranked_search(
 
     if rerank.method == "aqe":
         expanded = expand_queries(q, neighbours, rerank).numpy()
-        return filtered_search(search, get_many, expanded, k, filters, pushdown=pushdown)
+        return filtered_search(search, get_many, expanded, k, filters, pushdown=pushdown, unapplied=unapplied)
     shortlist = max(k, rerank.shortlist)
-    found = filtered_search(search, get_many, queries, shortlist, filters, pushdown=pushdown)
+    found = filtered_search(search, get_many, queries, shortlist, filters, pushdown=pushdown, unapplied=unapplied)
     results: list[list[Hit]] = []
     for row, hits in enumerate(found):
         if len(hits) < 2:

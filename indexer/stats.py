@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from indexer.vectors.faiss_index import INDEX_FILE, VECTORS_FILE
+from indexer.vectors.faiss_index import DELETED_FILE, INDEX_FILE, VECTORS_FILE
 
 if TYPE_CHECKING:
     from indexer.collection import Collection
@@ -15,7 +15,7 @@ def stats(col: Collection) -> dict[str, Any]:
     summary = col.store.summary()
     files = {
         name: (col.directory / name).stat().st_size
-        for name in (INDEX_FILE, VECTORS_FILE, "manifest.json", "metadata.db")
+        for name in (INDEX_FILE, VECTORS_FILE, DELETED_FILE, "manifest.json", "metadata.db")
         if (col.directory / name).is_file()
     }
     with col._rw.read():

@@ -53,6 +53,7 @@ from indexer.collection import Collection
 from indexer.ingest.shards import Shard, build_shard
 from indexer.manifest import Manifest
 from indexer.predict import predict
+from indexer.vectors.auto import choose_index, parse_budget
 from models import open_image
 from msir_core.retrieval.rerank import RerankConfig, RerankError
 
@@ -258,7 +259,12 @@ def _path_names(paths: list[str]) -> list[str]:
 @app.command()
 def rebuild(
     directory: Dir,
-    index: Annotated[str | None, typer.Option("--index", help="Switch to this index type.")] = None,
+    index: Annotated[
+        str | None, typer.Option("--index", help="Switch to this index type; auto: chosen by --memory-budget.")
+    ] = None,
+    memory_budget: Annotated[
+        str | None, typer.Option("--memory-budget", help="With --index auto: bytes the index may use (8G, 512M).")
+    ] = None,
     nlist: NList = None,
     m: PqM = None,
     nprobe: NProbe = None,
@@ -293,7 +299,20 @@ def rebuild(
                 console.print(f"built the {col.index_type} index of {directory} from {where}: {col.ntotal} vectors")
             return
         with Collection.open(directory, checkpoint, db, "cpu", strict=False, backend_config=config) as col:
-            if (
+            if index == "auto":
+                if memory_budget is None:
+                    fail("--index auto needs --memory-budget (e.g. 8G)")
+                if any(v is not None for v in (nlist, m, nprobe, hnsw_m, ef_search)):
+                    fail("--index auto chooses the options itself: leave out --nlist/--m/--nprobe/--hnsw-m/--ef-search")
+                budget = parse_budget(memory_budget)
+                rows, dim = col.store.count(), col.manifest.embedding_dim
+                choice = choose_index(rows, dim, budget)
+                col.set_index_type(choice.type, choice.options, backend=backend)
+                col.manifest.index = col.manifest.index.model_copy(update={"auto": choice.record(rows, dim, budget)})
+                console.print(f"--index auto: {choice.type} ({choice.reason}; about {choice.estimated_bytes} bytes)")
+            elif memory_budget is not None:
+                fail("--memory-budget applies to --index auto only")
+            elif (
                 backend is not None
                 or index is not None
                 or any(v is not None for v in (nlist, m, nprobe, hnsw_m, ef_search))

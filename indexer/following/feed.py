@@ -12,7 +12,10 @@ the metadata database (the truth) while other processes write to it:
 * index files carry a generation (``manifest.json``): a rebuild, in any process, writes files of a new generation,
   then publishes it in the database; followers load those files aside and swap them in (or rebuild from the
   database with the published spec when the files are not on their host). :meth:`_save` never writes over files of
-  a newer generation or a later feed position, so a stale process cannot revert a rebuild.
+  a newer generation or a later feed position, so a stale process cannot revert a rebuild;
+* the feed is bounded (:meth:`_maybe_prune` after a save keeps the newest ``feed_keep`` changes): a copy whose
+  position is behind the pruned horizon loads the saved files when they are within the kept feed, or rebuilds
+  from the database, then follows as usual.
 
 The vector index is only used through ``add/remove/contains/ids/search/save/load``, ``supports_remove`` and
 ``maybe_train``: nothing here depends on FAISS.
@@ -36,7 +39,7 @@ from indexer.locks import RWLock, directory_lock
 from indexer.manifest import MANIFEST_FILE, Manifest
 from indexer.metadata.queries import Change, MetadataStore
 from indexer.vectors.backends import BackendConfig, VectorStore, load_store, new_store, stale_files
-from indexer.vectors.faiss_index import INDEX_FILE, VECTORS_FILE, resolve_options
+from indexer.vectors.faiss_index import DELETED_FILE, INDEX_FILE, VECTORS_FILE, resolve_options
 from indexer.vectors.milvus_store import POINTER_FILE
 from msir_core.atomic import remove_stale_temps
 
@@ -45,6 +48,9 @@ logger = logging.getLogger(__name__)
 SAVE_INTERVAL_S = 30.0
 APPLY_BATCH = 1000  # followed rows added per write-lock hold: searches interleave with a long catch-up
 FEED_PAGE = 50_000  # feed entries read at a time
+# Changes the feed keeps (older ones are pruned once this is exceeded by a tenth, so the DELETE runs in batches,
+# not per write). A copy further behind reloads the current index files (or rebuilds from the database).
+FEED_KEEP = 100_000
 
 
 class FollowingIndex:
@@ -77,6 +83,7 @@ class FollowingIndex:
         self._last_save = time.monotonic()
         # Seconds between index saves during long writes: rows committed since are caught up from the database.
         self.save_interval_s = SAVE_INTERVAL_S
+        self.feed_keep = FEED_KEEP
 
     @property
     def index_type(self) -> str:
@@ -92,7 +99,7 @@ class FollowingIndex:
         repaired here)."""
         with self._write_lock():
             # Under the lock: a live writer's temp file is never taken for a killed one's.
-            for name in (INDEX_FILE, VECTORS_FILE, MANIFEST_FILE, POINTER_FILE):
+            for name in (INDEX_FILE, VECTORS_FILE, DELETED_FILE, MANIFEST_FILE, POINTER_FILE):
                 remove_stale_temps(self.directory, name)
             generation, _ = self.store.generation()
             if self.manifest.generation > generation:  # a rebuild died between its files and its database commit
@@ -153,6 +160,14 @@ class FollowingIndex:
             self._retired.pop().discard()
         self._dirty = False
         self._last_save = time.monotonic()
+        self._maybe_prune()
+
+    def _maybe_prune(self) -> None:
+        """Keep the change feed bounded: past ``feed_keep`` changes by a tenth, prune to ``feed_keep``. Done after
+        a save, so the saved files of this copy (at ``seq``) stay followable whenever they are within the kept
+        part; any copy behind reloads (see :meth:`_follow`)."""
+        if self.head_seq - self.store.pruned_through() > self.feed_keep + self.feed_keep // 10:
+            self.store.prune_changes(self.feed_keep)
 
     def _maybe_save(self) -> None:
         if self._dirty and time.monotonic() - self._last_save >= self.save_interval_s:
@@ -182,8 +197,11 @@ class FollowingIndex:
         if head <= self.seq:
             return False
         generation, spec = self.store.generation()
-        if generation > self.manifest.generation:
-            self._adopt_generation(generation, spec)
+        pruned = self.store.pruned_through()
+        if generation > self.manifest.generation or self.seq < pruned:
+            # A newer generation, or changes this copy has not applied were pruned: the feed cannot bring it up
+            # to date, the current index can.
+            self._adopt_generation(generation, spec, pruned)
         while self.seq < head:  # in pages: a copy far behind never holds the whole backlog in memory
             upto = min(head, self.seq + FEED_PAGE)
             self._apply(self.store.changes_since(self.seq, upto))
@@ -225,12 +243,20 @@ class FollowingIndex:
             with self._rw.write():
                 self._index.maybe_train()
 
-    def _adopt_generation(self, generation: int, spec: dict[str, Any] | None) -> None:
-        """Another process rebuilt the index: load its files aside and swap them in; when they are not here (a
-        rebuild on another host), rebuild from the database with the published index spec."""
+    def _adopt_generation(self, generation: int, spec: dict[str, Any] | None, pruned: int = 0) -> None:
+        """Another process rebuilt the index, or this copy is behind the pruned part of the feed (``pruned``): load
+        the saved files aside and swap them in when they are of that generation and can follow the feed from their
+        position; otherwise (a rebuild on another host, files as old as this copy) rebuild from the database with
+        the published index spec."""
         with self._write_lock():
             disk = Manifest.peek(self.directory)
-            if disk is not None and disk.generation >= generation and disk.collection_id == self.manifest.collection_id:
+            if (
+                disk is not None
+                and disk.generation >= generation
+                and disk.seq >= pruned
+                and disk.collection_id == self.manifest.collection_id
+                and (disk.generation > self.manifest.generation or disk.seq > self.seq)
+            ):
                 index = load_store(disk.index, disk.embedding_dim, directory=self.directory,
                                    collection_id=disk.collection_id, records=self.store.get_many,
                                    device=self._store_device(), config=self.backend_config)  # fmt: skip
@@ -244,8 +270,11 @@ class FollowingIndex:
             if spec is not None:
                 params = resolve_options(spec["type"], spec["params"])
                 self.manifest.index = self.manifest.index.model_copy(update={"type": spec["type"], "params": params})
+            if self.seq < pruned:
+                logger.info("%s: behind the pruned change feed (seq %d < %d); rebuilding from the database",
+                            self.directory, self.seq, pruned)  # fmt: skip
             self._swap(self._build_from_db())
-            self.manifest.generation = generation
+            self.manifest.generation = max(generation, self.manifest.generation)
             self.seq = head
             self._save()
             logger.info("%s: rebuilt generation %d (%s) from the database", self.directory, generation,

@@ -64,6 +64,20 @@ def _chunks(values: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]
         yield values[start : start + size]
 
 
+def _filter_conditions(labels: Sequence[str] | None, split: str | None) -> list[Any]:
+    """SQL conditions of a label (any of) / split filter, shared by :meth:`MetadataStore.page` and
+    :meth:`MetadataStore.allowed_ids` so listing and searching agree on what passes."""
+    conditions: list[Any] = []
+    if split is not None:
+        conditions.append(ImageRow.split == split)
+    if labels:
+        # Labels are a JSON list of strings: '"cat"' (quotes included) occurs in its text exactly when "cat" is
+        # an element, since quotes inside a label are escaped. Portable across SQLite and PostgreSQL.
+        as_text = cast(ImageRow.labels, Text)
+        conditions.append(or_(*(as_text.contains(json.dumps(label), autoescape=True) for label in labels)))
+    return conditions
+
+
 def _record(row: Any) -> ImageRecord:
     return ImageRecord(
         id=int(row.id),
@@ -84,6 +98,7 @@ def _record(row: Any) -> ImageRecord:
 # (``msir-index build --shard I/N``) and servers can write into one collection at once.
 LOCK_KEY = "SELECT hashtext('msir-collection:' || current_schema())"
 GENERATION_KEY = "index_generation"
+PRUNED_KEY = "feed_pruned_through"  # changes with seq <= this value were deleted by prune_changes
 INDEX_SPEC_KEY = "index_spec"
 
 
@@ -128,6 +143,31 @@ class MetadataStore:
                 query = query.where(ChangeRow.seq <= upto)
             rows = s.execute(query.order_by(ChangeRow.seq)).all()
         return [Change(int(r.seq), None if r.image_id is None else int(r.image_id), r.op) for r in rows]
+
+    def pruned_through(self) -> int:
+        """Changes with ``seq`` <= this were pruned (0: none): a copy at an older position cannot follow the feed
+        and must reload the current index instead."""
+        with db_errors(self.engine), self.session() as s:
+            row = s.get(CollectionInfo, PRUNED_KEY)
+            return int(row.value) if row is not None else 0
+
+    def prune_changes(self, keep: int) -> int:
+        """Delete all but the newest ``keep`` (>= 1) changes, so the feed stays bounded; returns how many went.
+        The newest change always stays: ``head()`` is ``max(seq)`` and must not move back. The horizon is recorded
+        in the same transaction, so a follower sees either both or neither."""
+        keep = max(1, int(keep))
+        with db_errors(self.engine), self.session() as s, s.begin():
+            self._lock_transaction(s)
+            head = int(s.scalar(select(func.max(ChangeRow.seq))) or 0)
+            row = s.get(CollectionInfo, PRUNED_KEY)
+            before = int(row.value) if row is not None else 0
+            horizon = head - keep
+            if horizon <= before:
+                return 0
+            deleted = s.execute(delete(ChangeRow).where(ChangeRow.seq <= horizon)).rowcount
+            s.merge(CollectionInfo(key=PRUNED_KEY, value=horizon))
+        logger.info("pruned %d change(s) of the feed, through seq %d", deleted, horizon)
+        return int(deleted or 0)
 
     def generation(self) -> tuple[int, dict[str, Any] | None]:
         """The index generation recorded by the last rebuild, and its index spec (``{"type", "params"}``)."""
@@ -354,21 +394,34 @@ class MetadataStore:
     ) -> tuple[list[ImageRecord], int]:
         """Rows with id > ``after`` in id order (at most ``limit``), carrying any of ``labels`` and in ``split``
         when given, and how many rows match the filters in all."""
-        conditions = []
-        if split is not None:
-            conditions.append(ImageRow.split == split)
-        if labels:
-            # Labels are a JSON list of strings: '"cat"' (quotes included) occurs in its text exactly when "cat" is
-            # an element, since quotes inside a label are escaped. Portable across SQLite and PostgreSQL.
-            as_text = cast(ImageRow.labels, Text)
-            conditions.append(or_(*(as_text.contains(json.dumps(label), autoescape=True) for label in labels)))
+        return self.page_rows(after=after, limit=limit, labels=labels, split=split), self.count_matching(labels, split)
+
+    def page_rows(
+        self, *, after: int | None, limit: int, labels: Sequence[str] | None = None, split: str | None = None
+    ) -> list[ImageRecord]:
+        """The rows of :meth:`page` alone: an index range scan from ``after`` (keyset), whatever the table size."""
+        conditions = _filter_conditions(labels, split)
         with db_errors(self.engine), self.session() as s:
-            total = int(s.scalar(select(func.count()).select_from(ImageRow).where(*conditions)) or 0)
             query = select(*RECORD_COLUMNS).where(*conditions)
             if after is not None:
                 query = query.where(ImageRow.id > int(after))
             rows = s.execute(query.order_by(ImageRow.id).limit(int(limit))).all()
-        return [_record(row) for row in rows], total
+        return [_record(row) for row in rows]
+
+    def count_matching(self, labels: Sequence[str] | None = None, split: str | None = None) -> int:
+        """Rows passing the filters: a scan of the table (or of its id index), so callers cache it."""
+        conditions = _filter_conditions(labels, split)
+        with db_errors(self.engine), self.session() as s:
+            return int(s.scalar(select(func.count()).select_from(ImageRow).where(*conditions)) or 0)
+
+    def allowed_ids(self, labels: Sequence[str] | None = None, split: str | None = None) -> np.ndarray:
+        """Sorted ids (int64) of the rows carrying any of ``labels`` and in ``split``: what a filtered FAISS search
+        turns into an ``IDSelector``. One id-only scan (8 bytes a row that passes), not one row read per hit."""
+        conditions = _filter_conditions(labels, split)
+        with db_errors(self.engine), self.engine.connect() as conn:
+            query = select(ImageRow.id).where(*conditions).order_by(ImageRow.id).execution_options(yield_per=100_000)
+            found = np.fromiter((int(i) for (i,) in conn.execute(query)), dtype=np.int64)
+        return found
 
     def vectors(self, ids: Iterable[int]) -> dict[int, np.ndarray]:
         wanted = sorted({int(i) for i in ids})

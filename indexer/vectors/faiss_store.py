@@ -1,6 +1,7 @@
 """The FAISS backend: the in-process index of :mod:`indexer.vectors.faiss_index`, saved beside the manifest.
 
-Filters run in the collection (over-fetch, filter on database rows, grow: :mod:`indexer.search`).
+A label/split filter arrives resolved to the ids that pass (``Filters.allowed``) and restricts the FAISS search
+itself (an ``IDSelector``, or exact scoring of few ids); exclusions alone are over-fetched (:mod:`indexer.search`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from indexer.errors import CollectionError
-from indexer.vectors.faiss_index import INDEX_FILE, VECTORS_FILE, VectorIndex
+from indexer.vectors.faiss_index import DELETED_FILE, INDEX_FILE, VECTORS_FILE, VectorIndex
 from indexer.vectors.interface import BackendConfig, StoreSite, VectorStore
 
 if TYPE_CHECKING:
@@ -25,9 +26,14 @@ class FaissStore(VectorIndex):
     backend = "faiss"
     filters_pushed_down = False
 
-    def search(self, queries: np.ndarray, k: int, filters: Filters | None = None) -> tuple[np.ndarray, np.ndarray]:
-        # Filters live in the database: the collection over-fetches and filters the rows (indexer.search).
-        return super().search(queries, k)
+    def search(  # type: ignore[override]
+        self, queries: np.ndarray, k: int, filters: Filters | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        # Labels/splits live in the database: the collection passes the ids that pass them (filters.allowed).
+        allowed = filters.allowed if filters is not None else None
+        if allowed is not None and filters is not None and filters.exclude_ids:
+            allowed = np.setdiff1d(allowed, np.fromiter(filters.exclude_ids, np.int64), assume_unique=True)
+        return super().search(queries, k, allowed)
 
     def refresh(self, ids: np.ndarray | list[int]) -> None:
         """FAISS keeps vectors only: labels and splits are read from the database at search time."""
@@ -41,7 +47,7 @@ class FaissStore(VectorIndex):
 
 class FaissBackend:
     name = "faiss"
-    own_files = (INDEX_FILE, VECTORS_FILE)
+    own_files = (INDEX_FILE, VECTORS_FILE, DELETED_FILE)
 
     def create(self, spec: IndexSpec, dim: int, site: StoreSite) -> VectorStore:
         return FaissStore(spec.type, dim, spec.params, device=site.device)

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from indexer import Collection
 from indexer.cli import app
+from indexer.manifest import Manifest
 from indexer.vectors.faiss_index import INDEX_FILE
 from models import open_image
 from tests.fixtures_formats import write_manifest
@@ -229,3 +230,14 @@ def test_every_command_that_opens_a_collection_takes_the_same_options() -> None:
     assert set(names) >= {"build", "add", "remove", "label", "rebuild", "stats", "verify", "search", "eval"}
     for name, params in names.items():
         assert set(OPENING_OPTIONS) <= params, (name, set(OPENING_OPTIONS) - params)
+
+
+def test_rebuild_with_index_auto_records_the_choice(built: Path) -> None:
+    out = run("rebuild", built, "--index", "auto", "--memory-budget", "64M")
+    assert "flat" in out
+    spec = Manifest.load(built).index
+    assert spec.type == "flat" and spec.auto is not None and spec.auto["memory_budget"] == 64 * 1024**2
+    assert json.loads(run("verify", built, "--json"))["ok"] is True
+    run("rebuild", built, "--index", "auto", code=2)  # no budget: refused
+    run("rebuild", built, "--index", "hnsw")  # an explicit type clears the record
+    assert Manifest.load(built).index.auto is None

@@ -90,6 +90,26 @@ def test_filters_and_dataset_labels(tmp_path: Path, checkpoint: Path, database_u
         top = col.search(query, 3)[0]
         excluded = col.search(query, 3, exclude_ids={top[0].id}, exclude_sha256={top[1].record.sha256})[0]
         assert {top[0].id, top[1].id}.isdisjoint(h.id for h in excluded) and len(excluded) == 3
+        # A label filter combined with exclusions: k hits, all passing, none excluded.
+        blue = col.search(query, 4, labels=["blue"])[0]
+        rest = col.search(query, 4, labels=["blue"], exclude_ids={blue[0].id}, exclude_sha256={blue[1].record.sha256})
+        assert len(rest[0]) == 4 and {blue[0].id, blue[1].id}.isdisjoint(h.id for h in rest[0])
+        assert all(h.record.labels == ["blue"] for h in rest[0])
+        # The ids a filter lets through are cached per filter until the change feed moves: a relabel shows at once.
+        col.edit([top[0].id], labels=["violet"])
+        assert [h.id for h in col.search(query, 5, labels=["violet"])[0]] == [top[0].id]
+        col.edit([top[0].id], labels=top[0].record.labels)
+        # Paging counts the matching rows once per filter until the feed moves, not once per page.
+        counted: list[object] = []
+        count = col.store.count_matching
+        col.store.count_matching = lambda *a: counted.append(a) or count(*a)  # type: ignore[method-assign]
+        first, total = col.list_images(limit=5, labels=["blue"])
+        second, again = col.list_images(after=first[-1].id, limit=5, labels=["blue"])
+        assert total == again == 12 and len(counted) == 1 and first[-1].id < second[0].id
+        col.edit([first[0].id], labels=["violet"])  # moves the feed: the next page counts again
+        assert col.list_images(after=first[-1].id, limit=5, labels=["blue"])[1] == 11 and len(counted) == 2
+        col.edit([first[0].id], labels=["blue"])
+        del col.store.count_matching
         stats = col.stats()
         assert stats["rows"] == 36 and stats["splits"] == {"train": 18, "test": 18}
         assert stats["labels"] == {name: 12 for name in CLASSES}

@@ -53,10 +53,14 @@ def test_a_copy_follows_adds_removes_edits_and_rebuilds(
         assert writer.generation > generation
         reader.refresh()
         assert reader.index_type == "hnsw" and reader.generation == writer.generation and reader.ntotal == 10
-        # A removal made elsewhere reaches an hnsw copy too (rebuilt from the database: hnsw cannot remove).
+        # A removal made elsewhere reaches an hnsw copy too, as a tombstone: neither process rebuilds its graph.
+        writer_graph, reader_graph = writer._index.main, reader._index.main
         writer.remove([base[2]])
         reader.refresh()
         assert reader.ntotal == 9 and base[2] not in reader.store.ids()
+        assert writer._index.main is writer_graph and reader._index.main is reader_graph
+        assert reader._index.deleted.tolist() == [base[2]]
+        assert base[2] not in {h.id for h in reader.search(reader.vector(base[3])[None], 10)[0]}
     finally:
         writer.close()
         reader.close()
@@ -108,3 +112,41 @@ def test_background_following(tmp_path: Path, checkpoint: Path, interval_s: floa
         assert state["following"] and state["error"] is None and state["lag"] == 0
         server.stop_following()
         assert not server.sync_state()["following"]
+
+
+def test_the_feed_is_pruned_and_a_copy_behind_it_reloads(
+    tmp_path: Path, checkpoint: Path, database_url: str | None
+) -> None:
+    images = write_images(tmp_path / "imgs", 12)
+    directory = tmp_path / "col"
+    with Collection.create(directory, checkpoint, database_url, device="cpu") as col:
+        base = col.add_images([NewImage(p) for p in images[:4]]).added
+    old_files = {name: (directory / name).read_bytes() for name in ("index.faiss", "manifest.json")}
+    writer = Collection.open(directory, database_url=database_url, device="cpu")
+    reader = Collection.open(directory, database_url=database_url, device="cpu")
+    try:
+        writer.feed_keep = 2
+        old_seq = reader.seq
+        added: list[int] = []
+        for path in images[4:10]:  # one change per add; every add saves, and the save prunes
+            added += writer.add_images([NewImage(path)]).added
+        assert writer.remove([base[0]]) == 1
+        pruned = writer.store.pruned_through()
+        assert pruned > old_seq  # the reader's position is gone from the feed
+        assert len(writer.store.changes_since(0)) <= 2 + 2 // 10 + 1  # bounded by feed_keep (+ the slack)
+        assert writer.store.head() > pruned  # the newest change always stays: head never moves back
+        # The reader cannot follow the feed from its position: it reloads the writer's saved files (at a position
+        # the kept feed still covers) and follows from there, ending where the database is.
+        assert reader.refresh() is True
+        assert reader.seq == writer.store.head() and reader.ntotal == 9
+        assert sorted(reader._index.ids().tolist()) == sorted(reader.store.ids().tolist())
+        assert all(_top(reader, i) == i for i in added)
+    finally:
+        writer.close()
+        reader.close()
+    # Saved files from behind the horizon (the 4-row index from before, restored): the open cannot follow the feed
+    # from their position and rebuilds from the database (following the kept feed alone would miss 5 adds).
+    for name, content in old_files.items():
+        (directory / name).write_bytes(content)
+    with Collection.open(directory, database_url=database_url, device="cpu") as col:
+        assert col.ntotal == 9 and col.seq >= col.store.pruned_through() and col.verify().ok

@@ -92,12 +92,14 @@ def test_ivfpq_untrained_then_trained_and_removal(tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded.search(x[5:9], 5)[1], index.search(x[5:9], 5)[1])
 
 
-def test_hnsw_cannot_remove() -> None:
+def test_hnsw_removes_by_tombstone() -> None:
+    """FAISS cannot remove HNSW nodes; the index marks them deleted instead (test_faiss_filters.py has more)."""
     index = VectorIndex("hnsw", 8)
-    index.add([1, 2], np.eye(2, 8, dtype=np.float32))
-    assert not index.supports_remove
-    with pytest.raises(CollectionError, match="rebuild"):
-        index.remove([1])
+    index.add([1, 2, 3, 4, 5, 6], np.eye(6, 8, dtype=np.float32))
+    assert index.supports_remove
+    assert index.remove([1]) == 1
+    assert index.ids().tolist() == [2, 3, 4, 5, 6] and index.ntotal == 5
+    assert 1 not in index.search(np.eye(1, 8, dtype=np.float32), 6)[1]
 
 
 def test_failed_save_leaves_previous_index_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
