@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from models import options_of
 from training.config import ConfigError, load_config
@@ -112,7 +113,16 @@ def test_preprocess_spec_from_stats_or_values(layered: Path) -> None:
 
 def test_shipped_configs_validate() -> None:
     """Every YAML in configs/ loads (extends chain included) and describes a consistent run."""
-    paths = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.name != "base.yaml")  # base: a layer
+    # Layers (base.yaml, *_common.yaml) hold shared keys only; each must be extended by a config that validates.
+    layers = {p for p in (REPO / "configs").rglob("*.yaml") if p.name == "base.yaml" or p.stem.endswith("_common")}
+    paths = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p not in layers)
+    extended = {
+        (p.parent / parent).resolve()
+        for p in paths
+        for parent in [yaml.safe_load(p.read_text()).get("extends")]
+        if isinstance(parent, str)
+    }
+    assert layers <= extended | {REPO / "configs" / "base.yaml"}, layers - extended
     assert len(paths) >= 24  # 15 CNN + 8 ViT + the improved recipe (+ any added later)
     for path in paths:
         cfg, _ = load_config(path)
