@@ -433,6 +433,7 @@ def write_results(out: Path, results_md: Path, figure: Path) -> Path:
     for dataset in MSCFNET_TABLES:
         lines += cnn_section(dataset, records, errors)
     lines += ablation_section(records, errors)
+    lines += isic_section(results_md.parent / "isic2018" / "report.md")
     lines += DEVIATIONS
     lines += rerank_section(results_md.parent / "benchmarks" / "rerank_cifar10.json")
     lines += ["## Budgets and wall times", ""]
@@ -446,6 +447,15 @@ def write_results(out: Path, results_md: Path, figure: Path) -> Path:
     results_md.parent.mkdir(parents=True, exist_ok=True)
     results_md.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     return results_md
+
+
+def isic_section(report: Path) -> list[str]:
+    """The ISIC 2018 section written by ``benchmarks/isic2018.py report``, its figure links made relative to
+    RESULTS.md; nothing when the report has not been written."""
+    if not report.is_file():
+        return []
+    text = report.read_text(encoding="utf-8").replace("](shipped_", f"]({report.parent.name}/shipped_")
+    return [*text.rstrip().splitlines(), ""]
 
 
 # -- command line -----------------------------------------------------------------------------------------------
