@@ -72,7 +72,9 @@ def test_dermoscopy_query_returns_diagnoses_probabilities_and_full_names(tmp_pat
         assert info["classes"] == ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
         assert info["class_descriptions"]["MEL"] == "melanoma"
         assert info["class_descriptions"]["NV"] == "melanocytic nevus"
-        answer = client.post("/v1/search", files={"image": ("q.jpg", query.read_bytes(), "image/jpeg")}, data={"k": "5"})
+        answer = client.post(
+            "/v1/search", files={"image": ("q.jpg", query.read_bytes(), "image/jpeg")}, data={"k": "5"}
+        )
         assert answer.status_code == 200, answer.text
         body = answer.json()
     assert len(body["neighbours"]) == 5
