@@ -221,7 +221,11 @@ class AddImagesResponse(BaseModel):
 
 
 # What _check_label accepts, stated in the schema too: 1-200 characters, not only blanks, no '|'.
-Label = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^|]*[^|\s][^|]*$")]
+# "Not blank" spelled out so that Python's re and JSON Schema's ECMA-262 regex agree: Python's \s also matches
+# \x1c-\x1f and \x85, ECMA-262's also matches \ufeff; a label needs one character that is none of them.
+Label = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^|]*[^|\s\x1c-\x1f\x85\ufeff][^|]*$")
+]
 
 
 def _check_label(value: str) -> str:

@@ -40,21 +40,23 @@ async def search(
     exclude_duplicates: Annotated[
         bool, Form(description="Leave out stored images with exactly the same content (sha256) as the query.")
     ] = False,
+    # Optional rather than a plain default: a multipart form sends an empty field for "unset", which FastAPI reads
+    # as the default; declared nullable, the schema says so too (an empty value is the default, none).
     rerank: Annotated[
-        RerankMethod,
+        RerankMethod | None,
         Form(
             description="Re-ranking: none, aqe (average query expansion), dba (database-side augmentation of the "
             "top 100) or kreciprocal (k-reciprocal re-ranking of the top 100). With re-ranking, a neighbour's "
             "score is the re-ranking's score (higher is better). Gains and costs: results/RESULTS.md."
         ),
-    ] = "none",
+    ] = None,
 ) -> Response:
     args = SearchArgs(
         resolve_k(k, service.settings),
         await service.check_labels(label),
         await check_split(service, split),
         exclude_duplicates,
-        RerankConfig(method=rerank),
+        RerankConfig(method=rerank or "none"),
     )
     timer = StageTimer()
     result = await service.query(image, "image", timer, args)
