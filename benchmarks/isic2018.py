@@ -83,9 +83,17 @@ ARMS = {
             "configs/vit/msvit_multiloss_distill_isic2018_cpu.yaml",
         ),
         Arm("shipped", "proposed, 90-minute budget (shipped)", "configs/vit/msvit_multiloss_isic2018_cpu90.yaml"),
+        Arm("teacher", "ResNet-18 teacher (90-minute budget)", "configs/cnn/resnet18_isic2018_cpu_teacher.yaml"),
+        Arm(
+            "shipped_distill",
+            "proposed + distillation, 90-minute budget with its teacher",
+            "configs/vit/msvit_multiloss_distill_isic2018_cpu90.yaml",
+        ),
     )
 }
 ABLATION = ("mscfnet4", "resnet18", "vit", "msvit", "vit_multiloss", "proposed", "proposed_distill")
+# The arm whose checkpoint a distillation arm learns from (same seed): trained first in a queue.
+TEACHERS = {"proposed_distill": "mscfnet4", "shipped_distill": "teacher"}
 
 
 def ensure_dataset() -> None:
@@ -140,10 +148,10 @@ def run_one(
         logger.info("%s seed %d: done before (%s)", arm.name, seed, out)
         return {}
     overrides = [f"output_dir={runs / arm.name / f'seed{seed}'}", f"seed={seed}", f"name=isic2018_{arm.name}_s{seed}"]
-    if arm.name == "proposed_distill":
-        teacher = runs / "mscfnet4" / f"seed{seed}" / "best.safetensors"
+    if arm.name in TEACHERS:
+        teacher = runs / TEACHERS[arm.name] / f"seed{seed}" / "best.safetensors"
         if not teacher.is_file():
-            raise SystemExit(f"the distillation teacher {teacher} is missing: run mscfnet4 seed {seed} first")
+            raise SystemExit(f"distillation teacher {teacher} missing: run {TEACHERS[arm.name]} seed {seed} first")
         overrides.append(f"loss.distill_teacher={teacher}")
     overrides += extra or []
     cfg, raw = load_config(REPO / arm.config, overrides)
