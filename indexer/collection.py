@@ -37,6 +37,7 @@ from indexer.manifest import CheckpointRef, IndexSpec, Manifest, now_iso
 from indexer.metadata.queries import MetadataStore
 from indexer.metadata.tables import default_url, is_default_url, safe_url
 from indexer.records import AddReport, Hit, ImageRecord, NewImage, Upload, VerifyReport
+from indexer.row_cache import RowCache
 from indexer.search import Filters, filtered_search, reranked_search, unit_queries
 from indexer.vectors.backends import BackendConfig, VectorStore, index_spec, load_store, new_store
 from indexer.vectors.faiss_index import resolve_options
@@ -79,6 +80,7 @@ class Collection(FollowingIndex):
         # (what, labels, split, feed head) -> ids passing that filter, or their count (see _by_feed_head)
         self._allowed_cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._allowed_lock = threading.Lock()
+        self._rows = RowCache(store.get_many)
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     @classmethod
@@ -447,13 +449,22 @@ class Collection(FollowingIndex):
             exclude_ids=frozenset(int(i) for i in exclude_ids or ()),
             exclude_sha256=frozenset(exclude_sha256 or ()),
         )
+        # Where the rows served from the row cache stand (indexer.row_cache). Followed, this copy knows the feed's
+        # head as of its last check, within the sync interval, as the index itself does: the rows' tag is that head
+        # and this process's own deletes and edits, so a search costs no SQL when its neighbours are cached. Not
+        # followed (a CLI, a test), the head is read now.
+        head = self.store.head() if self._follower is None else None
+        tag = (self.head_seq if head is None else head, self.store.row_writes)
         pushdown = self._index.filters_pushed_down
         unapplied = 0
         if not pushdown and (filters.labels or filters.split is not None):
             # FAISS: the database resolves the label/split filter to ids, the index searches only those (and
             # leaves out exclude_ids); excluded hashes are dropped here, so that many more are asked for.
-            filters = replace(filters, allowed=self._allowed_ids(filters.labels, filters.split))
+            filters = replace(filters, allowed=self._allowed_ids(filters.labels, filters.split, head))
             pushdown, unapplied = True, len(filters.exclude_sha256)
+
+        def rows(ids: Iterable[int]) -> dict[int, ImageRecord]:
+            return self._rows.get_many(ids, tag)
 
         def search_index(batch: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray, int]:
             with self._rw.read():
@@ -471,22 +482,22 @@ class Collection(FollowingIndex):
                 return scores, ids, total
 
             return reranked_search(
-                search_index, search_all, self._reconstruct, self.store.get_many, q, k, filters, rerank, pushdown,
-                unapplied,
-            )  # fmt: skip
-        return filtered_search(search_index, self.store.get_many, q, k, filters, pushdown=pushdown, unapplied=unapplied)
+                search_index, search_all, self._reconstruct, rows, q, k, filters, rerank, pushdown, unapplied
+            )
+        return filtered_search(search_index, rows, q, k, filters, pushdown=pushdown, unapplied=unapplied)
 
-    def _allowed_ids(self, labels: frozenset[str] | None, split: str | None) -> np.ndarray:
+    def _allowed_ids(self, labels: frozenset[str] | None, split: str | None, head: int | None = None) -> np.ndarray:
         """Ids passing a label/split filter, cached per filter until the change feed moves (every insert, delete
         and label/split edit appends a change, so the feed's head identifies the rows' state). Repeated queries
         with one filter then cost one indexed ``max(seq)`` lookup, not a scan of the rows that pass."""
         return self._by_feed_head(
-            ("allowed", labels, split), lambda: self.store.allowed_ids(sorted(labels) if labels else None, split)
+            ("allowed", labels, split), lambda: self.store.allowed_ids(sorted(labels) if labels else None, split), head
         )
 
-    def _by_feed_head(self, key: tuple[Any, ...], compute: Callable[[], T]) -> T:
-        """``compute()``, cached under ``key`` until the change feed's head moves (LRU of ALLOWED_CACHE_SIZE)."""
-        full = (*key, self.store.head())
+    def _by_feed_head(self, key: tuple[Any, ...], compute: Callable[[], T], head: int | None = None) -> T:
+        """``compute()``, cached under ``key`` until the change feed's head (``head``, read now when None) moves (LRU
+        of ALLOWED_CACHE_SIZE)."""
+        full = (*key, self.store.head() if head is None else head)
         with self._allowed_lock:
             if full in self._allowed_cache:
                 self._allowed_cache.move_to_end(full)

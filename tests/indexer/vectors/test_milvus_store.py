@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import sqlalchemy as sa
 from pymilvus import MilvusClient
 from typer.testing import CliRunner
 
@@ -128,10 +127,7 @@ def test_filter_values_are_quoted_not_spliced(tmp_path: Path) -> None:
 def test_refresh_copies_changed_labels(two_backends: dict[str, Collection]) -> None:
     col = two_backends["milvus"]
     blue = [h.id for h in col.search(col.vector(1)[None], 50, labels=["blue"])[0]]
-    with col.store.engine.begin() as conn:  # as a relabel does: the database first
-        conn.execute(
-            sa.text("UPDATE images SET labels = :labels WHERE id = :id"), {"labels": '["green"]', "id": blue[0]}
-        )
+    col.store.edit([blue[0]], labels=["green"])  # as a relabel does: the database first, then the store
     col._index.refresh([blue[0], 10_000])
     assert [h.id for h in col.search(col.vector(1)[None], 50, labels=["blue"])[0]] == blue[1:]
     assert blue[0] in [h.id for h in col.search(col.vector(1)[None], 50, labels=["green"])[0]]
