@@ -1,6 +1,7 @@
 """Search latency at the floor: msir's ``/v1/search`` as it runs by default (``MSIR_RUNTIME`` unset: auto, ONNX
 Runtime when the export verifies) and with ``MSIR_RUNTIME=torch``, beside the in-process floor and the naive peer
-endpoint, in one run, on the demo model over a CIFAR-10 collection (CPU; ``--size``, 50,000 images by default).
+endpoint, in one run, on the demo model over the ``make demo`` collection (the 1,000 images of ``demo/images/``) or,
+with ``--size N``, the first N CIFAR-10 training images (CPU).
 
 What it measures, side by side:
 
@@ -24,8 +25,9 @@ take turns in short blocks, so load from other work on a shared machine falls on
 average before and after is recorded.
 
 The model is the demo checkpoint (``demo/checkpoint/``, MSCFNet-4) unless ``--checkpoint`` is given; the collection
-(``--collection``, or one built once under ``~/.cache/msir/collections/``) holds the first ``--size`` CIFAR-10
-*train* images of ``../shared/datasets/cifar10-jpg.tar``; queries are CIFAR-10 *test* JPEGs.
+(``--collection``, or one built once under ``~/.cache/msir/collections/``) holds ``demo/images/`` as ``make demo``
+indexes them, or the first ``--size`` CIFAR-10 *train* images of ``../shared/datasets/cifar10-jpg.tar``; queries
+are CIFAR-10 *test* JPEGs.
 
 Results: ``results/benchmarks/serve_latency_cpu.{json,md}``.
 """
@@ -67,6 +69,7 @@ from training.runinfo import cpu_name, git_sha  # noqa: E402
 TAR = REPO.parent / "shared" / "datasets" / "cifar10-jpg.tar"
 CACHE = Path("~/.cache/msir").expanduser()
 DEMO_CHECKPOINT = REPO / "demo" / "checkpoint" / "mscfnet4_cifar10.safetensors"
+DEMO_IMAGES = REPO / "demo" / "images"
 STAGES = {"decode": ("decode", "preprocess"), "model": ("embed",), "faiss": ("search",), "database": ("database",)}
 PATHS = ("naive peer", "msir default", "msir torch")
 FLOORS = {"default": "auto", "torch": "torch"}  # floor name -> the runtime it opens the collection with
@@ -97,10 +100,15 @@ def checkpoint_copy(source: Path) -> Path:
     return target_dir / source.name
 
 
-def build_collection(directory: Path, checkpoint: Path, data: Path, limit: int) -> None:
-    print(f"building {directory} ({limit} CIFAR-10 train images) with msir-index build ...", flush=True)
+def build_collection(directory: Path, checkpoint: Path, data: Path, limit: int | None) -> None:
+    """``limit`` CIFAR-10 train images from ``data``, or (None) the demo images as ``make demo`` indexes them."""
+    what = "the demo images" if limit is None else f"{limit} CIFAR-10 train images"
+    print(f"building {directory} ({what}) with msir-index build ...", flush=True)
     command = [sys.executable, "-m", "indexer.cli", "build", str(directory), "--checkpoint", str(checkpoint)]
-    command += ["--data", str(data), "--split", "train", "--limit", str(limit), "--device", "cpu"]
+    if limit is None:
+        command += ["--data", str(DEMO_IMAGES), "--device", "cpu"]
+    else:
+        command += ["--data", str(data), "--split", "train", "--limit", str(limit), "--device", "cpu"]
     command += ["--json"]  # the default runtime, as a user's build
     subprocess.run(command, check=True, cwd=REPO)
 
@@ -325,7 +333,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"Device: {report['device']} ({report['cpu_count']} cores, CPU only, torch {report['torch']}, onnxruntime "
         f"{report['onnxruntime']}); **a shared machine**: load average before / after "
         f"{report['load_before']} / {report['load_after']} (other work was running; an idle machine gives lower "
-        f"numbers for every row alike). Collection: {report['collection_size']:,} CIFAR-10 train images, "
+        f"numbers for every row alike). Collection: {report['collection_size']:,} images ({report['source']}), "
         f"{report['index_type']} index, model {report['model']} (the demo checkpoint). k = {report['k']}; queries: "
         f"CIFAR-10 test JPEGs; {report['requests_per_level']} timed requests per row, in {report['rounds']} blocks "
         f"that alternate between the servers (all up at once). Git {report['git_sha']}, {report['date']}.",
@@ -376,7 +384,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--collection", type=Path, help="collection directory (default: find or build one)")
     parser.add_argument("--checkpoint", type=Path, default=DEMO_CHECKPOINT, help="model (default: the demo's)")
-    parser.add_argument("--size", type=int, default=50_000, help="images in the collection to build (50000)")
+    parser.add_argument("--size", type=int, help="N CIFAR-10 train images (default: the make demo collection)")
     parser.add_argument("--requests", type=int, default=400, help="timed requests per row")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--k", type=int, default=10)
@@ -388,7 +396,8 @@ def main() -> None:
     load_before = [round(v, 2) for v in os.getloadavg()]
     data = extract(TAR, CACHE / "datasets")
     checkpoint = checkpoint_copy(args.checkpoint)
-    collection = args.collection or CACHE / "collections" / f"serve-latency-{checkpoint.stem}-{args.size}"
+    source = "the make demo images" if args.size is None else "CIFAR-10 train images"
+    collection = args.collection or CACHE / "collections" / f"serve-latency-{checkpoint.stem}-{args.size or 'demo'}"
     if not (collection / "manifest.json").is_file():
         build_collection(collection, checkpoint, data, args.size)
     print(f"collection: {collection}", flush=True)
@@ -398,7 +407,8 @@ def main() -> None:
     bodies = [multipart(q, args.k) for q in queries]
 
     with Collection.open(collection, checkpoint=checkpoint, device="cpu") as col:
-        info = {"collection_size": col.ntotal, "index_type": col.index_type, "model": col.embedder.meta.model_name}
+        info = {"collection_size": col.ntotal, "index_type": col.index_type, "model": col.embedder.meta.model_name,
+                "source": source}  # fmt: skip
 
     floors = {name: Block() for name in FLOORS}
     per_floor = max(1, args.requests // args.rounds)
