@@ -328,3 +328,41 @@ class Readiness(BaseModel):
         examples=[{"model": "ok", "index": "ok (50000 vectors)", "database": "ok"}],
     )
     sync: SyncState | None = None
+
+
+class DuplicateMember(BaseModel):
+    """One image of a near-duplicate group."""
+
+    id: int = Field(examples=[4217])
+    score: float = Field(description="Cosine similarity to the group's representative (1 for itself).", examples=[0.97])
+    identical: bool = Field(
+        description="Embedding equal to the representative's (cosine 1 within 1e-6): the same pixels in another file."
+    )
+    labels: list[str] = Field(examples=[["cat"]])
+    split: str | None = Field(examples=["train"])
+    image_url: str = Field(examples=["/v1/images/4217"])
+    thumbnail_url: str = Field(examples=["/v1/images/4217/thumbnail"])
+
+
+class DuplicateGroup(BaseModel):
+    representative: int = Field(description="The group's smallest id (its oldest image), listed first.", examples=[12])
+    size: int = Field(examples=[3])
+    members: list[DuplicateMember]
+
+
+class DuplicatePage(BaseModel):
+    """Near-duplicate groups, largest first: images linked by cosine >= threshold, joined transitively. Images with
+    exactly the same bytes are never stored twice (an add reports them as duplicates), so every group holds
+    different files."""
+
+    threshold: float = Field(description="Cosine threshold the groups were formed at.", examples=[0.9])
+    total_groups: int = Field(description="Groups in the whole collection.", examples=[41])
+    grouped_images: int = Field(description="Images that belong to some group.", examples=[97])
+    images: int = Field(description="Images compared (the whole collection).", examples=[10000])
+    exact: bool = Field(
+        description="Pairs found by an exact search (up to 20,000 images) rather than the inverted-file approximation."
+    )
+    offset: int
+    limit: int
+    next_offset: int | None = Field(description="Offset of the next page; null on the last one.")
+    groups: list[DuplicateGroup]
