@@ -1,4 +1,5 @@
-"""Views computed from the whole collection (duplicate groups, the 2-D map): once per index position, not per request.
+"""Views computed from the whole collection (duplicate groups, the 2-D map): once per index position, not per
+request.
 
 A value is cached under the index copy's position, ``(generation, seq)``: a rebuild starts a new generation, every
 committed add, delete or edit (here or in another process, once followed) moves ``seq``, and the next request after
@@ -12,9 +13,12 @@ from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+import numpy as np
 
 from indexer import Hit
 from indexer.duplicates import DuplicateGroups, collapse, stored_groups
+from msir_core.retrieval.projection import pca_2d
+from msir_schemas.api import CollectionMap, MapPoint
 
 if TYPE_CHECKING:
     from app.service import Service
@@ -70,3 +74,47 @@ async def collapse_hits(service: Service, hits: list[Hit], k: int) -> list[Hit]:
     """The best hit of each near-duplicate group (groups at MSIR_DUPLICATE_THRESHOLD), at most ``k``."""
     groups = await duplicate_groups(service)
     return collapse(hits, groups.group_of, k)
+
+
+# The map's sample is drawn with this seed: the same collection state always gives the same points.
+MAP_SEED = 0
+
+
+def _compute_map(service: Service, position: tuple[int, int]) -> CollectionMap:
+    store = service.collection.store
+    ids = store.ids()
+    limit = service.settings.map_max_points
+    sampled = len(ids) > limit
+    if sampled:
+        ids = np.sort(np.random.default_rng(MAP_SEED).choice(ids, size=limit, replace=False))
+    parts = list(store.iter_embeddings(ids=ids.tolist()))
+    found = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    vectors = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, 2), np.float32)
+    coords, explained = pca_2d(vectors)
+    records = store.get_many(found.tolist())
+    points = [
+        MapPoint(
+            id=int(i),
+            x=round(float(x), 5),
+            y=round(float(y), 5),
+            label=records[int(i)].labels[0] if int(i) in records and records[int(i)].labels else None,
+        )
+        for i, (x, y) in zip(found.tolist(), coords.tolist(), strict=True)
+        if int(i) in records
+    ]
+    return CollectionMap(
+        method="pca",
+        explained_variance=[round(float(v), 5) for v in explained],
+        total=len(store.ids()) if sampled else len(ids),
+        sampled=sampled,
+        generation=position[0],
+        seq=position[1],
+        points=points,
+    )
+
+
+async def collection_map(service: Service) -> CollectionMap:
+    """The 2-D map of the collection (:func:`msir_core.retrieval.projection.pca_2d`), cached per index position."""
+    col = service.collection
+    position = (col.generation, col.seq)
+    return await service.derived.get(position, "map", lambda: service.blocking(_compute_map, service, position))

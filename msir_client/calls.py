@@ -109,13 +109,20 @@ class Calls:
 
     @staticmethod
     def search(
-        image: ImageInput, k: int | None, labels: Sequence[str] | None, split: str | None, exclude_duplicates: bool
+        image: ImageInput,
+        k: int | None,
+        labels: Sequence[str] | None,
+        split: str | None,
+        exclude_duplicates: bool,
+        collapse_duplicates: bool = False,
     ) -> Call:
         data: dict[str, Any] = _filters(labels, split)
         if k is not None:
             data["k"] = str(k)
         if exclude_duplicates:
             data["exclude_duplicates"] = "true"
+        if collapse_duplicates:
+            data["collapse_duplicates"] = "true"
         return Call("POST", "/v1/search", data=data, files=[("image", _image_part(image))])
 
     @staticmethod
@@ -191,6 +198,10 @@ class Calls:
             body["metadata"] = metadata
             body["replace_metadata"] = replace_metadata
         return Call("PATCH", f"/v1/images/{int(image_id)}", json=body)
+
+    @staticmethod
+    def duplicates(threshold: float | None, offset: int | None, limit: int | None) -> Call:
+        return Call("GET", "/v1/duplicates", params=_query(threshold=threshold, offset=offset, limit=limit))
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:

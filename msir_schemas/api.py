@@ -366,3 +366,26 @@ class DuplicatePage(BaseModel):
     limit: int
     next_offset: int | None = Field(description="Offset of the next page; null on the last one.")
     groups: list[DuplicateGroup]
+
+
+class MapPoint(BaseModel):
+    id: int = Field(examples=[4217])
+    x: float = Field(description="First principal axis, scaled into [-1, 1].", examples=[0.41])
+    y: float = Field(description="Second principal axis, same scale.", examples=[-0.07])
+    label: str | None = Field(description="The image's first label (null: unlabelled).", examples=["cat"])
+
+
+class CollectionMap(BaseModel):
+    """A 2-D map of the collection's embeddings (PCA), computed once per index position and cached."""
+
+    method: str = Field(description="Projection: pca (the two leading principal axes).", examples=["pca"])
+    explained_variance: list[float] = Field(
+        description="Share of the embeddings' variance along each axis.", examples=[[0.21, 0.12]]
+    )
+    total: int = Field(description="Images in the collection.", examples=[10000])
+    sampled: bool = Field(
+        description="Whether the points are a uniform random sample (seeded) of at most MSIR_MAP_MAX_POINTS images."
+    )
+    generation: int = Field(description="Index generation the map was computed for.")
+    seq: int = Field(description="Change-feed position the map was computed for.")
+    points: list[MapPoint]
