@@ -210,6 +210,25 @@ class Client:
         """The 2-D (PCA) map of the collection: points with id, x, y and label."""
         return parse(self._send(Call("GET", "/v1/map")), CollectionMap)
 
+    def search_feedback(
+        self,
+        positive_ids: Sequence[int] = (),
+        negative_ids: Sequence[int] = (),
+        *,
+        positive_images: Sequence[ImageInput] = (),
+        negative_images: Sequence[ImageInput] = (),
+        negative_weight: float | None = None,
+        k: int | None = None,
+        labels: Sequence[str] | None = None,
+        split: str | None = None,
+    ) -> SearchResponse:
+        """Relevance feedback: images like the positive examples and unlike the negative ones (Rocchio,
+        ``mean(P) - negative_weight * mean(N)``; stored ids and/or images to upload; the examples are left out)."""
+        call = Calls.search_feedback(
+            positive_ids, negative_ids, positive_images, negative_images, negative_weight, k, labels, split
+        )
+        return parse(self._send(call), SearchResponse)
+
 
 class AsyncClient:
     """The same methods as :class:`Client`, awaitable::
@@ -371,3 +390,20 @@ class AsyncClient:
 
     async def collection_map(self) -> CollectionMap:
         return parse(await self._send(Call("GET", "/v1/map")), CollectionMap)
+
+    async def search_feedback(
+        self,
+        positive_ids: Sequence[int] = (),
+        negative_ids: Sequence[int] = (),
+        *,
+        positive_images: Sequence[ImageInput] = (),
+        negative_images: Sequence[ImageInput] = (),
+        negative_weight: float | None = None,
+        k: int | None = None,
+        labels: Sequence[str] | None = None,
+        split: str | None = None,
+    ) -> SearchResponse:
+        call = Calls.search_feedback(
+            positive_ids, negative_ids, positive_images, negative_images, negative_weight, k, labels, split
+        )
+        return parse(await self._send(call), SearchResponse)

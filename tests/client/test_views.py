@@ -22,10 +22,23 @@ def test_duplicates_and_map(shared_server: LiveServer, image_files: dict[str, li
         assert collapsed.k == 3 and len(collapsed.neighbours) <= 3
         mapped = msir.collection_map()
         assert mapped.method == "pca" and mapped.total == len(mapped.points) == len(CLASSES) * PER_CLASS
+        plain = msir.search(query, k=3).neighbours
+        first, second = plain[0].id, plain[1].id
+        steered = msir.search_feedback([first], [second], k=4, negative_weight=0.5)
+        raw = httpx.post(
+            f"{shared_server.url}/v1/search/feedback",
+            data={"positive_id": str(first), "negative_id": str(second), "k": "4",
+                  "negative_weight": "0.5"},
+        ).json()  # fmt: skip
+        assert [n.id for n in steered.neighbours] == [n["id"] for n in raw["neighbours"]]
+        uploaded = msir.search_feedback(positive_images=[query], negative_images=[image_files["red"][0]], k=3)
+        assert len(uploaded.neighbours) == 3
 
     async def run() -> None:
         async with AsyncClient(shared_server.url) as msir:
             assert (await msir.duplicates(threshold=0.5, limit=2)) == page
             assert (await msir.collection_map()) == mapped
+            again = await msir.search_feedback([first], [second], k=4, negative_weight=0.5)
+            assert [n.id for n in again.neighbours] == [n.id for n in steered.neighbours]
 
     asyncio.run(run())
