@@ -12,8 +12,10 @@ from typer.testing import CliRunner
 
 from indexer import Collection
 from indexer.cli import app
-from indexer.duplicates import collapse, components, group_vectors, similar_pairs
+from indexer.duplicates import DEFAULT_THRESHOLD, collapse, components, group_vectors, similar_pairs
 from tests.indexer.conftest import write_images
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def brute_groups(ids: np.ndarray, x: np.ndarray, threshold: float) -> set[frozenset[int]]:
@@ -136,3 +138,9 @@ def test_cli_groups_a_re_encoded_copy_with_its_original(tmp_path: Path, checkpoi
     assert text.exit_code == 0 and "copy.jpg" in text.stdout and "near-duplicate groups" in text.stdout
     bad = runner.invoke(app, ["duplicates", str(directory), "--threshold", "1.5"])
     assert bad.exit_code == 2
+
+
+def test_default_threshold_is_the_calibrated_one() -> None:
+    """The constant the service and CLI default to is the one benchmarks/duplicates.py calibrated."""
+    result = json.loads((REPO / "results" / "benchmarks" / "duplicates.json").read_text())
+    assert result["calibrated_threshold"] == pytest.approx(DEFAULT_THRESHOLD, abs=5e-5)
