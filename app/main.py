@@ -25,7 +25,8 @@ from app.deps import single_values
 from app.errors import install_error_handlers
 from app.limits import AdmissionMiddleware, BodyLimitMiddleware
 from app.openapi import install_openapi
-from app.routes import classify, collection, health, images, search
+from app.routes import classify, collection, feedback_search, health, images, near_duplicates, search
+from app.routes import map as map_route
 from app.service import Service
 from app.settings import Settings
 from app.telemetry import Metrics, MetricsMiddleware
@@ -132,7 +133,7 @@ def create_app(settings: Settings | None = None, opened: Collection | None = Non
     app.state.metrics = metrics
     app.state.service = None
     install_error_handlers(app)
-    for module in (search, images, classify, collection, health):
+    for module in (feedback_search, search, images, classify, collection, health, near_duplicates, map_route):
         app.include_router(module.router)
 
     @app.get("/", include_in_schema=False)

@@ -24,6 +24,7 @@ import numpy as np
 from fastapi import UploadFile
 
 from app.batching import DirectEmbedder, MicroBatcher
+from app.derived import DerivedCache
 from app.errors import ApiError
 from app.settings import Settings
 from app.shaping import split_labels
@@ -139,6 +140,7 @@ class Service:
         self.thumbnails = ThumbnailCache(
             settings.resolved_thumbnail_dir(), settings.thumbnail_size, settings.max_pixels
         )
+        self.derived = DerivedCache()  # duplicate groups and the map, once per index position
 
     def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         result = self.collection.embedder.embed_uint8(batch)

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from indexer.duplicates import DEFAULT_THRESHOLD
+
 MB = 1024 * 1024
 
 
@@ -270,6 +272,26 @@ class Settings(BaseSettings):
         ge=1,
         description=(
             "Retry-After (seconds) sent with 503 answers: database unreachable, overload, too many connections."
+        ),
+    )
+    duplicate_threshold: float = Field(
+        DEFAULT_THRESHOLD,
+        gt=0,
+        le=1,
+        description=(
+            "Near-duplicates (GET /v1/duplicates, collapse_duplicates on search): two images are duplicates when the "
+            "cosine of their embeddings is at least this. The default is the threshold benchmarks/duplicates.py "
+            "calibrated for the demo's CIFAR-10 checkpoint (results/benchmarks/duplicates.json); calibrate it again "
+            "for another model."
+        ),
+    )
+    map_max_points: int = Field(
+        5000,
+        ge=10,
+        le=100_000,
+        description=(
+            "GET /v1/map: at most this many images are projected and returned; a larger collection is sampled "
+            "uniformly at random (a fixed seed, so the sample is the same until the collection changes)."
         ),
     )
 

@@ -109,13 +109,20 @@ class Calls:
 
     @staticmethod
     def search(
-        image: ImageInput, k: int | None, labels: Sequence[str] | None, split: str | None, exclude_duplicates: bool
+        image: ImageInput,
+        k: int | None,
+        labels: Sequence[str] | None,
+        split: str | None,
+        exclude_duplicates: bool,
+        collapse_duplicates: bool = False,
     ) -> Call:
         data: dict[str, Any] = _filters(labels, split)
         if k is not None:
             data["k"] = str(k)
         if exclude_duplicates:
             data["exclude_duplicates"] = "true"
+        if collapse_duplicates:
+            data["collapse_duplicates"] = "true"
         return Call("POST", "/v1/search", data=data, files=[("image", _image_part(image))])
 
     @staticmethod
@@ -191,6 +198,34 @@ class Calls:
             body["metadata"] = metadata
             body["replace_metadata"] = replace_metadata
         return Call("PATCH", f"/v1/images/{int(image_id)}", json=body)
+
+    @staticmethod
+    def search_feedback(
+        positive_ids: Sequence[int],
+        negative_ids: Sequence[int],
+        positive_images: Sequence[ImageInput],
+        negative_images: Sequence[ImageInput],
+        negative_weight: float | None,
+        k: int | None,
+        labels: Sequence[str] | None,
+        split: str | None,
+    ) -> Call:
+        data: dict[str, Any] = _filters(labels, split)
+        if k is not None:
+            data["k"] = str(k)
+        if positive_ids:
+            data["positive_id"] = [str(int(i)) for i in positive_ids]
+        if negative_ids:
+            data["negative_id"] = [str(int(i)) for i in negative_ids]
+        if negative_weight is not None:
+            data["negative_weight"] = str(float(negative_weight))
+        files = [("positive", _image_part(img, i)) for i, img in enumerate(positive_images)]
+        files += [("negative", _image_part(img, i)) for i, img in enumerate(negative_images)]
+        return Call("POST", "/v1/search/feedback", data=data, files=files or None)
+
+    @staticmethod
+    def duplicates(threshold: float | None, offset: int | None, limit: int | None) -> Call:
+        return Call("GET", "/v1/duplicates", params=_query(threshold=threshold, offset=offset, limit=limit))
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:

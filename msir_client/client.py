@@ -31,6 +31,8 @@ from msir_schemas.api import (
     BatchSearchResponse,
     ClassifyResponse,
     CollectionInfo,
+    CollectionMap,
+    DuplicatePage,
     Health,
     ImageInfo,
     ImagePage,
@@ -104,8 +106,9 @@ class Client:
         labels: Sequence[str] | None = None,
         split: str | None = None,
         exclude_duplicates: bool = False,
+        collapse_duplicates: bool = False,
     ) -> SearchResponse:
-        call = Calls.search(image, k, labels, split, exclude_duplicates)
+        call = Calls.search(image, k, labels, split, exclude_duplicates, collapse_duplicates)
         return parse(self._send(call), SearchResponse)
 
     def search_batch(
@@ -196,6 +199,36 @@ class Client:
     def delete_image(self, image_id: int) -> None:
         check_status(self._send(Call("DELETE", f"/v1/images/{int(image_id)}")))
 
+    # --- near-duplicates and the map ---------------------------------------------------------------------------
+    def duplicates(
+        self, *, threshold: float | None = None, offset: int | None = None, limit: int | None = None
+    ) -> DuplicatePage:
+        """One page of near-duplicate groups (``threshold``: cosine, default the server's MSIR_DUPLICATE_THRESHOLD)."""
+        return parse(self._send(Calls.duplicates(threshold, offset, limit)), DuplicatePage)
+
+    def collection_map(self) -> CollectionMap:
+        """The 2-D (PCA) map of the collection: points with id, x, y and label."""
+        return parse(self._send(Call("GET", "/v1/map")), CollectionMap)
+
+    def search_feedback(
+        self,
+        positive_ids: Sequence[int] = (),
+        negative_ids: Sequence[int] = (),
+        *,
+        positive_images: Sequence[ImageInput] = (),
+        negative_images: Sequence[ImageInput] = (),
+        negative_weight: float | None = None,
+        k: int | None = None,
+        labels: Sequence[str] | None = None,
+        split: str | None = None,
+    ) -> SearchResponse:
+        """Relevance feedback: images like the positive examples and unlike the negative ones (Rocchio,
+        ``mean(P) - negative_weight * mean(N)``; stored ids and/or images to upload; the examples are left out)."""
+        call = Calls.search_feedback(
+            positive_ids, negative_ids, positive_images, negative_images, negative_weight, k, labels, split
+        )
+        return parse(self._send(call), SearchResponse)
+
 
 class AsyncClient:
     """The same methods as :class:`Client`, awaitable::
@@ -261,8 +294,9 @@ class AsyncClient:
         labels: Sequence[str] | None = None,
         split: str | None = None,
         exclude_duplicates: bool = False,
+        collapse_duplicates: bool = False,
     ) -> SearchResponse:
-        call = Calls.search(image, k, labels, split, exclude_duplicates)
+        call = Calls.search(image, k, labels, split, exclude_duplicates, collapse_duplicates)
         return parse(await self._send(call), SearchResponse)
 
     async def search_batch(
@@ -347,3 +381,29 @@ class AsyncClient:
 
     async def delete_image(self, image_id: int) -> None:
         check_status(await self._send(Call("DELETE", f"/v1/images/{int(image_id)}")))
+
+    # --- near-duplicates and the map ---------------------------------------------------------------------------
+    async def duplicates(
+        self, *, threshold: float | None = None, offset: int | None = None, limit: int | None = None
+    ) -> DuplicatePage:
+        return parse(await self._send(Calls.duplicates(threshold, offset, limit)), DuplicatePage)
+
+    async def collection_map(self) -> CollectionMap:
+        return parse(await self._send(Call("GET", "/v1/map")), CollectionMap)
+
+    async def search_feedback(
+        self,
+        positive_ids: Sequence[int] = (),
+        negative_ids: Sequence[int] = (),
+        *,
+        positive_images: Sequence[ImageInput] = (),
+        negative_images: Sequence[ImageInput] = (),
+        negative_weight: float | None = None,
+        k: int | None = None,
+        labels: Sequence[str] | None = None,
+        split: str | None = None,
+    ) -> SearchResponse:
+        call = Calls.search_feedback(
+            positive_ids, negative_ids, positive_images, negative_images, negative_weight, k, labels, split
+        )
+        return parse(await self._send(call), SearchResponse)

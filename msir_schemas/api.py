@@ -328,3 +328,64 @@ class Readiness(BaseModel):
         examples=[{"model": "ok", "index": "ok (50000 vectors)", "database": "ok"}],
     )
     sync: SyncState | None = None
+
+
+class DuplicateMember(BaseModel):
+    """One image of a near-duplicate group."""
+
+    id: int = Field(examples=[4217])
+    score: float = Field(description="Cosine similarity to the group's representative (1 for itself).", examples=[0.97])
+    identical: bool = Field(
+        description="Embedding equal to the representative's (cosine 1 within 1e-6): the same pixels in another file."
+    )
+    labels: list[str] = Field(examples=[["cat"]])
+    split: str | None = Field(examples=["train"])
+    image_url: str = Field(examples=["/v1/images/4217"])
+    thumbnail_url: str = Field(examples=["/v1/images/4217/thumbnail"])
+
+
+class DuplicateGroup(BaseModel):
+    representative: int = Field(description="The group's smallest id (its oldest image), listed first.", examples=[12])
+    size: int = Field(examples=[3])
+    members: list[DuplicateMember]
+
+
+class DuplicatePage(BaseModel):
+    """Near-duplicate groups, largest first: images linked by cosine >= threshold, joined transitively. Images with
+    exactly the same bytes are never stored twice (an add reports them as duplicates), so every group holds
+    different files."""
+
+    threshold: float = Field(description="Cosine threshold the groups were formed at.", examples=[0.9])
+    total_groups: int = Field(description="Groups in the whole collection.", examples=[41])
+    grouped_images: int = Field(description="Images that belong to some group.", examples=[97])
+    images: int = Field(description="Images compared (the whole collection).", examples=[10000])
+    exact: bool = Field(
+        description="Pairs found by an exact search (up to 20,000 images) rather than the inverted-file approximation."
+    )
+    offset: int
+    limit: int
+    next_offset: int | None = Field(description="Offset of the next page; null on the last one.")
+    groups: list[DuplicateGroup]
+
+
+class MapPoint(BaseModel):
+    id: int = Field(examples=[4217])
+    x: float = Field(description="First principal axis, scaled into [-1, 1].", examples=[0.41])
+    y: float = Field(description="Second principal axis, same scale.", examples=[-0.07])
+    label: str | None = Field(description="The image's first label (null: unlabelled).", examples=["cat"])
+
+
+class CollectionMap(BaseModel):
+    """A 2-D map of the collection's embeddings (PCA), computed once per index position and cached."""
+
+    method: str = Field(description="Projection: pca (the two leading principal axes).", examples=["pca"])
+    explained_variance: list[float] = Field(
+        description="Share of the embeddings' variance along each axis.", examples=[[0.21, 0.12]]
+    )
+    total: int = Field(description="Images in the collection.", examples=[10000])
+    sampled: bool = Field(
+        description="Whether the points are a uniform random sample (seeded) of at most MSIR_MAP_MAX_POINTS images."
+    )
+    generation: int = Field(description="Index generation the map was computed for.")
+    seq: int = Field(description="Change-feed position the map was computed for.")
+    points: list[MapPoint]

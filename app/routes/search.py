@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 
 from app.deps import ServiceDep, require_read_key, resolve_k
+from app.derived import COLLAPSE_FETCH, collapse_hits
 from app.errors import ApiError
 from app.filters import check_split
 from app.routes import errors
@@ -50,9 +51,14 @@ async def search(
             "score is the re-ranking's score (higher is better). Gains and costs: results/RESULTS.md."
         ),
     ] = None,
+    collapse_duplicates: Annotated[
+        bool,
+        Form(description="Keep one result per near-duplicate group (GET /v1/duplicates, MSIR_DUPLICATE_THRESHOLD)."),
+    ] = False,
 ) -> Response:
+    wanted = resolve_k(k, service.settings)
     args = SearchArgs(
-        resolve_k(k, service.settings),
+        wanted * COLLAPSE_FETCH if collapse_duplicates else wanted,
         await service.check_labels(label),
         await check_split(service, split),
         exclude_duplicates,
@@ -61,9 +67,11 @@ async def search(
     timer = StageTimer()
     result = await service.query(image, "image", timer, args)
     hits = result.hits or []
+    if collapse_duplicates:
+        hits = await collapse_hits(service, hits, wanted)
     service.observe(timer)
     answer = SearchResponse(
-        k=args.k,
+        k=wanted,
         neighbours=[neighbour(h) for h in hits],
         predictions=service.predictions(result.logits),
         multi_label=service.multi_label,

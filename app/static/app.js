@@ -175,6 +175,7 @@ async function runSearch() {
   setBusy(true, "Searching…");
   try {
     const result = await api("/v1/search", { method: "POST", body: data });
+    startFeedback({ file: currentFile });
     render(result, `${result.neighbours.length} similar images to ${currentFile.name}`);
   } catch (err) {
     showError(err.message);
@@ -185,6 +186,7 @@ async function runSearch() {
 }
 
 async function searchById(id, labels) {
+  showView("search");
   clearError();
   let k;
   try {
@@ -203,6 +205,7 @@ async function searchById(id, labels) {
     els.preview.alt = `Stored image #${id}` + (labels ? `, labelled ${labels}` : "");
     els.preview.classList.add("small");
     els.preview.hidden = false;
+    startFeedback({ id });
     render(result, `${result.neighbours.length} images similar to stored image #${id}`);
     els.results.focus();
   } catch (err) {
@@ -273,6 +276,7 @@ function render(result, heading) {
     button.append(img, labelEl, score);
     button.addEventListener("click", () => searchById(n.id, labels));
     li.appendChild(button);
+    li.appendChild(feedbackButtons(n.id));
     els.grid.appendChild(li);
   });
   const t = result.timings || {};
@@ -327,5 +331,24 @@ els.label.addEventListener("change", () => currentFile && runSearch());
 els.preview.addEventListener("error", () => {
   els.preview.hidden = true;
 });
+// Views (search, duplicates, map) are sections of this one page, chosen by the URL's #fragment.
+const VIEWS = { search: [els.form.closest("section"), els.results], duplicates: [$("duplicates-view")], map: [$("map-view")] };
+const VIEW_OPENED = {};
+function showView(name) {
+  const view = VIEWS[name] ? name : "search";
+  for (const [key, sections] of Object.entries(VIEWS)) {
+    for (const section of sections) section.hidden = key !== view;
+    const tab = $(`tab-${key}`);
+    if (key === view) tab.setAttribute("aria-current", "page");
+    else tab.removeAttribute("aria-current");
+  }
+  document.querySelector("main").classList.toggle("single", view !== "search");
+  if (location.hash !== `#${view}` && (location.hash || view !== "search")) history.replaceState(null, "", `#${view}`);
+  if (VIEW_OPENED[view]) VIEW_OPENED[view]();
+}
+window.addEventListener("hashchange", () => showView(location.hash.slice(1)));
+// After every deferred script (duplicates.js and map.js register their views' openers).
+document.addEventListener("DOMContentLoaded", () => showView(location.hash.slice(1)));
+
 setUpDropzone();
 loadCollection();

@@ -50,6 +50,7 @@ from indexer.cli.options import (
     setup_logging,
 )
 from indexer.collection import Collection
+from indexer.duplicates import DEFAULT_THRESHOLD, stored_groups
 from indexer.ingest.shards import Shard, build_shard
 from indexer.manifest import Manifest
 from indexer.predict import predict
@@ -404,6 +405,37 @@ def search(
             query = emb.embed_images([open_image(image, max_pixels=64_000_000)])
             hits = col.search(query.embeddings, k, labels=label, split=split, rerank=how)[0]
             out.hits(console, image, hits, predict(query.logits[0], hits, emb.class_names, emb.multi_label), json_out)
+
+    guarded(run, directory)
+
+
+@app.command()
+@opens_collection
+def duplicates(
+    directory: Dir,
+    threshold: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Cosine threshold: images at least this similar are duplicates (default: the calibrated one, "
+            "results/benchmarks/duplicates.json).",
+        ),
+    ] = DEFAULT_THRESHOLD,
+    json_out: Json = False,
+    opening: Opening = Opening(),  # filled by @opens_collection from the options it adds
+) -> None:
+    """Near-duplicate groups: re-encoded, resized, cropped, flipped or re-coloured copies among the stored images
+    (exact copies are never stored twice). Reads the stored embeddings; no image is decoded."""
+    setup_logging(False)
+    if threshold <= 0:
+        fail(f"--threshold {threshold}: expected a cosine above 0 and at most 1")
+
+    def run() -> None:
+        with opening.open(directory) as col:
+            groups = stored_groups(col.store, threshold)
+            records = col.get_many(groups.ids.tolist())
+        out.duplicate_groups(console, groups, records, json_out)
 
     guarded(run, directory)
 

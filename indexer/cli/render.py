@@ -10,9 +10,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from indexer.duplicates import DuplicateGroups
 from indexer.ingest.pipeline import BuildReport
 from indexer.predict import Prediction
-from indexer.records import Hit, VerifyReport
+from indexer.records import Hit, ImageRecord, VerifyReport
 
 
 def _json(console: Console, value: Any) -> None:
@@ -163,3 +164,27 @@ def metrics(console: Console, data: dict[str, Any], as_json: bool) -> None:
         f"{data['num_queries']} queries, {data['num_database']} database images "
         f"({data['skipped_without_single_label']} without a usable label skipped)"
     )
+
+
+def duplicate_groups(console: Console, groups: DuplicateGroups, records: dict[int, ImageRecord], as_json: bool) -> None:
+    """Every group with its members' cosine to the representative and their items (uri)."""
+
+    def member(i: int, score: float) -> dict[str, Any]:
+        rec = records.get(i)
+        return {"id": i, "score": round(score, 6), "uri": rec.uri if rec else None, "labels": rec.labels if rec else []}
+
+    found = [
+        [member(i, s) for i, s in zip(*(part.tolist() for part in groups.members(g)), strict=True)]
+        for g in range(len(groups))
+    ]
+    if as_json:
+        _json(console, {"threshold": groups.threshold, "images": groups.vectors, "exact": groups.exact,
+                        "grouped_images": groups.grouped, "groups": found})  # fmt: skip
+        return
+    say = partial(console.print, soft_wrap=True, highlight=False, markup=False)
+    say(f"{len(found)} near-duplicate groups ({groups.grouped} of {groups.vectors} images) at cosine >= "
+        f"{groups.threshold:.4f}")  # fmt: skip
+    for g, members in enumerate(found, 1):
+        say(f"group {g} ({len(members)} images)")
+        for m in members:
+            say(f"  {m['score']:6.4f} {m['id']:>8}  {','.join(m['labels']) or '-'}  {m['uri']}")

@@ -97,7 +97,14 @@ def filter_case(context: schemathesis.HookContext, case: Any) -> bool:
         # One `labels` value per image: a constraint between two fields that JSON Schema cannot state (the 422 for
         # a mismatch is tested in tests/app/test_images.py).
         labels, images = body.get("labels"), body.get("images")
-        return not (isinstance(labels, list) and isinstance(images, list) and len(labels) != len(images))
+        if isinstance(labels, list) and isinstance(images, list) and len(labels) != len(images):
+            return False
+        if case.operation.path == "/v1/search/feedback":
+            # At least one positive example (an id or an upload) and at most 32 in all: constraints across fields
+            # (their 422s are tested in tests/app/test_feedback.py).
+            counts = {name: len(_as_list(body.get(name))) for name in FEEDBACK_EXAMPLES}
+            return counts["positive_id"] + counts["positive"] > 0 and sum(counts.values()) <= 32
+        return True
     if _mode(case) != "negative":
         return True
     for name in SCALAR_FIELDS:
@@ -137,11 +144,32 @@ def _known(values: Any, vocabulary: list[str]) -> Any:
     return vocabulary[zlib.crc32(str(values).encode()) % len(vocabulary)]
 
 
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [] if value in (None, "") else [value]
+
+
+FEEDBACK_EXAMPLES = ("positive_id", "negative_id", "positive", "negative")
+
+
+def _stored_ids(body: dict[str, Any]) -> None:
+    """Feedback examples given by id name images the collection holds; positives and negatives disjoint."""
+    base = os.environ["MSIR_SCHEMATHESIS_BASE_URL"]
+    ids = [im["id"] for im in httpx.get(f"{base}/v1/images", params={"limit": 64}, timeout=30).json()["images"]]
+    half = len(ids) // 2
+    for name, pool in (("positive_id", ids[:half]), ("negative_id", ids[half:])):
+        values = _as_list(body.get(name))
+        if values and pool:
+            body[name] = [pool[zlib.crc32(str(v).encode()) % len(pool)] for v in values]
+
+
 @schemathesis.hook
 def before_call(context: schemathesis.HookContext, case: Any, **kwargs: Any) -> None:
     """Valid cases filter by labels the collection holds at the moment of the call (see the module's text)."""
     if _mode(case) != "positive":
         return
+    if case.operation.path == "/v1/search/feedback" and isinstance(case.body, dict):
+        _stored_ids(case.body)
+        case._sync_validated_hashes()  # the edited ids stay valid (see the end of this hook)
     # Uploads' and relabels' `labels` are new free text, not a filter; every other operation's labels filter.
     if case.operation.method.upper() in ("POST", "PATCH") and case.operation.path.startswith("/v1/images"):
         return
