@@ -452,9 +452,11 @@ class Collection(FollowingIndex):
         # Where the rows served from the row cache stand (indexer.row_cache). Followed, this copy knows the feed's
         # head as of its last check, within the sync interval, as the index itself does: the rows' tag is that head
         # and this process's own deletes and edits, so a search costs no SQL when its neighbours are cached. Not
-        # followed (a CLI, a test), the head is read now.
-        head = self.store.head() if self._follower is None else None
-        tag = (self.head_seq if head is None else head, self.store.row_writes)
+        # followed (a CLI, a test) or not confirmed lately (the database down: a search answers as the database
+        # does), the head is read now.
+        confirmed = self.confirmed_head()
+        head = self.store.head() if confirmed is None else None
+        tag = (confirmed if head is None else head, self.store.row_writes)
         pushdown = self._index.filters_pushed_down
         unapplied = 0
         if not pushdown and (filters.labels or filters.split is not None):

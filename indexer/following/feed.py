@@ -78,6 +78,7 @@ class FollowingIndex:
         self.last_check: float | None = None  # time.monotonic() of the last successful check
         self.sync_error: str | None = None
         self._follower: threading.Thread | None = None
+        self.follow_interval_s = 0.0
         self._stop_following = threading.Event()
         self._dirty = False
         self._last_save = time.monotonic()
@@ -292,6 +293,7 @@ class FollowingIndex:
         if self._follower is not None or interval_s <= 0:
             return
         self._stop_following.clear()
+        self.follow_interval_s = interval_s
 
         def loop() -> None:
             failing = False
@@ -313,6 +315,15 @@ class FollowingIndex:
 
         self._follower = threading.Thread(target=loop, name="msir-follow", daemon=True)
         self._follower.start()
+
+    def confirmed_head(self) -> int | None:
+        """The feed's head as the follower saw it, when it is following and its last check succeeded within three
+        intervals; None otherwise (not followed, the database unreachable, the follower stalled): read it then."""
+        if self._follower is None or self.sync_error is not None or self.last_check is None:
+            return None
+        if time.monotonic() - self.last_check > 3 * self.follow_interval_s:
+            return None
+        return self.head_seq
 
     def stop_following(self) -> None:
         if self._follower is not None:
