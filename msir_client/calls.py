@@ -109,32 +109,52 @@ class Calls:
 
     @staticmethod
     def search(
-        image: ImageInput, k: int | None, labels: Sequence[str] | None, split: str | None, exclude_duplicates: bool
+        image: ImageInput,
+        k: int | None,
+        labels: Sequence[str] | None,
+        split: str | None,
+        exclude_duplicates: bool,
+        min_score: float | None = None,
     ) -> Call:
         data: dict[str, Any] = _filters(labels, split)
         if k is not None:
             data["k"] = str(k)
         if exclude_duplicates:
             data["exclude_duplicates"] = "true"
+        if min_score is not None:
+            data["min_score"] = repr(float(min_score))
         return Call("POST", "/v1/search", data=data, files=[("image", _image_part(image))])
 
     @staticmethod
     def search_batch(
-        images: Sequence[ImageInput], k: int | None, labels: Sequence[str] | None, split: str | None
+        images: Sequence[ImageInput],
+        k: int | None,
+        labels: Sequence[str] | None,
+        split: str | None,
+        min_score: float | None = None,
     ) -> Call:
         data: dict[str, Any] = _filters(labels, split)
         if k is not None:
             data["k"] = str(k)
+        if min_score is not None:
+            data["min_score"] = repr(float(min_score))
         files = [("images", _image_part(img, i)) for i, img in enumerate(images)]
         return Call("POST", "/v1/search/batch", data=data, files=files)
 
     @staticmethod
-    def search_vector(vector: Sequence[float], k: int | None, labels: Sequence[str] | None, split: str | None) -> Call:
+    def search_vector(
+        vector: Sequence[float],
+        k: int | None,
+        labels: Sequence[str] | None,
+        split: str | None,
+        min_score: float | None = None,
+    ) -> Call:
         body = {
             "vector": [float(v) for v in vector],
             "k": k,
             "labels": list(labels) if labels else None,
             "split": split,
+            "min_score": None if min_score is None else float(min_score),
         }
         return Call("POST", "/v1/search/vector", json=body)
 
@@ -143,8 +163,11 @@ class Calls:
         return Call("POST", "/v1/classify", files=[("image", _image_part(image))])
 
     @staticmethod
-    def neighbours(image_id: int, k: int | None, labels: Sequence[str] | None, split: str | None) -> Call:
-        return Call("GET", f"/v1/images/{int(image_id)}/neighbours", params=_query(k=k, label=labels, split=split))
+    def neighbours(
+        image_id: int, k: int | None, labels: Sequence[str] | None, split: str | None, min_score: float | None = None
+    ) -> Call:
+        params = _query(k=k, label=labels, split=split, min_score=None if min_score is None else repr(float(min_score)))
+        return Call("GET", f"/v1/images/{int(image_id)}/neighbours", params=params)
 
     @staticmethod
     def list_images(limit: int | None, after: int | None, labels: Sequence[str] | None, split: str | None) -> Call:

@@ -104,8 +104,10 @@ class Client:
         labels: Sequence[str] | None = None,
         split: str | None = None,
         exclude_duplicates: bool = False,
+        min_score: float | None = None,
     ) -> SearchResponse:
-        call = Calls.search(image, k, labels, split, exclude_duplicates)
+        """``min_score``: drop results scoring below it (-1..1)."""
+        call = Calls.search(image, k, labels, split, exclude_duplicates, min_score)
         return parse(self._send(call), SearchResponse)
 
     def search_batch(
@@ -115,8 +117,9 @@ class Client:
         *,
         labels: Sequence[str] | None = None,
         split: str | None = None,
+        min_score: float | None = None,
     ) -> BatchSearchResponse:
-        return parse(self._send(Calls.search_batch(images, k, labels, split)), BatchSearchResponse)
+        return parse(self._send(Calls.search_batch(images, k, labels, split, min_score)), BatchSearchResponse)
 
     def search_vector(
         self,
@@ -125,16 +128,23 @@ class Client:
         *,
         labels: Sequence[str] | None = None,
         split: str | None = None,
+        min_score: float | None = None,
     ) -> SearchResponse:
-        return parse(self._send(Calls.search_vector(vector, k, labels, split)), SearchResponse)
+        return parse(self._send(Calls.search_vector(vector, k, labels, split, min_score)), SearchResponse)
 
     def classify(self, image: ImageInput) -> ClassifyResponse:
         return parse(self._send(Calls.classify(image)), ClassifyResponse)
 
     def neighbours(
-        self, image_id: int, k: int | None = None, *, labels: Sequence[str] | None = None, split: str | None = None
+        self,
+        image_id: int,
+        k: int | None = None,
+        *,
+        labels: Sequence[str] | None = None,
+        split: str | None = None,
+        min_score: float | None = None,
     ) -> SearchResponse:
-        return parse(self._send(Calls.neighbours(image_id, k, labels, split)), SearchResponse)
+        return parse(self._send(Calls.neighbours(image_id, k, labels, split, min_score)), SearchResponse)
 
     def image_info(self, image_id: int) -> ImageInfo:
         return parse(self._send(Call("GET", f"/v1/images/{int(image_id)}/info")), ImageInfo)
@@ -261,8 +271,10 @@ class AsyncClient:
         labels: Sequence[str] | None = None,
         split: str | None = None,
         exclude_duplicates: bool = False,
+        min_score: float | None = None,
     ) -> SearchResponse:
-        call = Calls.search(image, k, labels, split, exclude_duplicates)
+        """``min_score``: drop results scoring below it (-1..1)."""
+        call = Calls.search(image, k, labels, split, exclude_duplicates, min_score)
         return parse(await self._send(call), SearchResponse)
 
     async def search_batch(
@@ -272,8 +284,9 @@ class AsyncClient:
         *,
         labels: Sequence[str] | None = None,
         split: str | None = None,
+        min_score: float | None = None,
     ) -> BatchSearchResponse:
-        return parse(await self._send(Calls.search_batch(images, k, labels, split)), BatchSearchResponse)
+        return parse(await self._send(Calls.search_batch(images, k, labels, split, min_score)), BatchSearchResponse)
 
     async def search_vector(
         self,
@@ -282,8 +295,9 @@ class AsyncClient:
         *,
         labels: Sequence[str] | None = None,
         split: str | None = None,
+        min_score: float | None = None,
     ) -> SearchResponse:
-        return parse(await self._send(Calls.search_vector(vector, k, labels, split)), SearchResponse)
+        return parse(await self._send(Calls.search_vector(vector, k, labels, split, min_score)), SearchResponse)
 
     async def classify(self, image: ImageInput) -> ClassifyResponse:
         return parse(await self._send(Calls.classify(image)), ClassifyResponse)

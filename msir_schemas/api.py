@@ -63,6 +63,12 @@ class Neighbour(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict, examples=[{"photographer": "ann"}])
     image_url: str = Field(examples=["/v1/images/4217"])
     thumbnail_url: str = Field(examples=["/v1/images/4217/thumbnail"])
+    same_class_probability: float | None = Field(
+        None,
+        description="Calibrated probability that this result shares the query's class (isotonic fit on held-out "
+        "data, NAME.calibration.json beside the checkpoint); null without a calibration or with re-ranking.",
+        examples=[0.91],
+    )
 
 
 class ImageInfo(BaseModel):
@@ -166,6 +172,9 @@ class VectorSearchRequest(BaseModel):
     )
     labels: list[str] | None = Field(None, max_length=256, description="Only neighbours carrying one of these.")
     split: str | None = Field(None, max_length=64, description="Only neighbours from this split.")
+    min_score: float | None = Field(
+        None, ge=-1.0, le=1.0, description="Drop results scoring below this (-1..1, the cosine's range)."
+    )
 
 
 class BatchSearchResult(BaseModel):
