@@ -35,6 +35,7 @@ from indexer import Collection, CollectionError, Hit, RerankConfig
 from indexer.metadata.queries import UNLABELLED
 from indexer.predict import knn_vote
 from models import ImageDecodeError, ImageTooLargeError, PreprocessSpec, UnsupportedImageError, open_image, to_uint8
+from models.similarity_maps import Explainer
 from msir_core.retrieval.calibration import Calibration, CalibrationError, calibration_path, load_calibration
 from msir_core.retrieval.probabilities import top_classes
 from msir_schemas.api import ClassScore, CollectionInfo, KnnPrediction, Neighbour, SyncState
@@ -143,6 +144,7 @@ class Service:
         self.multi_label: bool = bool(embedder.multi_label)
         self.spec = embedder.spec
         self.calibration = find_calibration(embedder.checkpoint_path, embedder.checkpoint_sha256)
+        self.explainer = Explainer(embedder.checkpoint_path)  # loads its torch model on first use
         fn = self._forward
         self.model: MicroBatcher | DirectEmbedder = (
             MicroBatcher(

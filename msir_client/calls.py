@@ -216,6 +216,17 @@ class Calls:
         return Call("PATCH", f"/v1/images/{int(image_id)}", json=body)
 
 
+def explain_call(result_ids: Sequence[int], image: ImageInput | None, query_id: int | None) -> Call:
+    """POST /v1/explain: heat-maps of the query (an image, or a stored image's id) against each stored result."""
+    if (image is None) == (query_id is None):
+        raise ValueError("give the query as exactly one of image and query_id")
+    data: dict[str, Any] = {"result_id": [str(int(i)) for i in result_ids]}
+    if query_id is not None:
+        data["query_id"] = str(int(query_id))
+    files = None if image is None else [("image", _image_part(image))]
+    return Call("POST", "/v1/explain", data=data, files=files)
+
+
 def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"X-API-Key": api_key} if api_key else {}
 

@@ -23,6 +23,7 @@ from msir_client.calls import (
     RetryPolicy,
     auth_headers,
     check_status,
+    explain_call,
     parse,
 )
 from msir_client.errors import MsirConnectionError, MsirTimeout
@@ -31,6 +32,7 @@ from msir_schemas.api import (
     BatchSearchResponse,
     ClassifyResponse,
     CollectionInfo,
+    ExplainResponse,
     Health,
     ImageInfo,
     ImagePage,
@@ -206,6 +208,12 @@ class Client:
     def delete_image(self, image_id: int) -> None:
         check_status(self._send(Call("DELETE", f"/v1/images/{int(image_id)}")))
 
+    def explain(
+        self, result_ids: Sequence[int], image: ImageInput | None = None, *, query_id: int | None = None
+    ) -> ExplainResponse:
+        """Heat-maps of why each stored result is similar to the query (an image, or ``query_id``)."""
+        return parse(self._send(explain_call(result_ids, image, query_id)), ExplainResponse)
+
 
 class AsyncClient:
     """The same methods as :class:`Client`, awaitable::
@@ -361,3 +369,8 @@ class AsyncClient:
 
     async def delete_image(self, image_id: int) -> None:
         check_status(await self._send(Call("DELETE", f"/v1/images/{int(image_id)}")))
+
+    async def explain(
+        self, result_ids: Sequence[int], image: ImageInput | None = None, *, query_id: int | None = None
+    ) -> ExplainResponse:
+        return parse(await self._send(explain_call(result_ids, image, query_id)), ExplainResponse)

@@ -337,3 +337,51 @@ class Readiness(BaseModel):
         examples=[{"model": "ok", "index": "ok (50000 vectors)", "database": "ok"}],
     )
     sync: SyncState | None = None
+
+
+class HeatMap(BaseModel):
+    """A heat-map on the model input's grid (row-major; row 0 at the top): how much each region adds to the score."""
+
+    rows: int = Field(examples=[2])
+    cols: int = Field(examples=[2])
+    values: list[list[float]] = Field(examples=[[[0.31, 0.12], [0.22, 0.27]]])
+
+
+class Explanation(BaseModel):
+    result_id: int = Field(examples=[4217])
+    score: float = Field(description="Cosine of the two embeddings the maps explain.", examples=[0.92])
+    query: HeatMap = Field(description="The query's heat-map against this result.")
+    result: HeatMap = Field(description="The result's heat-map against the query.")
+
+
+class ExplainResponse(BaseModel):
+    """POST /v1/explain: why each result is similar to the query (Stylianou et al., WACV 2019)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "method": "decomposition",
+                    "exact": True,
+                    "explanations": [
+                        {
+                            "result_id": 12,
+                            "score": 0.92,
+                            "query": {"rows": 2, "cols": 2, "values": [[0.31, 0.12], [0.22, 0.27]]},
+                            "result": {"rows": 2, "cols": 2, "values": [[0.25, 0.2], [0.3, 0.17]]},
+                        }
+                    ],
+                    "timings": {"decode": 1.0, "embed": 3.1, "total": 5.2},
+                }
+            ]
+        }
+    )
+
+    method: str = Field(
+        description="decomposition (embeddings pooled from a feature map: each map sums to the score) or grad-cam "
+        "(ViTs with a [CLS] embedding: where the score comes from, not a sum).",
+        examples=["decomposition"],
+    )
+    exact: bool = Field(description="Whether each heat-map sums to the score.")
+    explanations: list[Explanation]
+    timings: Timings

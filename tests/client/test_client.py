@@ -298,3 +298,25 @@ def test_min_score_on_every_search_method(server: LiveServer, image_files: dict[
             return [n.id for n in (await amsir.search(query, k=10, min_score=cut)).neighbours]
 
     assert asyncio.run(run()) == kept
+
+
+def test_explain_by_upload_and_by_id(server: LiveServer, image_files: dict[str, list[Path]]) -> None:
+    query = image_files["red"][2]
+    with Client(server.url) as msir:
+        ids = [n.id for n in msir.search(query, k=3).neighbours]
+        answer = msir.explain(ids, query)
+        assert answer.exact and [e.result_id for e in answer.explanations] == ids
+        for explanation in answer.explanations:
+            assert sum(map(sum, explanation.query.values)) == pytest.approx(explanation.score, abs=1e-4)
+        by_id = msir.explain(ids[1:], query_id=ids[0])
+        assert [e.result_id for e in by_id.explanations] == ids[1:]
+        with pytest.raises(ValueError, match="exactly one"):
+            msir.explain(ids)
+        with pytest.raises(NotFound):
+            msir.explain([10**9], query_id=ids[0])
+
+    async def run() -> float:
+        async with AsyncClient(server.url) as amsir:
+            return (await amsir.explain(ids[:1], query)).explanations[0].score
+
+    assert asyncio.run(run()) == pytest.approx(1.0, abs=1e-4)  # the query is stored: itself first
