@@ -217,14 +217,15 @@ class Calls:
 
 
 def explain_call(result_ids: Sequence[int], image: ImageInput | None, query_id: int | None) -> Call:
-    """POST /v1/explain: heat-maps of the query (an image, or a stored image's id) against each stored result."""
+    """Heat-maps of the query (an image: POST /v1/explain; or a stored image: GET /v1/images/{id}/explain) against
+    each stored result."""
     if (image is None) == (query_id is None):
         raise ValueError("give the query as exactly one of image and query_id")
-    data: dict[str, Any] = {"result_id": [str(int(i)) for i in result_ids]}
-    if query_id is not None:
-        data["query_id"] = str(int(query_id))
-    files = None if image is None else [("image", _image_part(image))]
-    return Call("POST", "/v1/explain", data=data, files=files)
+    ids = [int(i) for i in result_ids]
+    if image is None:
+        return Call("GET", f"/v1/images/{int(query_id or 0)}/explain", params=_query(result_id=ids))
+    data: dict[str, Any] = {"result_id": [str(i) for i in ids]}
+    return Call("POST", "/v1/explain", data=data, files=[("image", _image_part(image))])
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""POST /v1/explain: heat-maps of why stored results are similar to a query (an upload or a stored image)."""
+"""Heat-maps of why stored results are similar to a query: POST /v1/explain (an uploaded query) and
+GET /v1/images/{id}/explain (a stored one)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import time
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from pydantic import Field
 
 from app.deps import ServiceDep, require_read_key
 from app.errors import ApiError
 from app.routes import errors
-from app.routes.images import MAX_ID, fetch_record, stored_file
+from app.routes.images import MAX_ID, ImageId, fetch_record, stored_file
 from app.service import Service, StageTimer, _prepare
 from models import ImageDecodeError
 from models.similarity_maps import ExplainUnsupportedError, PairMaps
@@ -37,45 +39,15 @@ async def stored_input(service: Service, image_id: int, field_name: str) -> np.n
     return prepared.array
 
 
-def _ids(values: list[int], service: Service) -> list[int]:
-    limit = service.settings.max_k
-    if not 1 <= len(values) <= limit or any(not 0 <= v <= MAX_ID for v in values):
-        raise ApiError(
-            422,
-            "validation_error",
-            f"form field 'result_id': {len(values)} ids; expected 1 to {limit} (MSIR_MAX_K) image ids >= 0",
-            details=[{"field": "result_id", "message": f"1 to {limit} image ids"}],
-        )
-    return list(dict.fromkeys(values))
+# Results per explanation request: each costs a forward pass (and a file read); MSIR_MAX_K's default.
+MAX_RESULTS = 100
+ResultIdsHelp = f"Stored images to explain (repeat the field; 1..{MAX_RESULTS} ids)."
+ResultId = Annotated[int, Field(ge=0, le=MAX_ID)]
 
 
-@router.post(
-    "/explain",
-    response_model=ExplainResponse,
-    summary="Heat-maps of why each result is similar to the query (query image or query_id, and result ids)",
-    responses=errors(401, 403, 404, 413, 415, 422, 501, 503),
-)
-async def explain(
-    service: ServiceDep,
-    result_id: Annotated[list[int], Form(description="Stored images to explain (repeat the field; 1..MSIR_MAX_K).")],
-    image: Annotated[UploadFile | None, File(description="The query image; or give query_id.")] = None,
-    query_id: Annotated[int | None, Form(ge=0, le=MAX_ID, description="A stored image as the query.")] = None,
-) -> ExplainResponse:
-    if (image is None) == (query_id is None):
-        raise ApiError(
-            422,
-            "validation_error",
-            "give the query as exactly one of form fields 'image' (a file) and 'query_id' (a stored image)",
-            details=[{"field": "image", "message": "exactly one of image and query_id"}],
-        )
-    ids = _ids(result_id, service)
-    timer = StageTimer()
-    if image is not None:
-        query = (await service.prepare(image, "image", timer)).array
-    else:
-        started = time.perf_counter()
-        query = await stored_input(service, int(query_id or 0), "query_id")
-        timer.add("decode", time.perf_counter() - started)
+async def explained(service: Service, query: np.ndarray, ids: list[int], timer: StageTimer) -> ExplainResponse:
+    """Heat-maps of ``query`` (the model's uint8 input) against each stored result."""
+    ids = list(dict.fromkeys(ids))
     started = time.perf_counter()
     results = np.stack([await stored_input(service, i, f"result_id={i}") for i in ids])
     timer.add("decode", time.perf_counter() - started)
@@ -95,3 +67,37 @@ async def explain(
         ],
         timings=Timings(**timer.as_dict()),
     )
+
+
+@router.post(
+    "/explain",
+    response_model=ExplainResponse,
+    summary="Heat-maps of why each stored result is similar to an uploaded query image",
+    responses=errors(401, 403, 404, 413, 415, 422, 501, 503),
+)
+async def explain_upload(
+    service: ServiceDep,
+    image: Annotated[UploadFile, File(description="The query image.")],
+    result_id: Annotated[list[ResultId], Form(min_length=1, max_length=MAX_RESULTS, description=ResultIdsHelp)],
+) -> ExplainResponse:
+    timer = StageTimer()
+    query = (await service.prepare(image, "image", timer)).array
+    return await explained(service, query, result_id, timer)
+
+
+@router.get(
+    "/images/{image_id}/explain",
+    response_model=ExplainResponse,
+    summary="Heat-maps of why each stored result is similar to a stored query image",
+    responses=errors(401, 403, 404, 422, 501, 503),
+)
+async def explain_stored(
+    service: ServiceDep,
+    image_id: ImageId,
+    result_id: Annotated[list[ResultId], Query(min_length=1, max_length=MAX_RESULTS, description=ResultIdsHelp)],
+) -> ExplainResponse:
+    timer = StageTimer()
+    started = time.perf_counter()
+    query = await stored_input(service, image_id, "image_id")
+    timer.add("decode", time.perf_counter() - started)
+    return await explained(service, query, result_id, timer)

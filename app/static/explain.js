@@ -70,15 +70,22 @@
     clear();
     if (!toggle.checked || !last || !last.result.neighbours.length) return;
     const ids = last.result.neighbours.map((n) => n.id);
-    const data = new FormData();
-    if (last.file) data.append("image", last.file, last.file.name);
-    else if (last.queryId !== null) data.append("query_id", String(last.queryId));
-    else return;
-    for (const id of ids) data.append("result_id", String(id));
+    let url = "/v1/explain";
+    let options = { method: "POST" };
+    if (last.file) {
+      const data = new FormData();
+      data.append("image", last.file, last.file.name);
+      for (const id of ids) data.append("result_id", String(id));
+      options.body = data;
+    } else if (last.queryId !== null) {
+      const params = new URLSearchParams(ids.map((id) => ["result_id", String(id)]));
+      url = `/v1/images/${encodeURIComponent(last.queryId)}/explain?${params}`;
+      options = {};
+    } else return;
     const mine = ++request;
     let body;
     try {
-      const response = await fetch("/v1/explain", { method: "POST", body: data });
+      const response = await fetch(url, options);
       body = await response.json();
       if (!response.ok) throw new Error((body.error && body.error.message) || `HTTP ${response.status}`);
     } catch (err) {

@@ -162,8 +162,18 @@ def test_heat_maps_region_query_and_min_score(browser_page, tmp_path: Path) -> N
     page.wait_for_function("[...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth)")
     shot = _shoot(page, "explain", tmp_path)
     assert shot.stat().st_size > 0
+    # A stored image as the query (click a result): its neighbours are explained too (GET .../explain).
+    clicked = page.locator("#grid .result").nth(1).get_attribute("data-id")
+    page.locator("#grid .result").nth(1).click()
+    expect(page.locator("#status")).to_contain_text(f"similar to stored image #{clicked}")
+    expect(page.locator("#grid canvas.result-heatmap")).to_have_count(6)
+    expect(page.locator("#query-heatmap")).to_be_attached()
     page.uncheck("#explain-toggle")
     expect(page.locator("canvas.heatmap")).to_have_count(0)
+    again = tmp_path / "again.png"  # a new name: picking the same file again fires no change event
+    again.write_bytes(query.read_bytes())
+    page.set_input_files("#file-input", str(again))
+    expect(page.locator("#status")).to_contain_text("similar images to again.png")
 
     # Region query: drag a box over the top-left quarter of the 64 px query; the crop (about 32 px) is the query.
     page.click("#region-button")

@@ -34,26 +34,33 @@ def test_heat_maps_of_an_uploaded_query_sum_to_the_search_score(client: TestClie
 
 
 def test_a_stored_query_by_id(client: TestClient) -> None:
-    response = client.post("/v1/explain", data={"query_id": 1, "result_id": [2, 3]})
+    response = client.get("/v1/images/1/explain", params={"result_id": [2, 3, 2]})
     assert response.status_code == 200, response.text
-    assert [e["result_id"] for e in response.json()["explanations"]] == [2, 3]
+    assert [e["result_id"] for e in response.json()["explanations"]] == [2, 3]  # repeats explained once
 
 
 @pytest.mark.parametrize(
-    ("form", "with_file", "status", "field"),
+    ("request_", "status", "field"),
     [
-        ({"result_id": [1]}, False, 422, "query_id"),  # no query at all
-        ({"result_id": [1], "query_id": 2}, True, 422, "query_id"),  # two queries
-        ({"query_id": 1}, False, 422, "result_id"),  # nothing to explain
-        ({"query_id": 1, "result_id": list(range(1, 200))}, False, 422, "result_id"),  # more than MSIR_MAX_K
-        ({"query_id": 1, "result_id": [10**9]}, False, 404, "10000000"),  # no such image
-        ({"query_id": "one", "result_id": [1]}, False, 422, "query_id"),
+        ({"data": {}}, 422, "result_id"),  # nothing to explain
+        ({"data": {"result_id": list(range(1, 102))}}, 422, "result_id"),  # more than 100
+        ({"data": {"result_id": [-1]}}, 422, "result_id"),
+        ({"data": {"result_id": [10**9]}}, 404, "1000000000"),  # no such image
+        ({"data": {"result_id": ["one"]}}, 422, "result_id"),
     ],
 )
 def test_refusals_name_the_field(
-    client: TestClient, shared_collection: Fixture, form: dict, with_file: bool, status: int, field: str
+    client: TestClient, shared_collection: Fixture, request_: dict, status: int, field: str
 ) -> None:
-    files = {"image": upload(shared_collection)} if with_file else None
-    response = client.post("/v1/explain", data=form, files=files)
+    response = client.post("/v1/explain", files={"image": upload(shared_collection)}, **request_)
     assert response.status_code == status, response.text
     assert field in response.json()["error"]["message"]
+    stored = client.get("/v1/images/1/explain", params={"result_id": request_["data"].get("result_id", [])})
+    assert stored.status_code == status, stored.text
+    assert field in stored.json()["error"]["message"]
+
+
+def test_missing_query_image_and_stored_query(client: TestClient) -> None:
+    assert client.post("/v1/explain", data={"result_id": [1]}).status_code == 422
+    missing = client.get(f"/v1/images/{10**9}/explain", params={"result_id": [1]})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "image_not_found"
