@@ -82,6 +82,18 @@ def test_a_cls_vit_gets_grad_cam_maps() -> None:
         location_contributions(model, x)
 
 
+def test_the_explainer_loads_a_mean_pooled_vit_checkpoint(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    model = models.build("vit_tiny", 2, image_size=16, patch_size=4, pool="mean")
+    spec = models.PreprocessSpec(image_size=(16, 16), channels=3, resize="stretch")
+    path = models.save_checkpoint(tmp_path / "vit", model, class_names=["a", "b"], preprocess=spec)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 3, 16, 16), dtype=np.uint8)
+    pairs = Explainer(path).explain(images[0], images[1:])
+    assert [p.method for p in pairs] == ["decomposition"] * 2
+    for pair in pairs:
+        assert pair.query.shape == (4, 4) and pair.query.sum() == pytest.approx(pair.score, abs=1e-4)
+
+
 def test_the_explainer_refuses_other_architectures(tmp_path) -> None:  # type: ignore[no-untyped-def]
     model = models.build("cnn5", 2, image_size=24)
     spec = models.PreprocessSpec(image_size=(24, 24), channels=3, resize="stretch")
