@@ -25,7 +25,7 @@ from app.deps import single_values
 from app.errors import install_error_handlers
 from app.limits import AdmissionMiddleware, BodyLimitMiddleware
 from app.openapi import install_openapi
-from app.routes import classify, collection, explain, health, images, search
+from app.routes import classify, collection, explanations, health, images, search
 from app.service import Service
 from app.settings import Settings
 from app.telemetry import Metrics, MetricsMiddleware
@@ -132,7 +132,7 @@ def create_app(settings: Settings | None = None, opened: Collection | None = Non
     app.state.metrics = metrics
     app.state.service = None
     install_error_handlers(app)
-    for module in (search, images, classify, collection, health, explain):
+    for module in (search, images, classify, collection, health, explanations):
         app.include_router(module.router)
 
     @app.get("/", include_in_schema=False)

@@ -1,6 +1,6 @@
 """Why two images are similar: per-location heat-maps of the cosine score, for MSCFNet and the ViTs.
 
-Exact decompositions (:func:`location_contributions`). The heat-map math (:mod:`msir_core.retrieval.similarity_maps`)
+Exact decompositions (:func:`location_contributions`). The heat-map math (:mod:`msir_core.retrieval.heatmaps`)
 needs the embedding written as a sum of one vector per location of a feature map. Our heads are not plain pooling,
 so each is decomposed for the given input:
 
@@ -37,7 +37,7 @@ from models.checkpoint import load_checkpoint
 from models.mscfnet import MSCFNet
 from models.preprocessing import PreprocessSpec, normalize
 from models.vit import MultiScaleViT
-from msir_core.retrieval.similarity_maps import similarity_maps
+from msir_core.retrieval.heatmaps import similarity_maps
 
 
 class ExplainUnsupportedError(ValueError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from msir_core.retrieval.similarity_maps import pair_matrix, similarity_maps
+from msir_core.retrieval.heatmaps import pair_matrix, similarity_maps
 
 
 def test_maps_are_the_matrix_sums_and_add_up_to_the_cosine() -> None:
