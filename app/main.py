@@ -25,7 +25,7 @@ from app.deps import single_values
 from app.errors import install_error_handlers
 from app.limits import AdmissionMiddleware, BodyLimitMiddleware
 from app.openapi import install_openapi
-from app.routes import classify, collection, feedback_search, health, images, near_duplicates, search
+from app.routes import classify, collection, explanations, feedback_search, health, images, near_duplicates, search
 from app.routes import map as map_route
 from app.service import Service
 from app.settings import Settings
@@ -133,7 +133,17 @@ def create_app(settings: Settings | None = None, opened: Collection | None = Non
     app.state.metrics = metrics
     app.state.service = None
     install_error_handlers(app)
-    for module in (feedback_search, search, images, classify, collection, health, near_duplicates, map_route):
+    for module in (
+        feedback_search,
+        search,
+        images,
+        classify,
+        collection,
+        health,
+        near_duplicates,
+        map_route,
+        explanations,
+    ):
         app.include_router(module.router)
 
     @app.get("/", include_in_schema=False)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -27,7 +28,7 @@ from app.batching import DirectEmbedder, MicroBatcher
 from app.derived import DerivedCache
 from app.errors import ApiError
 from app.settings import Settings
-from app.shaping import split_labels
+from app.shaping import neighbour, split_labels
 from app.sqltiming import SqlTimer
 from app.telemetry import Metrics
 from app.thumbnails import ThumbnailCache
@@ -35,8 +36,10 @@ from indexer import Collection, CollectionError, Hit, RerankConfig
 from indexer.metadata.queries import UNLABELLED
 from indexer.predict import knn_vote
 from models import ImageDecodeError, ImageTooLargeError, PreprocessSpec, UnsupportedImageError, open_image, to_uint8
+from models.similarity_maps import Explainer
+from msir_core.retrieval.calibration import Calibration, CalibrationError, calibration_path, load_calibration
 from msir_core.retrieval.probabilities import top_classes
-from msir_schemas.api import ClassScore, CollectionInfo, KnnPrediction, SyncState
+from msir_schemas.api import ClassScore, CollectionInfo, KnnPrediction, Neighbour, SyncState
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,6 +72,21 @@ def _prepare(data: bytes, spec: PreprocessSpec, max_pixels: int, name: str) -> P
     decoded = time.perf_counter()
     array = to_uint8(image, spec)
     return Prepared(array, sha, started, decoded - started, time.perf_counter() - decoded)
+
+
+def find_calibration(weights: Path, weights_sha256: str) -> Calibration | None:
+    """The checkpoint's ``NAME.calibration.json`` when there is one for these weights; a missing file is normal, an
+    unusable one is logged and ignored (search still works, without probabilities)."""
+    path = calibration_path(weights)
+    if not path.is_file():
+        return None
+    try:
+        calibration = load_calibration(path, weights_sha256)
+    except CalibrationError as exc:
+        logger.warning("calibration not used: %s", exc)
+        return None
+    logger.info("calibration: %s (%d steps)", path.name, len(calibration.scores))
+    return calibration
 
 
 @dataclass(frozen=True)
@@ -126,6 +144,8 @@ class Service:
         self.class_names: list[str] = list(embedder.class_names)
         self.multi_label: bool = bool(embedder.multi_label)
         self.spec = embedder.spec
+        self.calibration = find_calibration(embedder.checkpoint_path, embedder.checkpoint_sha256)
+        self.explainer = Explainer(embedder.checkpoint_path)  # loads its torch model on first use
         fn = self._forward
         self.model: MicroBatcher | DirectEmbedder = (
             MicroBatcher(
@@ -479,6 +499,14 @@ class Service:
         return labels or None
 
     # --- shaping ---------------------------------------------------------------------------------------------
+
+    def neighbours(self, hits: list[Hit], *, cosine: bool = True) -> list[Neighbour]:
+        """Hits as API neighbours, with the calibrated same-class probability when a calibration exists and the
+        scores are cosines (``cosine=False`` after re-ranking, whose scores the calibration was not fitted on)."""
+        if self.calibration is None or not cosine or not hits:
+            return [neighbour(h) for h in hits]
+        probabilities = self.calibration([h.score for h in hits])
+        return [neighbour(h, round(float(p), 6)) for h, p in zip(hits, probabilities, strict=True)]
 
     def predictions(self, logits: np.ndarray, top: int = 5) -> list[ClassScore]:
         # Multi-label answers list every label (each is a separate yes/no); single-label ones the `top` classes.

@@ -11,7 +11,7 @@ def image_urls(image_id: int) -> dict[str, str]:
     return {"image_url": f"/v1/images/{image_id}", "thumbnail_url": f"/v1/images/{image_id}/thumbnail"}
 
 
-def neighbour(hit: Hit) -> Neighbour:
+def neighbour(hit: Hit, same_class_probability: float | None = None) -> Neighbour:
     record = hit.record
     return Neighbour(
         id=hit.id,
@@ -19,8 +19,14 @@ def neighbour(hit: Hit) -> Neighbour:
         labels=list(record.labels),
         split=record.split,
         metadata=servable(record.metadata),
+        same_class_probability=same_class_probability,
         **image_urls(hit.id),
     )
+
+
+def above(hits: list[Hit], min_score: float | None) -> list[Hit]:
+    """The hits scoring at least ``min_score`` (all of them without one)."""
+    return hits if min_score is None else [h for h in hits if h.score >= min_score]
 
 
 def image_info(record: ImageRecord) -> ImageInfo:

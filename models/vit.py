@@ -37,6 +37,9 @@ feed-forward layer to produce an embedding vector" and that classification adds 
 layer"; the pre-norm encoder, the final LayerNorm and the Linear-GELU-Linear embedding head are ours (the common
 ViT design), as are the widths, depths and head counts of the presets.
 
+``pool="mean"`` (ours, off by default) takes the embedding head's input from the mean of the patch tokens instead
+of the [CLS] output: an embedding pooled from a token map, which :mod:`models.similarity_maps` explains exactly.
+
 ``vit`` / ``vit_tiny`` are the same network restricted to the full-resolution scale (the paper's "ViT" row in
 the ablation); ``msvit`` defaults to a small ViT (width 384, depth 6, 6 heads) that trains on one GPU.
 """
@@ -101,8 +104,11 @@ class MultiScaleViT(nn.Module):
         patch_size: int = 16,
         max_grid: int = 64,
         scales: int | None = None,
+        pool: str = "cls",
     ) -> None:
         super().__init__()
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"pool must be 'cls' (the [CLS] output) or 'mean' (of the patch tokens), got {pool!r}")
         if width % heads:
             raise ValueError(f"width ({width}) must be divisible by heads ({heads})")
         if patch_size < 1 or max_grid < 1:
@@ -138,6 +144,7 @@ class MultiScaleViT(nn.Module):
         self.num_tokens = sum(self.token_counts)
         self.embedding_dim = embedding_dim
         self.num_classes = num_classes
+        self.pool = pool
 
         scale_idx, row_idx, col_idx = [], [], []
         for k, (r, c) in enumerate(self.grids):
@@ -207,7 +214,8 @@ class MultiScaleViT(nn.Module):
             + self.col_embed[self.token_col]  # type: ignore[index]
         )
 
-    def forward(self, x: Tensor) -> ModelOutput:
+    def encode(self, x: Tensor) -> Tensor:
+        """``[B, C, H, W]`` -> the encoder's normalised outputs ``[B, 1 + num_tokens, width]`` ([CLS] first)."""
         if x.ndim != 4 or tuple(x.shape[1:]) != (self.in_channels, *self.image_size):
             raise ValueError(
                 f"this model was built for inputs [B, {self.in_channels}, {self.image_size[0]}, "
@@ -216,8 +224,12 @@ class MultiScaleViT(nn.Module):
         tokens = self.patch_embed(self.patchify(x)) + self.positions()
         cls = self.cls_token.expand(x.shape[0], -1, -1)
         tokens = self.embed_dropout(torch.cat([cls, tokens], dim=1))
-        encoded = self.norm(self.encoder(tokens))
-        embedding = self.embed(encoded[:, 0])
+        return self.norm(self.encoder(tokens))
+
+    def forward(self, x: Tensor) -> ModelOutput:
+        encoded = self.encode(x)
+        pooled = encoded[:, 1:].mean(dim=1) if self.pool == "mean" else encoded[:, 0]
+        embedding = self.embed(pooled)
         return ModelOutput(embedding=embedding, logits=self.head(embedding))
 
 
@@ -239,6 +251,7 @@ def _register(name: str, *, multi_scale: bool, width: int, depth: int, heads: in
             patch_size: int = 16,
             max_grid: int = 64,
             scales: int | None = None,
+            pool: str = "cls",
         ) -> MultiScaleViT:
             return MultiScaleViT(
                 num_classes,
@@ -253,6 +266,7 @@ def _register(name: str, *, multi_scale: bool, width: int, depth: int, heads: in
                 patch_size=patch_size,
                 max_grid=max_grid,
                 scales=scales,
+                pool=pool,
             )
 
         register(name)(build_ms)
@@ -271,6 +285,7 @@ def _register(name: str, *, multi_scale: bool, width: int, depth: int, heads: in
         embedding_dim: int = embedding_dim,
         patch_size: int = 16,
         max_grid: int = 64,
+        pool: str = "cls",
     ) -> MultiScaleViT:
         return MultiScaleViT(
             num_classes,
@@ -285,6 +300,7 @@ def _register(name: str, *, multi_scale: bool, width: int, depth: int, heads: in
             patch_size=patch_size,
             max_grid=max_grid,
             scales=1,
+            pool=pool,
         )
 
     register(name)(build_single)

@@ -115,6 +115,7 @@ class Calls:
         split: str | None,
         exclude_duplicates: bool,
         collapse_duplicates: bool = False,
+        min_score: float | None = None,
     ) -> Call:
         data: dict[str, Any] = _filters(labels, split)
         if k is not None:
@@ -123,25 +124,40 @@ class Calls:
             data["exclude_duplicates"] = "true"
         if collapse_duplicates:
             data["collapse_duplicates"] = "true"
+        if min_score is not None:
+            data["min_score"] = repr(float(min_score))
         return Call("POST", "/v1/search", data=data, files=[("image", _image_part(image))])
 
     @staticmethod
     def search_batch(
-        images: Sequence[ImageInput], k: int | None, labels: Sequence[str] | None, split: str | None
+        images: Sequence[ImageInput],
+        k: int | None,
+        labels: Sequence[str] | None,
+        split: str | None,
+        min_score: float | None = None,
     ) -> Call:
         data: dict[str, Any] = _filters(labels, split)
         if k is not None:
             data["k"] = str(k)
+        if min_score is not None:
+            data["min_score"] = repr(float(min_score))
         files = [("images", _image_part(img, i)) for i, img in enumerate(images)]
         return Call("POST", "/v1/search/batch", data=data, files=files)
 
     @staticmethod
-    def search_vector(vector: Sequence[float], k: int | None, labels: Sequence[str] | None, split: str | None) -> Call:
+    def search_vector(
+        vector: Sequence[float],
+        k: int | None,
+        labels: Sequence[str] | None,
+        split: str | None,
+        min_score: float | None = None,
+    ) -> Call:
         body = {
             "vector": [float(v) for v in vector],
             "k": k,
             "labels": list(labels) if labels else None,
             "split": split,
+            "min_score": None if min_score is None else float(min_score),
         }
         return Call("POST", "/v1/search/vector", json=body)
 
@@ -150,8 +166,11 @@ class Calls:
         return Call("POST", "/v1/classify", files=[("image", _image_part(image))])
 
     @staticmethod
-    def neighbours(image_id: int, k: int | None, labels: Sequence[str] | None, split: str | None) -> Call:
-        return Call("GET", f"/v1/images/{int(image_id)}/neighbours", params=_query(k=k, label=labels, split=split))
+    def neighbours(
+        image_id: int, k: int | None, labels: Sequence[str] | None, split: str | None, min_score: float | None = None
+    ) -> Call:
+        params = _query(k=k, label=labels, split=split, min_score=None if min_score is None else repr(float(min_score)))
+        return Call("GET", f"/v1/images/{int(image_id)}/neighbours", params=params)
 
     @staticmethod
     def list_images(limit: int | None, after: int | None, labels: Sequence[str] | None, split: str | None) -> Call:
@@ -226,6 +245,18 @@ class Calls:
     @staticmethod
     def duplicates(threshold: float | None, offset: int | None, limit: int | None) -> Call:
         return Call("GET", "/v1/duplicates", params=_query(threshold=threshold, offset=offset, limit=limit))
+
+
+def explain_call(result_ids: Sequence[int], image: ImageInput | None, query_id: int | None) -> Call:
+    """Heat-maps of the query (an image: POST /v1/explain; or a stored image: GET /v1/images/{id}/explain) against
+    each stored result."""
+    if (image is None) == (query_id is None):
+        raise ValueError("give the query as exactly one of image and query_id")
+    ids = [int(i) for i in result_ids]
+    if image is None:
+        return Call("GET", f"/v1/images/{int(query_id or 0)}/explain", params=_query(result_id=ids))
+    data: dict[str, Any] = {"result_id": [str(i) for i in ids]}
+    return Call("POST", "/v1/explain", data=data, files=[("image", _image_part(image))])
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:

@@ -23,6 +23,7 @@ from msir_client.calls import (
     RetryPolicy,
     auth_headers,
     check_status,
+    explain_call,
     parse,
 )
 from msir_client.errors import MsirConnectionError, MsirTimeout
@@ -33,6 +34,7 @@ from msir_schemas.api import (
     CollectionInfo,
     CollectionMap,
     DuplicatePage,
+    ExplainResponse,
     Health,
     ImageInfo,
     ImagePage,
@@ -107,8 +109,10 @@ class Client:
         split: str | None = None,
         exclude_duplicates: bool = False,
         collapse_duplicates: bool = False,
+        min_score: float | None = None,
     ) -> SearchResponse:
-        call = Calls.search(image, k, labels, split, exclude_duplicates, collapse_duplicates)
+        """``min_score``: drop results below it (-1..1); ``collapse_duplicates``: one per near-duplicate group."""
+        call = Calls.search(image, k, labels, split, exclude_duplicates, collapse_duplicates, min_score)
         return parse(self._send(call), SearchResponse)
 
     def search_batch(
@@ -118,8 +122,9 @@ class Client:
         *,
         labels: Sequence[str] | None = None,
         split: str | None = None,
+        min_score: float | None = None,
     ) -> BatchSearchResponse:
-        return parse(self._send(Calls.search_batch(images, k, labels, split)), BatchSearchResponse)
+        return parse(self._send(Calls.search_batch(images, k, labels, split, min_score)), BatchSearchResponse)
 
     def search_vector(
         self,
@@ -128,16 +133,23 @@ class Client:
         *,
         labels: Sequence[str] | None = None,
         split: str | None = None,
+        min_score: float | None = None,
     ) -> SearchResponse:
-        return parse(self._send(Calls.search_vector(vector, k, labels, split)), SearchResponse)
+        return parse(self._send(Calls.search_vector(vector, k, labels, split, min_score)), SearchResponse)
 
     def classify(self, image: ImageInput) -> ClassifyResponse:
         return parse(self._send(Calls.classify(image)), ClassifyResponse)
 
     def neighbours(
-        self, image_id: int, k: int | None = None, *, labels: Sequence[str] | None = None, split: str | None = None
+        self,
+        image_id: int,
+        k: int | None = None,
+        *,
+        labels: Sequence[str] | None = None,
+        split: str | None = None,
+        min_score: float | None = None,
     ) -> SearchResponse:
-        return parse(self._send(Calls.neighbours(image_id, k, labels, split)), SearchResponse)
+        return parse(self._send(Calls.neighbours(image_id, k, labels, split, min_score)), SearchResponse)
 
     def image_info(self, image_id: int) -> ImageInfo:
         return parse(self._send(Call("GET", f"/v1/images/{int(image_id)}/info")), ImageInfo)
@@ -229,6 +241,12 @@ class Client:
         )
         return parse(self._send(call), SearchResponse)
 
+    def explain(
+        self, result_ids: Sequence[int], image: ImageInput | None = None, *, query_id: int | None = None
+    ) -> ExplainResponse:
+        """Heat-maps of why each stored result is similar to the query (an image, or ``query_id``)."""
+        return parse(self._send(explain_call(result_ids, image, query_id)), ExplainResponse)
+
 
 class AsyncClient:
     """The same methods as :class:`Client`, awaitable::
@@ -295,8 +313,10 @@ class AsyncClient:
         split: str | None = None,
         exclude_duplicates: bool = False,
         collapse_duplicates: bool = False,
+        min_score: float | None = None,
     ) -> SearchResponse:
-        call = Calls.search(image, k, labels, split, exclude_duplicates, collapse_duplicates)
+        """``min_score``: drop results below it (-1..1); ``collapse_duplicates``: one per near-duplicate group."""
+        call = Calls.search(image, k, labels, split, exclude_duplicates, collapse_duplicates, min_score)
         return parse(await self._send(call), SearchResponse)
 
     async def search_batch(
@@ -306,8 +326,9 @@ class AsyncClient:
         *,
         labels: Sequence[str] | None = None,
         split: str | None = None,
+        min_score: float | None = None,
     ) -> BatchSearchResponse:
-        return parse(await self._send(Calls.search_batch(images, k, labels, split)), BatchSearchResponse)
+        return parse(await self._send(Calls.search_batch(images, k, labels, split, min_score)), BatchSearchResponse)
 
     async def search_vector(
         self,
@@ -316,8 +337,9 @@ class AsyncClient:
         *,
         labels: Sequence[str] | None = None,
         split: str | None = None,
+        min_score: float | None = None,
     ) -> SearchResponse:
-        return parse(await self._send(Calls.search_vector(vector, k, labels, split)), SearchResponse)
+        return parse(await self._send(Calls.search_vector(vector, k, labels, split, min_score)), SearchResponse)
 
     async def classify(self, image: ImageInput) -> ClassifyResponse:
         return parse(await self._send(Calls.classify(image)), ClassifyResponse)
@@ -407,3 +429,8 @@ class AsyncClient:
             positive_ids, negative_ids, positive_images, negative_images, negative_weight, k, labels, split
         )
         return parse(await self._send(call), SearchResponse)
+
+    async def explain(
+        self, result_ids: Sequence[int], image: ImageInput | None = None, *, query_id: int | None = None
+    ) -> ExplainResponse:
+        return parse(await self._send(explain_call(result_ids, image, query_id)), ExplainResponse)

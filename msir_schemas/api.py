@@ -63,6 +63,12 @@ class Neighbour(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict, examples=[{"photographer": "ann"}])
     image_url: str = Field(examples=["/v1/images/4217"])
     thumbnail_url: str = Field(examples=["/v1/images/4217/thumbnail"])
+    same_class_probability: float | None = Field(
+        None,
+        description="Calibrated probability that this result shares the query's class (isotonic fit on held-out "
+        "data, NAME.calibration.json beside the checkpoint); null without a calibration or with re-ranking.",
+        examples=[0.91],
+    )
 
 
 class ImageInfo(BaseModel):
@@ -166,6 +172,9 @@ class VectorSearchRequest(BaseModel):
     )
     labels: list[str] | None = Field(None, max_length=256, description="Only neighbours carrying one of these.")
     split: str | None = Field(None, max_length=64, description="Only neighbours from this split.")
+    min_score: float | None = Field(
+        None, ge=-1.0, le=1.0, description="Drop results scoring below this (-1..1, the cosine's range)."
+    )
 
 
 class BatchSearchResult(BaseModel):
@@ -389,3 +398,51 @@ class CollectionMap(BaseModel):
     generation: int = Field(description="Index generation the map was computed for.")
     seq: int = Field(description="Change-feed position the map was computed for.")
     points: list[MapPoint]
+
+
+class HeatMap(BaseModel):
+    """A heat-map on the model input's grid (row-major; row 0 at the top): how much each region adds to the score."""
+
+    rows: int = Field(examples=[2])
+    cols: int = Field(examples=[2])
+    values: list[list[float]] = Field(examples=[[[0.31, 0.12], [0.22, 0.27]]])
+
+
+class Explanation(BaseModel):
+    result_id: int = Field(examples=[4217])
+    score: float = Field(description="Cosine of the two embeddings the maps explain.", examples=[0.92])
+    query: HeatMap = Field(description="The query's heat-map against this result.")
+    result: HeatMap = Field(description="The result's heat-map against the query.")
+
+
+class ExplainResponse(BaseModel):
+    """POST /v1/explain: why each result is similar to the query (Stylianou et al., WACV 2019)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "method": "decomposition",
+                    "exact": True,
+                    "explanations": [
+                        {
+                            "result_id": 12,
+                            "score": 0.92,
+                            "query": {"rows": 2, "cols": 2, "values": [[0.31, 0.12], [0.22, 0.27]]},
+                            "result": {"rows": 2, "cols": 2, "values": [[0.25, 0.2], [0.3, 0.17]]},
+                        }
+                    ],
+                    "timings": {"decode": 1.0, "embed": 3.1, "total": 5.2},
+                }
+            ]
+        }
+    )
+
+    method: str = Field(
+        description="decomposition (embeddings pooled from a feature map: each map sums to the score) or grad-cam "
+        "(ViTs with a [CLS] embedding: where the score comes from, not a sum).",
+        examples=["decomposition"],
+    )
+    exact: bool = Field(description="Whether each heat-map sums to the score.")
+    explanations: list[Explanation]
+    timings: Timings

@@ -13,7 +13,6 @@ from app.errors import ApiError
 from app.filters import check_split
 from app.routes import errors
 from app.service import Service, StageTimer
-from app.shaping import neighbour
 from msir_core.retrieval.feedback import NEGATIVE_WEIGHT, FeedbackError, rocchio
 from msir_schemas.api import SearchResponse, Timings
 
@@ -109,7 +108,7 @@ async def search_feedback(
     service.observe(timer)
     return SearchResponse(
         k=wanted,
-        neighbours=[neighbour(h) for h in hits],
+        neighbours=service.neighbours(hits),
         predictions=None,
         multi_label=service.multi_label,
         knn_prediction=service.knn(hits),

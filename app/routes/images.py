@@ -20,7 +20,7 @@ from app.metadata_limits import MetadataError
 from app.metadata_limits import check as check_metadata
 from app.routes import errors
 from app.service import Service, StageTimer
-from app.shaping import image_info, neighbour
+from app.shaping import above, image_info
 from app.upload_forms import add_uploads, metadata_limits
 from indexer import ImageRecord
 from indexer.upload_files import locate
@@ -158,6 +158,9 @@ async def get_neighbours(
     k: Annotated[int | None, Query(description="Neighbours to return (1..MSIR_MAX_K).")] = None,
     label: Annotated[list[str] | None, Query(description="Only neighbours carrying one of these labels.")] = None,
     split: Annotated[str | None, Query(description="Only neighbours from this split.")] = None,
+    min_score: Annotated[
+        float | None, Query(ge=-1.0, le=1.0, description="Drop results scoring below this (-1..1, the cosine's range).")
+    ] = None,
 ) -> SearchResponse:
     k = resolve_k(k, service.settings)
     labels = await service.check_labels(label)
@@ -170,11 +173,12 @@ async def get_neighbours(
     hits = await service.search(
         vector, k, timer, labels=labels, split=await check_split(service, split), exclude_ids={image_id}
     )
+    hits = above(hits, min_score)
     service.observe(timer)
     return SearchResponse(
         k=k,
         query=image_info(record),
-        neighbours=[neighbour(h) for h in hits],
+        neighbours=service.neighbours(hits),
         predictions=None,
         multi_label=service.multi_label,
         knn_prediction=service.knn(hits),

@@ -13,12 +13,14 @@ from app.errors import ApiError
 from app.filters import check_split
 from app.routes import errors
 from app.service import SearchArgs, StageTimer
-from app.shaping import neighbour
+from app.shaping import above
 from indexer import RerankConfig, RerankMethod
 from msir_schemas.api import BatchSearchResponse, BatchSearchResult, SearchResponse, Timings, VectorSearchRequest
 
 # Query images per /v1/search/batch request: one forward pass holds them all, so the batch is bounded.
 MAX_BATCH_QUERIES = 64
+MIN_SCORE_HELP = "Drop results scoring below this (-1..1, the cosine's range; with re-ranking, the re-ranking's score)."
+MinScore = Annotated[float | None, Form(ge=-1.0, le=1.0, description=MIN_SCORE_HELP)]
 
 router = APIRouter(prefix="/v1", tags=["search"], dependencies=[Depends(require_read_key)])
 
@@ -55,6 +57,7 @@ async def search(
         bool,
         Form(description="Keep one result per near-duplicate group (GET /v1/duplicates, MSIR_DUPLICATE_THRESHOLD)."),
     ] = False,
+    min_score: MinScore = None,
 ) -> Response:
     wanted = resolve_k(k, service.settings)
     args = SearchArgs(
@@ -66,13 +69,13 @@ async def search(
     )
     timer = StageTimer()
     result = await service.query(image, "image", timer, args)
-    hits = result.hits or []
+    hits = above(result.hits or [], min_score)
     if collapse_duplicates:
         hits = await collapse_hits(service, hits, wanted)
     service.observe(timer)
     answer = SearchResponse(
         k=wanted,
-        neighbours=[neighbour(h) for h in hits],
+        neighbours=service.neighbours(hits, cosine=args.rerank is None or args.rerank.method == "none"),
         predictions=service.predictions(result.logits),
         multi_label=service.multi_label,
         knn_prediction=service.knn(hits),
@@ -98,6 +101,7 @@ async def search_batch(
     exclude_duplicates: Annotated[
         bool, Form(description="Leave out stored images with exactly the same content as any of the queries.")
     ] = False,
+    min_score: MinScore = None,
 ) -> BatchSearchResponse:
     if len(images) > MAX_BATCH_QUERIES:
         raise ApiError(
@@ -117,11 +121,12 @@ async def search_batch(
         results=[
             BatchSearchResult(
                 filename=upload.filename or f"images[{i}]",
-                neighbours=[neighbour(h) for h in r.hits or []],
+                neighbours=service.neighbours(hits),
                 predictions=service.predictions(r.logits),
-                knn_prediction=service.knn(r.hits or []),
+                knn_prediction=service.knn(hits),
             )
             for i, (upload, r) in enumerate(zip(images, results, strict=True))
+            for hits in [above(r.hits or [], min_score)]
         ],
         timings=Timings(**timer.as_dict()),
     )
@@ -139,10 +144,11 @@ async def search_vector(service: ServiceDep, body: VectorSearchRequest) -> Searc
     vector = service.check_vector(body.vector)
     timer = StageTimer()
     hits = await service.search(vector, k, timer, labels=labels, split=await check_split(service, body.split))
+    hits = above(hits, body.min_score)
     service.observe(timer)
     return SearchResponse(
         k=k,
-        neighbours=[neighbour(h) for h in hits],
+        neighbours=service.neighbours(hits),
         predictions=None,
         multi_label=service.multi_label,
         knn_prediction=service.knn(hits),

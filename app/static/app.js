@@ -11,6 +11,7 @@ const els = {
   k: $("k-input"),
   label: $("label-filter"),
   excludeDup: $("exclude-duplicates"),
+  minScore: $("min-score"),
   button: $("search-button"),
   error: $("error"),
   results: $("results"),
@@ -24,6 +25,7 @@ const els = {
 };
 
 let currentFile = null;
+let currentQueryId = null; // the stored image searched from (neighbours), else null
 let previewUrl = null;
 let maxUploadBytes = null;
 
@@ -138,6 +140,7 @@ function chooseFile(file) {
     return;
   }
   currentFile = file;
+  currentQueryId = null;
   if (previewUrl) URL.revokeObjectURL(previewUrl);
   previewUrl = URL.createObjectURL(file);
   els.preview.src = previewUrl;
@@ -146,6 +149,17 @@ function chooseFile(file) {
   els.preview.hidden = false;
   els.button.disabled = false;
   runSearch();
+}
+
+// Optional minimum score (-1..1): results below it are dropped by the server.
+function readMinScore() {
+  const raw = els.minScore.value.trim();
+  if (!raw) return null;
+  const value = Number(raw);
+  if (!Number.isFinite(value) || value < -1 || value > 1) {
+    throw new ApiError(422, "bad_min_score", "Minimum score must be a number from -1 to 1.");
+  }
+  return value;
 }
 
 function readK() {
@@ -161,13 +175,16 @@ async function runSearch() {
   if (!currentFile) return;
   clearError();
   let k;
+  let minScore;
   try {
     k = readK();
+    minScore = readMinScore();
   } catch (err) {
     showError(err.message);
     return;
   }
   const data = new FormData();
+  if (minScore !== null) data.append("min_score", String(minScore));
   data.append("image", currentFile, currentFile.name);
   data.append("k", String(k));
   if (els.label.value) data.append("label", els.label.value);
@@ -189,18 +206,22 @@ async function searchById(id, labels) {
   showView("search");
   clearError();
   let k;
+  let minScore;
   try {
     k = readK();
+    minScore = readMinScore();
   } catch (err) {
     showError(err.message);
     return;
   }
   const params = new URLSearchParams({ k: String(k) });
+  if (minScore !== null) params.append("min_score", String(minScore));
   if (els.label.value) params.append("label", els.label.value);
   setBusy(true, `Finding images similar to #${id}…`);
   try {
     const result = await api(`/v1/images/${encodeURIComponent(id)}/neighbours?${params}`);
     currentFile = null;
+    currentQueryId = id;
     els.preview.src = `/v1/images/${id}/thumbnail`;
     els.preview.alt = `Stored image #${id}` + (labels ? `, labelled ${labels}` : "");
     els.preview.classList.add("small");
@@ -273,6 +294,9 @@ function render(result, heading) {
     const score = document.createElement("span");
     score.className = "score";
     score.textContent = `#${n.id} · score ${n.score.toFixed(3)}`;
+    if (n.same_class_probability !== null && n.same_class_probability !== undefined) {
+      score.textContent += ` · same class ${Math.round(n.same_class_probability * 100)}%`;
+    }
     button.append(img, labelEl, score);
     button.addEventListener("click", () => searchById(n.id, labels));
     li.appendChild(button);
@@ -292,6 +316,10 @@ function render(result, heading) {
     .filter(([key]) => t[key] > 0)
     .map(([key, name]) => `${name} ${t[key].toFixed(1)} ms`)
     .join(" · ");
+  // explain.js (heat-maps) listens: the results and what they were searched from.
+  document.dispatchEvent(
+    new CustomEvent("msir:results", { detail: { result, file: currentFile, queryId: currentQueryId } }),
+  );
 }
 
 function setUpDropzone() {
@@ -352,3 +380,5 @@ document.addEventListener("DOMContentLoaded", () => showView(location.hash.slice
 
 setUpDropzone();
 loadCollection();
+// For region.js: a cropped region becomes the query like any chosen file.
+window.msirUi = { chooseFile };

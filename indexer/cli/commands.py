@@ -387,6 +387,9 @@ def search(
     rerank: Annotated[
         str, typer.Option(help="Re-ranking: none, aqe, dba or kreciprocal (measured in results/RESULTS.md).")
     ] = "none",
+    min_score: Annotated[
+        float | None, typer.Option(min=-1.0, max=1.0, help="Drop results scoring below this (-1..1).")
+    ] = None,
     device: Device = "auto",
     runtime: Runtime = "auto",
     json_out: Json = False,
@@ -404,6 +407,7 @@ def search(
             emb = col.embedder
             query = emb.embed_images([open_image(image, max_pixels=64_000_000)])
             hits = col.search(query.embeddings, k, labels=label, split=split, rerank=how)[0]
+            hits = [h for h in hits if min_score is None or h.score >= min_score]
             out.hits(console, image, hits, predict(query.logits[0], hits, emb.class_names, emb.multi_label), json_out)
 
     guarded(run, directory)

@@ -132,3 +132,74 @@ def test_upload_search_click_through_and_errors(browser_page, tmp_path: Path) ->
     assert box is not None and box["width"] <= 390
     _shoot(page, "msir-mobile", tmp_path)
     assert not [e for e in console_errors if "415" not in e], console_errors
+
+
+def test_heat_maps_region_query_and_min_score(browser_page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    page, server = browser_page
+    console_errors: list[str] = []
+    page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
+    page.goto(server.url)
+    query = tmp_path / "query.png"
+    class_image(0, 2, size=64).save(query)
+    page.fill("#k-input", "6")
+    page.set_input_files("#file-input", str(query))
+    expect(page.locator("#grid .result")).to_have_count(6)
+
+    # Heat-maps: one overlay per result and one on the query, each labelled with what it shows.
+    page.check("#explain-toggle")
+    expect(page.locator("#grid canvas.result-heatmap")).to_have_count(6)
+    expect(page.locator("#query-heatmap")).to_be_attached()
+    first_id = page.locator("#grid .result").first.get_attribute("data-id")
+    expect(page.locator("#query-heatmap")).to_have_attribute("data-result-id", str(first_id))
+    label = page.locator("#grid canvas.result-heatmap").first.get_attribute("aria-label")
+    assert label and "sums to the score" in label, label
+    # The query's map follows the result under the pointer.
+    third = page.locator("#grid .result").nth(2)
+    third.hover()
+    expect(page.locator("#query-heatmap")).to_have_attribute("data-result-id", str(third.get_attribute("data-id")))
+    page.wait_for_function("[...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth)")
+    shot = _shoot(page, "explain", tmp_path)
+    assert shot.stat().st_size > 0
+    # A stored image as the query (click a result): its neighbours are explained too (GET .../explain).
+    clicked = page.locator("#grid .result").nth(1).get_attribute("data-id")
+    page.locator("#grid .result").nth(1).click()
+    expect(page.locator("#status")).to_contain_text(f"similar to stored image #{clicked}")
+    expect(page.locator("#grid canvas.result-heatmap")).to_have_count(6)
+    expect(page.locator("#query-heatmap")).to_be_attached()
+    page.uncheck("#explain-toggle")
+    expect(page.locator("canvas.heatmap")).to_have_count(0)
+    again = tmp_path / "again.png"  # a new name: picking the same file again fires no change event
+    again.write_bytes(query.read_bytes())
+    page.set_input_files("#file-input", str(again))
+    expect(page.locator("#status")).to_contain_text("similar images to again.png")
+
+    # Region query: drag a box over the top-left quarter of the 64 px query; the crop (about 32 px) is the query.
+    page.click("#region-button")
+    expect(page.locator("#preview-frame")).to_have_class("preview-frame selecting")
+    box = page.locator("#preview").bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + 1, box["y"] + 1)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.3, steps=4)
+    expect(page.locator("#region-box")).to_be_visible()
+    _shoot(page, "region-select", tmp_path)
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5, steps=4)
+    page.mouse.up()
+    expect(page.locator("#status")).to_contain_text("similar images to region-")
+    expect(page.locator("#grid .result")).to_have_count(6)
+    width = page.evaluate("document.getElementById('preview').naturalWidth")
+    assert 28 <= width <= 36, width  # the crop, not the whole 64 px image
+    _shoot(page, "region", tmp_path)
+
+    # Minimum score: nothing below it comes back.
+    page.fill("#min-score", "0.999")
+    page.click("#search-button")
+    expect(page.locator("#results")).to_have_attribute("aria-busy", "false")
+    scores = [float(t.split("score ")[1].split(" ")[0]) for t in page.locator("#grid .score").all_inner_texts()]
+    assert all(s >= 0.999 for s in scores) and len(scores) < 6, scores
+    page.fill("#min-score", "2")
+    page.click("#search-button")
+    expect(page.locator("#error")).to_contain_text("Minimum score must be a number from -1 to 1")
+    assert not console_errors, console_errors

@@ -33,7 +33,9 @@ def test_search_returns_the_documented_shape(client: TestClient, shared_collecti
     assert body["k"] == 5
     assert len(body["neighbours"]) == 5
     first = body["neighbours"][0]
-    assert set(first) == {"id", "score", "labels", "split", "metadata", "image_url", "thumbnail_url"}
+    assert set(first) == {
+        "id", "score", "labels", "split", "metadata", "image_url", "thumbnail_url", "same_class_probability"
+    }  # fmt: skip
     assert first["image_url"] == f"/v1/images/{first['id']}"
     assert first["thumbnail_url"] == f"/v1/images/{first['id']}/thumbnail"
     # The query itself is stored: it comes back first with cosine similarity 1.

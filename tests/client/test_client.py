@@ -268,3 +268,55 @@ def test_timeouts_raise_msir_timeout() -> None:
         pytest.raises(MsirTimeout),
     ):
         msir.health()
+
+
+def test_min_score_on_every_search_method(server: LiveServer, image_files: dict[str, list[Path]]) -> None:
+    query = image_files["blue"][3]
+    with Client(server.url) as msir:
+        full = msir.search(query, k=10)
+        # Midway between two results: the answer's scores are rounded to 6 digits, a cut at one of them may not be.
+        cut = (full.neighbours[4].score + full.neighbours[5].score) / 2
+        kept = [n.id for n in full.neighbours if n.score >= cut]
+        assert [n.id for n in msir.search(query, k=10, min_score=cut).neighbours] == kept
+        assert [n.id for n in msir.search_batch([query], k=10, min_score=cut).results[0].neighbours] == kept
+        first = full.neighbours[0].id
+        vector = stored_vector(server, first)
+        by_vector = msir.search_vector(vector, k=10).neighbours
+        vcut = (by_vector[2].score + by_vector[3].score) / 2
+        assert [n.id for n in msir.search_vector(vector, k=10, min_score=vcut).neighbours] == [
+            n.id for n in by_vector[:3]
+        ]
+        near = msir.neighbours(first, k=10).neighbours
+        ncut = (near[1].score + near[2].score) / 2
+        assert [n.id for n in msir.neighbours(first, k=10, min_score=ncut).neighbours] == [n.id for n in near[:2]]
+        with pytest.raises(ValidationFailed) as refused:
+            msir.search(query, min_score=2.0)
+        assert "min_score" in refused.value.message
+
+    async def run() -> list[int]:
+        async with AsyncClient(server.url) as amsir:
+            return [n.id for n in (await amsir.search(query, k=10, min_score=cut)).neighbours]
+
+    assert asyncio.run(run()) == kept
+
+
+def test_explain_by_upload_and_by_id(server: LiveServer, image_files: dict[str, list[Path]]) -> None:
+    query = image_files["red"][2]
+    with Client(server.url) as msir:
+        ids = [n.id for n in msir.search(query, k=3).neighbours]
+        answer = msir.explain(ids, query)
+        assert answer.exact and [e.result_id for e in answer.explanations] == ids
+        for explanation in answer.explanations:
+            assert sum(map(sum, explanation.query.values)) == pytest.approx(explanation.score, abs=1e-4)
+        by_id = msir.explain(ids[1:], query_id=ids[0])
+        assert [e.result_id for e in by_id.explanations] == ids[1:]
+        with pytest.raises(ValueError, match="exactly one"):
+            msir.explain(ids)
+        with pytest.raises(NotFound):
+            msir.explain([10**9], query_id=ids[0])
+
+    async def run() -> float:
+        async with AsyncClient(server.url) as amsir:
+            return (await amsir.explain(ids[:1], query)).explanations[0].score
+
+    assert asyncio.run(run()) == pytest.approx(1.0, abs=1e-4)  # the query is stored: itself first

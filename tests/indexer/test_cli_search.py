@@ -49,3 +49,19 @@ def test_search_prints_whole_paths_and_the_prediction(tmp_path: Path, checkpoint
     assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-9
     full = predict(emb.logits[0], hits, CLASSES, multi_label=False, top=10).classifier
     assert np.isclose(sum(p for _, p in full), 1.0)  # all classes: a softmax distribution
+
+
+def test_search_min_score_drops_the_results_below_it(tmp_path: Path, checkpoint: Path) -> None:
+    root = write_labelled_folder(tmp_path / "images", 4)
+    directory = tmp_path / "col"
+    runner = CliRunner()
+    args = ["build", str(directory), "-c", str(checkpoint), "--data", str(root), "--workers", "0", "--device", "cpu"]
+    assert runner.invoke(app, [*args, "--json"]).exit_code == 0
+    query = next((root / "test" / "red").glob("*.png"))
+    search = ["search", str(directory), "--image", str(query), "-k", "8", "--device", "cpu", "--json"]
+    full = json.loads(runner.invoke(app, search).stdout)["hits"]
+    cut = (full[2]["score"] + full[3]["score"]) / 2
+    kept = json.loads(runner.invoke(app, [*search, "--min-score", str(cut)]).stdout)["hits"]
+    assert [h["id"] for h in kept] == [h["id"] for h in full[:3]]
+    refused = runner.invoke(app, [*search, "--min-score", "1.5"])
+    assert refused.exit_code != 0 and "min-score" in refused.output
