@@ -169,6 +169,13 @@ def before_call(context: schemathesis.HookContext, case: Any, **kwargs: Any) -> 
         return
     if case.operation.path == "/v1/search/feedback" and isinstance(case.body, dict):
         _stored_ids(case.body)
+        # Example uploads are files: one generated as an empty part (its schema is a nullable list) is an image too.
+        for name in ("positive", "negative"):
+            values = _as_list(case.body.get(name))
+            if values:
+                case.body[name] = [
+                    v if isinstance(v, Binary) and v.data else IMAGES[i % len(IMAGES)] for i, v in enumerate(values)
+                ]
         case._sync_validated_hashes()  # the edited ids stay valid (see the end of this hook)
     # Uploads' and relabels' `labels` are new free text, not a filter; every other operation's labels filter.
     if case.operation.method.upper() in ("POST", "PATCH") and case.operation.path.startswith("/v1/images"):

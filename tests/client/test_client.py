@@ -219,12 +219,25 @@ def test_a_503_with_retry_after_is_retried_until_the_server_recovers(
                     sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name}
                 )
 
-    live = start_server(postgres_collection, tmp_path, MSIR_RETRY_AFTER_S="1")
+    def refused() -> None:
+        """Until the server's follower noticed the outage, a search may answer from rows it confirmed before
+        (indexer.row_cache); from then on it answers 503 (a sync interval, 100 ms here)."""
+        deadline = time.monotonic() + 30
+        query = image_files["red"][0].read_bytes()
+        while time.monotonic() < deadline:
+            answer = httpx.post(f"{live.url}/v1/search", files={"image": ("q.png", query)}, data={"k": "3"})
+            if answer.status_code == 503:
+                return
+            time.sleep(0.05)
+        raise AssertionError("searches still answered 30 s into the outage")
+
+    live = start_server(postgres_collection, tmp_path, MSIR_RETRY_AFTER_S="1", MSIR_SYNC_INTERVAL_MS="100")
     transport = Recording()
     try:
         with Client(live.url, transport=transport, retry=RetryPolicy(max_retries=8, max_total_s=20)) as msir:
             assert msir.search(image_files["red"][0], k=3).neighbours
             allow(False)
+            refused()
             # The database comes back 2.5 s later; the client waits Retry-After (1 s) between attempts.
             timer = threading.Timer(2.5, allow, args=(True,))
             timer.start()
@@ -236,6 +249,7 @@ def test_a_503_with_retry_after_is_retried_until_the_server_recovers(
             assert time.monotonic() - started >= 1.0  # it did wait as told
             # Bounded: with no retries left, the 503 surfaces as an exception with the server's code.
             allow(False)
+            refused()
         with Client(live.url, retry=RetryPolicy(max_retries=1, max_total_s=5)) as impatient:
             with pytest.raises(ServiceUnavailable) as unavailable:
                 impatient.search(image_files["red"][0], k=3)
