@@ -22,8 +22,7 @@ from app.routes import errors
 from app.service import Service, StageTimer
 from app.shaping import image_info, neighbour
 from app.upload_forms import add_uploads, metadata_limits
-from indexer import ImageRecord
-from indexer.upload_files import locate
+from indexer import ImageRecord, row_paths
 from models import ImageDecodeError
 from msir_schemas.api import AddImagesResponse, ImageEdit, ImageInfo, ImagePage, SearchResponse, Timings
 
@@ -57,8 +56,7 @@ def stored_file(service: Service, record: ImageRecord) -> Path:
     if record.path is None:
         # No server path or source location in the message: clients only ever see ids and URLs.
         raise ApiError(404, "file_not_stored", f"image {record.id} has no file of its own to serve")
-    # An upload of a copied or moved collection is found under this collection even though its row holds the old path.
-    path = locate(Path(service.settings.collection_dir), record.path)
+    path = row_paths.resolve(Path(service.settings.collection_dir), record.path)
     if not path.is_file():
         logger.warning("file of image %d is missing: %s", record.id, path)
         raise ApiError(404, "file_missing", f"the file of image {record.id} is missing on the server")

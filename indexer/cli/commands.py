@@ -234,7 +234,7 @@ def label(
     def run() -> None:
         # Milvus keeps labels for its scalar filters: relabelling writes to it, so it must be reachable here.
         with opening.open(directory) as col:
-            wanted = list(ids or []) + (col.store.ids_for_paths(_path_names(paths)) if paths else [])
+            wanted = list(ids or []) + (col.ids_for_paths(paths) if paths else [])
             changed = col.edit(
                 wanted,
                 labels=labels,
@@ -250,10 +250,6 @@ def label(
                 console.print(f"changed {len(changed)} image(s)" + (f"; no image with id {missing}" if missing else ""))
 
     guarded(run, directory)
-
-
-def _path_names(paths: list[str]) -> list[str]:
-    return [str(Path(p).resolve()) for p in paths] + list(paths)
 
 
 @app.command()

@@ -83,7 +83,7 @@ def test_a_committed_upload_of_a_dead_writer_is_moved_in(tmp_path: Path, checkpo
     with Collection.create(directory, checkpoint, device="cpu") as col:
         record = col.get(col.add_uploads([Upload(images[0].read_bytes(), ".png")]).added[0])
         assert record is not None and record.path is not None
-    final = record.path
+    final = directory / record.path  # stored relative to the collection
     # Killed between the commit and the move: the row exists, the file is still pending under a dead owner.
     writer, pending = start_writer(directory, images[0])
     writer.kill()
