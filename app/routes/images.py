@@ -78,7 +78,7 @@ def media_type_of(path: Path) -> str:
     response_model=ImagePage,
     summary="The collection's images, page by page in id order, filtered by label and split",
     dependencies=read,
-    responses=errors(401, 403, 422, 503),
+    responses=errors(401, 403, 422, 429, 503),
 )
 async def list_images(
     service: ServiceDep,
@@ -102,7 +102,7 @@ async def list_images(
     response_class=FileResponse,
     summary="The stored image file, with its content type",
     dependencies=read,
-    responses={200: {"content": {"image/*": {}}}, **errors(401, 403, 404, 422, 503)},
+    responses={200: {"content": {"image/*": {}}}, **errors(401, 403, 404, 422, 429, 503)},
 )
 async def get_image(service: ServiceDep, image_id: ImageId) -> FileResponse:
     record = await fetch_record(service, image_id)
@@ -116,7 +116,7 @@ async def get_image(service: ServiceDep, image_id: ImageId) -> FileResponse:
     response_model=ImageInfo,
     summary="Metadata of a stored image",
     dependencies=read,
-    responses=errors(401, 403, 404, 422, 503),
+    responses=errors(401, 403, 404, 422, 429, 503),
 )
 async def get_image_info(service: ServiceDep, image_id: ImageId) -> ImageInfo:
     return image_info(await fetch_record(service, image_id))
@@ -127,7 +127,7 @@ async def get_image_info(service: ServiceDep, image_id: ImageId) -> ImageInfo:
     response_class=FileResponse,
     summary="A JPEG (or PNG, when transparent) thumbnail, cached on disk by content hash",
     dependencies=read,
-    responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}, **errors(401, 403, 404, 422, 503)},
+    responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}, **errors(401, 403, 404, 422, 429, 503)},
 )
 async def get_thumbnail(service: ServiceDep, image_id: ImageId) -> FileResponse:
     record = await fetch_record(service, image_id)
@@ -148,7 +148,7 @@ async def get_thumbnail(service: ServiceDep, image_id: ImageId) -> FileResponse:
     response_model=SearchResponse,
     summary="The images most similar to a stored image (itself excluded)",
     dependencies=read,
-    responses=errors(401, 403, 404, 422, 503),
+    responses=errors(401, 403, 404, 422, 429, 503),
 )
 async def get_neighbours(
     service: ServiceDep,
@@ -191,7 +191,7 @@ async def get_neighbours(
     form_limits={"max_part_size": UNBOUNDED_FORM_FIELD},
     responses={
         200: {"model": AddImagesResponse, "description": "Nothing new added: every image was a duplicate."},
-        **errors(400, 401, 403, 413, 422, 503),
+        **errors(400, 401, 403, 413, 422, 429, 503),
     },
 )
 async def add_images(
@@ -230,7 +230,7 @@ async def add_images(
     status_code=204,
     summary="Remove an image from the collection (API key)",
     dependencies=[Depends(require_write_key)],
-    responses=errors(401, 403, 404, 422, 503),
+    responses=errors(401, 403, 404, 422, 429, 503),
 )
 async def delete_image(service: ServiceDep, image_id: ImageId) -> Response:
     record = await service.blocking(service.collection.get, image_id)
@@ -249,7 +249,7 @@ async def delete_image(service: ServiceDep, image_id: ImageId) -> Response:
     response_model=ImageInfo,
     summary="Change an image's labels and/or metadata (API key); the embedding is kept",
     dependencies=[Depends(require_write_key)],
-    responses=errors(401, 403, 404, 422, 503),
+    responses=errors(401, 403, 404, 422, 429, 503),
 )
 async def edit_image(service: ServiceDep, image_id: ImageId, edit: ImageEdit) -> ImageInfo:
     if edit.is_empty():
