@@ -348,11 +348,11 @@ class Collection(FollowingIndex):
         wanted = sorted({int(i) for i in ids})
         with self._write_lock():
             self._follow()
-            files = [r.path for r in self.store.get_many(wanted).values() if r.path is not None]
+            records = self.store.get_many(wanted)
             gone = self.store.delete(wanted)
             if not gone:
                 return 0
-            uploads.discard_unreferenced(self.directory, self.store, files)
+            uploads.discard_deleted(self.directory, [records[i] for i in gone if i in records])
             if self._index.supports_remove:
                 with self._rw.write():
                     self._index.remove(np.asarray(gone, np.int64))

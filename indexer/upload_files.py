@@ -28,6 +28,7 @@ from pathlib import Path
 from indexer import row_paths
 from indexer.errors import CollectionError
 from indexer.metadata.queries import MetadataStore
+from indexer.records import ImageRecord
 from msir_core.atomic import atomic_write_bytes
 from msir_data.base import IMAGE_EXTENSIONS
 
@@ -166,6 +167,24 @@ def stored_files(directory: Path) -> list[Path]:
         p for p in root.rglob("*") if p.is_file() and PENDING not in p.relative_to(root).parts[:1]
         and not p.name.endswith(".tmp")
     )  # fmt: skip
+
+
+def discard_deleted(directory: Path, records: Iterable[ImageRecord]) -> int:
+    """Delete the upload files of rows whose delete was just committed; returns how many.
+
+    No database query after the commit (a connection cut there left the file behind as an orphan): an upload's
+    name is its content's sha256, which is unique among rows, so the deleted row was the only one naming it. Callers
+    hold the collection's writer lock, so no other writer commits (and moves in) the same content meanwhile."""
+    root = (directory / UPLOADS).resolve()
+    removed = 0
+    for record in records:
+        if record.path is None or uploads_tail(record.path) is None:
+            continue
+        file = row_paths.resolve(directory, record.path)
+        if file.name.startswith(record.sha256) and file.resolve().is_relative_to(root) and file.is_file():
+            file.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def discard_unreferenced(directory: Path, store: MetadataStore, paths: Iterable[str | Path]) -> int:

@@ -130,8 +130,9 @@ def _settle(col: Collection, pending: list[Path]) -> tuple[int, int]:
 
 
 def settle_dead_uploads(col: Collection) -> tuple[int, int]:
-    """Settle the pending uploads of processes that died mid-upload (a live writer's are left alone): run when a
-    server starts, so that a kill -9 leaves nothing for ``verify`` to find. Returns ``(moved in, removed)``."""
+    """Settle the pending uploads of processes that died mid-upload (a live writer's are left alone) and remove the
+    files of deleted rows a killed process left: run when a server starts, so that a kill -9 leaves nothing for
+    ``verify`` to find. Returns ``(moved in, removed)``."""
     moved, removed = _settle(col, uploads.stale_pending(col.directory))
     if moved or removed:
         logger.info(
@@ -140,7 +141,15 @@ def settle_dead_uploads(col: Collection) -> tuple[int, int]:
             moved,
             removed,
         )
-    return moved, removed
+    # A process killed between a delete's commit and the removal of its file left that file without a row. Under the
+    # writer lock no upload is between its commit and its move in, so a file no row names is such a leftover.
+    with col._write_lock():
+        _, orphans, _ = file_problems(col)
+        for file in orphans:
+            file.unlink(missing_ok=True)
+    if orphans:
+        logger.info("%s: removed %d upload(s) of deleted rows left by a stopped process", col.directory, len(orphans))
+    return moved, removed + len(orphans)
 
 
 def repair(col: Collection) -> list[str]:
