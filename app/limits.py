@@ -11,6 +11,11 @@ the rest learn at once to come back later. A request's body is read to its end *
 to memory, then to a temporary file past ``SPOOL_MEMORY_BYTES``): a client that sends its body slowly, or stalls
 half-way, holds only its connection (bounded by ``MSIR_MAX_CONNECTIONS`` and the minimum body rate in
 ``app.connections``), never one of the slots that searches need.
+
+Per client: one client address may hold at most ``MSIR_MAX_PER_CLIENT`` of those slots and queue places at once
+(default: half of them); its next request is answered 429 + Retry-After at once, so a single busy or misbehaving
+client cannot take the whole server from the others. Behind a reverse proxy the address is the proxy's unless
+uvicorn is told to trust its forwarded headers (``--forwarded-allow-ips``).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import asyncio
 import json
 import logging
 import tempfile
-from collections import deque
+from collections import Counter, deque
 from typing import IO
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -131,15 +136,23 @@ class AdmissionMiddleware:
     """
 
     def __init__(
-        self, app: ASGIApp, max_in_flight: int, max_queued: int, queue_timeout_s: float, retry_after_s: int
+        self,
+        app: ASGIApp,
+        max_in_flight: int,
+        max_queued: int,
+        queue_timeout_s: float,
+        retry_after_s: int,
+        max_per_client: int = 0,
     ) -> None:
         self.app = app
         self.max_in_flight = max_in_flight
         self.max_queued = max_queued
         self.queue_timeout_s = queue_timeout_s
         self.retry_after_s = retry_after_s
+        self.max_per_client = max_per_client  # 0: no per-client cap
         self.in_flight = 0
         self._waiting: deque[asyncio.Future[None]] = deque()
+        self._per_client: Counter[str] = Counter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
@@ -148,10 +161,32 @@ class AdmissionMiddleware:
         body = await _read_body(receive)
         if body is None:  # the client went away (or was cut off as too slow) before its body was complete
             return
+        client = _client_of(scope)
         try:
-            await self._admitted(scope, body.replay(receive), send)
+            if self.max_per_client and self._per_client[client] >= self.max_per_client:
+                await self._refuse_client(send)
+                return
+            self._per_client[client] += 1
+            try:
+                await self._admitted(scope, body.replay(receive), send)
+            finally:
+                self._per_client[client] -= 1
+                if not self._per_client[client]:
+                    del self._per_client[client]
         finally:
             body.close()
+
+    async def _refuse_client(self, send: Send) -> None:
+        await _send_json(
+            send,
+            429,
+            error_body(
+                "too_many_requests",
+                f"this client already has {self.max_per_client} requests in progress (MSIR_MAX_PER_CLIENT); "
+                f"wait for one to finish or retry in {self.retry_after_s} s",
+            ),
+            [(b"retry-after", str(self.retry_after_s).encode())],
+        )
 
     async def _admitted(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not await self._acquire():
@@ -201,6 +236,11 @@ class AdmissionMiddleware:
                 slot.set_result(None)  # the slot passes to the longest waiter: in_flight is unchanged
                 return
         self.in_flight -= 1
+
+
+def _client_of(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
 
 
 class _SpooledBody:

@@ -171,6 +171,7 @@ def create_app(settings: Settings | None = None, opened: Collection | None = Non
         max_queued=settings.max_queued,
         queue_timeout_s=settings.queue_timeout_s,
         retry_after_s=settings.retry_after_s,
+        max_per_client=settings.per_client_cap,
     )
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_upload_bytes)
     if settings.cors_origins:

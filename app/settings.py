@@ -267,6 +267,14 @@ class Settings(BaseSettings):
         ge=0,
         description="Overload: longest wait for a slot, in seconds, before a queued request is answered 503.",
     )
+    max_per_client: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Overload: API requests one client address may have in progress (running or queued) at once; one more "
+            "is answered 429 + Retry-After. Unset: half of MSIR_MAX_IN_FLIGHT + MSIR_MAX_QUEUED; 0: no cap."
+        ),
+    )
     retry_after_s: int = Field(
         5,
         ge=1,
@@ -294,6 +302,13 @@ class Settings(BaseSettings):
             "uniformly at random (a fixed seed, so the sample is the same until the collection changes)."
         ),
     )
+
+    @property
+    def per_client_cap(self) -> int:
+        """MSIR_MAX_PER_CLIENT resolved: unset means half of the slots and queue places (0: no cap)."""
+        if self.max_per_client is not None:
+            return self.max_per_client
+        return max(1, (self.max_in_flight + self.max_queued) // 2)
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -20,7 +20,7 @@ from app.errors import ApiError
 from app.metadata_limits import MetadataError, MetadataLimits, parse
 from app.service import Service
 from app.shaping import split_labels
-from indexer import Upload
+from indexer import Upload, row_paths
 from indexer.upload_files import final_path
 from models import ImageDecodeError, open_image
 from msir_schemas.api import AddedImage, AddImagesResponse, DuplicateImage, FailedImage
@@ -148,8 +148,8 @@ async def add_uploads(
     directory = service.collection.directory
     uploads: list[Upload] = []
     for item in items:
-        # The collection reports uploads by their final, content-addressed path (their uri).
-        item.uri = str(final_path(directory, item.sha256, item.suffix).resolve())
+        # The collection reports uploads by their content-addressed path relative to it (their uri).
+        item.uri = row_paths.to_stored(directory, final_path(directory, item.sha256, item.suffix))
         uploads.append(
             Upload(
                 data=item.data,

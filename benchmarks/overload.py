@@ -181,9 +181,10 @@ def main() -> None:
     demo = prepare_collection(DEMO_IMAGES, COLLECTION, DEMO_CHECKPOINT, device="cpu", progress=False)
     files = sorted(DEMO_IMAGES.rglob("*.jpg"))
     queries = [f.read_bytes() for f in files]
-    configs = [("admission on (defaults)", {})]
+    # Every client of this benchmark shares one address: the per-client cap (MSIR_MAX_PER_CLIENT) is off here.
+    configs = [("admission on (defaults)", {"MSIR_MAX_PER_CLIENT": "0"})]
     if not args.no_compare:
-        configs.append(("no cap", {"MSIR_MAX_IN_FLIGHT": "100000"}))
+        configs.append(("no cap", {"MSIR_MAX_IN_FLIGHT": "100000", "MSIR_MAX_PER_CLIENT": "0"}))
     log_dir = args.out / "overload_logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     runs = []

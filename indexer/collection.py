@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from indexer import consistency as cons
+from indexer import row_paths, verification
 from indexer import stats as collection_stats
 from indexer import upload_files as uploads
-from indexer import verification
 from indexer.embedder import Embedder
 from indexer.errors import CheckpointMismatch, CollectionError, ConsistencyError
 from indexer.following.feed import FollowingIndex
@@ -108,7 +108,7 @@ class Collection(FollowingIndex):
         url = database_url or default_url(directory)
         store = MetadataStore(url)
         try:
-            store.migrate()
+            store.migrate(directory)
             with directory_lock(directory):
                 info = store.info()
                 if info.get("collection_id") is None:
@@ -194,7 +194,7 @@ class Collection(FollowingIndex):
         url = database_url or manifest.database or default_url(directory)
         store = MetadataStore(url)
         try:
-            store.migrate()
+            store.migrate(directory)
             embedder = Embedder(checkpoint, device, runtime, onnx_cache_dir=directory)
             info = store.info()
             problems = cons.identity_problems(manifest, info, embedder, None)
@@ -258,6 +258,9 @@ class Collection(FollowingIndex):
 
     def commit(self, rows: list[dict[str, Any]], vectors: np.ndarray) -> tuple[list[int | None], dict[int, int]]:
         """Pipeline Sink: one transaction for the batch, then the index; periodic saves."""
+        for row in rows:  # a file inside the collection is stored relative to it (copies and moves keep working)
+            if row["path"] is not None:
+                row["path"] = row_paths.to_stored(self.directory, row["path"])
         with self._write_lock():
             self._follow()
             ids, duplicate_of = self.store.insert_new(rows)
@@ -310,12 +313,12 @@ class Collection(FollowingIndex):
     def add_uploads(self, items: Sequence[Upload]) -> AddReport:
         """Store and index uploaded bytes. Each file is written aside, moved to ``uploads/`` once its row is
         committed and removed otherwise (a duplicate, undecodable bytes, a database outage): no file without a
-        row. Results are reported by the file's final path (its uri)."""
+        row. Results are reported by the file's path relative to the collection, ``uploads/<xx>/<name>`` (its uri)."""
         staged = [uploads.stage(self.directory, item.data, item.suffix) for item in items]
         work = [
             WorkItem(
-                uri=str(final.resolve()),
-                path=str(final.resolve()),
+                uri=row_paths.to_stored(self.directory, final),
+                path=row_paths.to_stored(self.directory, final),
                 labels=tuple(item.labels),
                 split=item.split,
                 source="upload",
@@ -347,11 +350,11 @@ class Collection(FollowingIndex):
         wanted = sorted({int(i) for i in ids})
         with self._write_lock():
             self._follow()
-            files = [r.path for r in self.store.get_many(wanted).values() if r.path is not None]
+            records = self.store.get_many(wanted)
             gone = self.store.delete(wanted)
             if not gone:
                 return 0
-            uploads.discard_unreferenced(self.directory, self.store, files)
+            uploads.discard_deleted(self.directory, [records[i] for i in gone if i in records])
             if self._index.supports_remove:
                 with self._rw.write():
                     self._index.remove(np.asarray(gone, np.int64))
@@ -387,10 +390,18 @@ class Collection(FollowingIndex):
                 self._index.refresh(np.asarray(changed, np.int64))
         return changed
 
+    def ids_for_paths(self, paths: Iterable[str | Path]) -> list[int]:
+        """Ids of the rows whose path or uri is one of ``paths`` (as given, absolute, or as stored: relative to the
+        collection for a file inside it)."""
+        names: list[str] = []
+        for p in paths:
+            absolute = Path(p).resolve()
+            names += [str(p), str(absolute), row_paths.to_stored(self.directory, absolute)]
+        return self.store.ids_for_paths(names)
+
     def remove_paths(self, paths: Iterable[str | Path]) -> int:
         """Remove the rows whose path or uri is one of ``paths``."""
-        names = [str(Path(p).resolve()) for p in paths] + [str(p) for p in paths]
-        return self.remove(self.store.ids_for_paths(names))
+        return self.remove(self.ids_for_paths(list(paths)))
 
     def rebuild(self) -> None:
         """Rebuild the index from the embeddings stored in the database (no image is decoded); ivfpq retrains."""

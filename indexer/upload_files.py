@@ -25,8 +25,10 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from indexer import row_paths
 from indexer.errors import CollectionError
 from indexer.metadata.queries import MetadataStore
+from indexer.records import ImageRecord
 from msir_core.atomic import atomic_write_bytes
 from msir_data.base import IMAGE_EXTENSIONS
 
@@ -148,26 +150,12 @@ def dead_owner_locks(directory: Path) -> list[Path]:
 
 
 def uploads_tail(path: str | Path) -> str | None:
-    """``uploads/<xx>/<name>`` of a stored path that points into some collection's uploads folder, else None."""
+    """``uploads/<xx>/<name>`` of a path that points into some collection's uploads folder, else None (how the
+    migration to relative paths recognises an upload stored by an older msir under its absolute path)."""
     parts = Path(path).parts
     if len(parts) >= 3 and parts[-3] == UPLOADS and parts[-1].startswith(parts[-2]):
         return "/".join(parts[-3:])
     return None
-
-
-def locate(directory: Path, path: str | Path) -> Path:
-    """Where a row's file is: its stored path, or, when that is gone and it names an upload, the same upload under
-    ``directory`` (rows of a copied or moved collection still hold the old absolute path; uploads are
-    content-addressed, so the file under the same name here holds the same bytes)."""
-    stored = Path(path)
-    if not stored.is_absolute():
-        stored = directory / stored
-    if stored.is_file():
-        return stored
-    tail = uploads_tail(path)
-    if tail is not None and (directory / tail).is_file():
-        return directory / tail
-    return stored
 
 
 def stored_files(directory: Path) -> list[Path]:
@@ -181,15 +169,33 @@ def stored_files(directory: Path) -> list[Path]:
     )  # fmt: skip
 
 
+def discard_deleted(directory: Path, records: Iterable[ImageRecord]) -> int:
+    """Delete the upload files of rows whose delete was just committed; returns how many.
+
+    No database query after the commit (a connection cut there left the file behind as an orphan): an upload's
+    name is its content's sha256, which is unique among rows, so the deleted row was the only one naming it. Callers
+    hold the collection's writer lock, so no other writer commits (and moves in) the same content meanwhile."""
+    root = (directory / UPLOADS).resolve()
+    removed = 0
+    for record in records:
+        if record.path is None or uploads_tail(record.path) is None:
+            continue
+        file = row_paths.resolve(directory, record.path)
+        if file.name.startswith(record.sha256) and file.resolve().is_relative_to(root) and file.is_file():
+            file.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def discard_unreferenced(directory: Path, store: MetadataStore, paths: Iterable[str | Path]) -> int:
     """Delete files under ``uploads/`` (our own copies) that no database row references; returns how many.
 
     Files outside ``uploads/`` (a user's own dataset) are never touched."""
-    uploads = (directory / "uploads").resolve()
-    candidates = {Path(p).resolve() for p in paths}
+    uploads = (directory / UPLOADS).resolve()
+    candidates = {row_paths.resolve(directory, p).resolve() for p in paths}
     removed = 0
     for path in sorted(p for p in candidates if p.is_relative_to(uploads) and p.is_file()):
-        if not store.ids_for_paths([str(path)]):
+        if not store.ids_for_paths([row_paths.to_stored(directory, path)]):
             path.unlink(missing_ok=True)
             removed += 1
     return removed

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from indexer import consistency as cons
+from indexer import row_paths
 from indexer import upload_files as uploads
 from indexer.records import VerifyReport
 
@@ -31,49 +32,18 @@ logger = logging.getLogger(__name__)
 SHOWN = 1000  # ids / names listed in a report's details
 
 
-def _resolve(directory: Path, path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else directory / p
-
-
 def file_problems(col: Collection) -> tuple[list[int], list[Path], list[Path]]:
-    """``(ids of rows whose file is missing, orphan files under uploads/, stale pending uploads)``.
-
-    A file under ``uploads/`` that a row names by another collection path (the collection was copied or moved and
-    its rows still hold the old absolute path) is *not* an orphan: the row needs it, and repair must never delete
-    it. Such rows are reported by :func:`relocated_rows`."""
+    """``(ids of rows whose file is missing, orphan files under uploads/, stale pending uploads)``. A file that a row
+    refers to is never an orphan, so repair never deletes it."""
     referenced: set[Path] = set()
-    tails: set[str] = set()
     missing: list[int] = []
     for image_id, path in col.store.iter_paths():
-        file = _resolve(col.directory, path)
+        file = row_paths.resolve(col.directory, path)
         if not file.is_file():
             missing.append(image_id)
         referenced.add(file.resolve())
-        tail = uploads.uploads_tail(path)
-        if tail is not None:
-            tails.add(tail)
-    orphans = [
-        p
-        for p in uploads.stored_files(col.directory)
-        if p.resolve() not in referenced and p.relative_to(col.directory).as_posix() not in tails
-    ]
+    orphans = [p for p in uploads.stored_files(col.directory) if p.resolve() not in referenced]
     return missing, orphans, uploads.stale_pending(col.directory)
-
-
-def relocated_rows(col: Collection, missing: list[int]) -> list[int]:
-    """Of the rows whose file is missing, those whose file lies in this collection's ``uploads/`` (the collection
-    was copied or moved): nothing is lost, the stored path is out of date."""
-    wanted = set(missing)
-    found = []
-    for image_id, path in col.store.iter_paths():
-        if image_id in wanted:
-            tail = uploads.uploads_tail(path)
-            here = col.directory / tail if tail is not None else None
-            # Only rows that name another place: a file moved in here meanwhile (a settled pending upload) is not.
-            if here is not None and here.is_file() and _resolve(col.directory, path).resolve() != here.resolve():
-                found.append(image_id)
-    return found
 
 
 def verify(col: Collection) -> VerifyReport:
@@ -111,17 +81,9 @@ def verify(col: Collection) -> VerifyReport:
             problems += cons.deep_problems(col.store, index, col.manifest, saved)
             vectors = index.ntotal
     missing_files, orphan_files, pending = file_problems(col)
-    relocated = relocated_rows(col, missing_files) if missing_files else []
-    lost = sorted(set(missing_files) - set(relocated))
-    if relocated:
+    if missing_files:
         problems.append(
-            f"relocated files: {len(relocated)} row(s) name their upload by a path outside this collection (ids "
-            f"{cons.show_ids(relocated)}), but the file is here under uploads/ (a copied or moved collection); "
-            f"nothing is lost, and repair never deletes these files"
-        )
-    if lost:
-        problems.append(
-            f"missing files: {len(lost)} row(s) whose file is gone (ids {cons.show_ids(lost)}); "
+            f"missing files: {len(missing_files)} row(s) whose file is gone (ids {cons.show_ids(missing_files)}); "
             f"restore the files or remove the rows"
         )
     if orphan_files or pending:
@@ -143,7 +105,6 @@ def verify(col: Collection) -> VerifyReport:
         "missing_files_count": len(missing_files),
         "orphan_files": [str(p.relative_to(col.directory)) for p in orphan_files[:SHOWN]],
         "orphan_files_count": len(orphan_files),
-        "relocated_files": [int(i) for i in relocated[:SHOWN]],
         "stale_pending_uploads": len(pending),
     }
     return VerifyReport(ok=not problems, problems=problems, details=details)
@@ -155,7 +116,7 @@ def _settle(col: Collection, pending: list[Path]) -> tuple[int, int]:
     for file in pending:
         final = uploads.final_of_pending(col.directory, file)
         try:
-            if not final.is_file() and col.store.ids_for_paths([str(final.resolve())]):
+            if not final.is_file() and col.store.ids_for_paths([row_paths.to_stored(col.directory, final)]):
                 uploads.settle(file, final)  # its row was committed, the move was not: finish it
                 moved += 1
             else:
@@ -169,8 +130,9 @@ def _settle(col: Collection, pending: list[Path]) -> tuple[int, int]:
 
 
 def settle_dead_uploads(col: Collection) -> tuple[int, int]:
-    """Settle the pending uploads of processes that died mid-upload (a live writer's are left alone): run when a
-    server starts, so that a kill -9 leaves nothing for ``verify`` to find. Returns ``(moved in, removed)``."""
+    """Settle the pending uploads of processes that died mid-upload (a live writer's are left alone) and remove the
+    files of deleted rows a killed process left: run when a server starts, so that a kill -9 leaves nothing for
+    ``verify`` to find. Returns ``(moved in, removed)``."""
     moved, removed = _settle(col, uploads.stale_pending(col.directory))
     if moved or removed:
         logger.info(
@@ -179,7 +141,15 @@ def settle_dead_uploads(col: Collection) -> tuple[int, int]:
             moved,
             removed,
         )
-    return moved, removed
+    # A process killed between a delete's commit and the removal of its file left that file without a row. Under the
+    # writer lock no upload is between its commit and its move in, so a file no row names is such a leftover.
+    with col._write_lock():
+        _, orphans, _ = file_problems(col)
+        for file in orphans:
+            file.unlink(missing_ok=True)
+    if orphans:
+        logger.info("%s: removed %d upload(s) of deleted rows left by a stopped process", col.directory, len(orphans))
+    return moved, removed + len(orphans)
 
 
 def repair(col: Collection) -> list[str]:
@@ -202,13 +172,7 @@ def repair(col: Collection) -> list[str]:
             done.append(f"moved {moved} committed pending upload(s) into uploads/")
         if removed:
             done.append(f"removed {removed} orphan file(s) under uploads/")
-        relocated = relocated_rows(col, missing) if missing else []
-        if relocated:
-            done.append(
-                f"kept: {len(relocated)} upload(s) whose row names them by a path outside this collection (a copied "
-                f"or moved collection); they are found and served from here"
-            )
-        still_missing = len(missing) - moved - len(relocated)
+        still_missing = len(missing) - moved
         if still_missing > 0:
             done.append(
                 f"not repaired: {still_missing} row(s) whose file is missing (restore the files or "

@@ -15,6 +15,7 @@ _DESCRIPTIONS = {
     415: "A file that is not an image format Pillow can decode.",
     422: "Missing or invalid field, or an empty, corrupt or truncated image.",
     501: "Not available for this server's model (heat-maps: MSCFNet and the ViTs).",
+    429: "This client already has MSIR_MAX_PER_CLIENT requests in progress: Retry-After says when to retry.",
     503: (
         "Overloaded (more requests than MSIR_MAX_IN_FLIGHT + MSIR_MAX_QUEUED), or the metadata database is "
         "unreachable: Retry-After says when to retry."

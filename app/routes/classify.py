@@ -18,7 +18,7 @@ router = APIRouter(prefix="/v1", tags=["classify"], dependencies=[Depends(requir
     "/classify",
     response_model=ClassifyResponse,
     summary="Class probabilities of an uploaded image (softmax, or sigmoid per label when multi-label)",
-    responses=errors(400, 401, 403, 413, 415, 422, 503),
+    responses=errors(400, 401, 403, 413, 415, 422, 429, 503),
 )
 async def classify(
     service: ServiceDep,

@@ -15,7 +15,7 @@ router = APIRouter(prefix="/v1", tags=["collection"], dependencies=[Depends(requ
     "/collection",
     response_model=CollectionInfo,
     summary="The served model, its classes and the index",
-    responses=errors(401, 403, 503),
+    responses=errors(401, 403, 429, 503),
 )
 async def collection_info(service: ServiceDep) -> CollectionInfo:
     return await service.collection_info()

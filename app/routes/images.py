@@ -22,8 +22,7 @@ from app.routes import errors
 from app.service import Service, StageTimer
 from app.shaping import above, image_info
 from app.upload_forms import add_uploads, metadata_limits
-from indexer import ImageRecord
-from indexer.upload_files import locate
+from indexer import ImageRecord, row_paths
 from models import ImageDecodeError
 from msir_schemas.api import AddImagesResponse, ImageEdit, ImageInfo, ImagePage, SearchResponse, Timings
 
@@ -57,8 +56,7 @@ def stored_file(service: Service, record: ImageRecord) -> Path:
     if record.path is None:
         # No server path or source location in the message: clients only ever see ids and URLs.
         raise ApiError(404, "file_not_stored", f"image {record.id} has no file of its own to serve")
-    # An upload of a copied or moved collection is found under this collection even though its row holds the old path.
-    path = locate(Path(service.settings.collection_dir), record.path)
+    path = row_paths.resolve(Path(service.settings.collection_dir), record.path)
     if not path.is_file():
         logger.warning("file of image %d is missing: %s", record.id, path)
         raise ApiError(404, "file_missing", f"the file of image {record.id} is missing on the server")
@@ -80,7 +78,7 @@ def media_type_of(path: Path) -> str:
     response_model=ImagePage,
     summary="The collection's images, page by page in id order, filtered by label and split",
     dependencies=read,
-    responses=errors(401, 403, 422, 503),
+    responses=errors(401, 403, 422, 429, 503),
 )
 async def list_images(
     service: ServiceDep,
@@ -104,7 +102,7 @@ async def list_images(
     response_class=FileResponse,
     summary="The stored image file, with its content type",
     dependencies=read,
-    responses={200: {"content": {"image/*": {}}}, **errors(401, 403, 404, 422, 503)},
+    responses={200: {"content": {"image/*": {}}}, **errors(401, 403, 404, 422, 429, 503)},
 )
 async def get_image(service: ServiceDep, image_id: ImageId) -> FileResponse:
     record = await fetch_record(service, image_id)
@@ -118,7 +116,7 @@ async def get_image(service: ServiceDep, image_id: ImageId) -> FileResponse:
     response_model=ImageInfo,
     summary="Metadata of a stored image",
     dependencies=read,
-    responses=errors(401, 403, 404, 422, 503),
+    responses=errors(401, 403, 404, 422, 429, 503),
 )
 async def get_image_info(service: ServiceDep, image_id: ImageId) -> ImageInfo:
     return image_info(await fetch_record(service, image_id))
@@ -129,7 +127,7 @@ async def get_image_info(service: ServiceDep, image_id: ImageId) -> ImageInfo:
     response_class=FileResponse,
     summary="A JPEG (or PNG, when transparent) thumbnail, cached on disk by content hash",
     dependencies=read,
-    responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}, **errors(401, 403, 404, 422, 503)},
+    responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}, **errors(401, 403, 404, 422, 429, 503)},
 )
 async def get_thumbnail(service: ServiceDep, image_id: ImageId) -> FileResponse:
     record = await fetch_record(service, image_id)
@@ -150,7 +148,7 @@ async def get_thumbnail(service: ServiceDep, image_id: ImageId) -> FileResponse:
     response_model=SearchResponse,
     summary="The images most similar to a stored image (itself excluded)",
     dependencies=read,
-    responses=errors(401, 403, 404, 422, 503),
+    responses=errors(401, 403, 404, 422, 429, 503),
 )
 async def get_neighbours(
     service: ServiceDep,
@@ -197,7 +195,7 @@ async def get_neighbours(
     form_limits={"max_part_size": UNBOUNDED_FORM_FIELD},
     responses={
         200: {"model": AddImagesResponse, "description": "Nothing new added: every image was a duplicate."},
-        **errors(400, 401, 403, 413, 422, 503),
+        **errors(400, 401, 403, 413, 422, 429, 503),
     },
 )
 async def add_images(
@@ -236,7 +234,7 @@ async def add_images(
     status_code=204,
     summary="Remove an image from the collection (API key)",
     dependencies=[Depends(require_write_key)],
-    responses=errors(401, 403, 404, 422, 503),
+    responses=errors(401, 403, 404, 422, 429, 503),
 )
 async def delete_image(service: ServiceDep, image_id: ImageId) -> Response:
     record = await service.blocking(service.collection.get, image_id)
@@ -255,7 +253,7 @@ async def delete_image(service: ServiceDep, image_id: ImageId) -> Response:
     response_model=ImageInfo,
     summary="Change an image's labels and/or metadata (API key); the embedding is kept",
     dependencies=[Depends(require_write_key)],
-    responses=errors(401, 403, 404, 422, 503),
+    responses=errors(401, 403, 404, 422, 429, 503),
 )
 async def edit_image(service: ServiceDep, image_id: ImageId, edit: ImageEdit) -> ImageInfo:
     if edit.is_empty():

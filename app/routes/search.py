@@ -29,7 +29,7 @@ router = APIRouter(prefix="/v1", tags=["search"], dependencies=[Depends(require_
     "/search",
     response_model=SearchResponse,
     summary="Find the images most similar to an uploaded image",
-    responses=errors(400, 401, 403, 413, 415, 422, 503),
+    responses=errors(400, 401, 403, 413, 415, 422, 429, 503),
 )
 async def search(
     service: ServiceDep,
@@ -90,7 +90,7 @@ async def search(
     "/search/batch",
     response_model=BatchSearchResponse,
     summary=f"Search with several images at once (one forward pass; at most {MAX_BATCH_QUERIES})",
-    responses=errors(401, 403, 413, 415, 422, 503),
+    responses=errors(401, 403, 413, 415, 422, 429, 503),
 )
 async def search_batch(
     service: ServiceDep,
@@ -136,7 +136,7 @@ async def search_batch(
     "/search/vector",
     response_model=SearchResponse,
     summary="Find the images nearest to an embedding vector (embedding_dim numbers, see /v1/collection)",
-    responses=errors(401, 403, 422, 503),
+    responses=errors(401, 403, 422, 429, 503),
 )
 async def search_vector(service: ServiceDep, body: VectorSearchRequest) -> SearchResponse:
     k = resolve_k(body.k, service.settings)

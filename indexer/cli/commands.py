@@ -9,6 +9,7 @@ Human output is rich tables on stdout; ``--json`` prints one JSON document inste
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
+from indexer import backup as backups
 from indexer.cli import render as out
 from indexer.cli.options import (
     DATA_HELP,
@@ -235,7 +237,7 @@ def label(
     def run() -> None:
         # Milvus keeps labels for its scalar filters: relabelling writes to it, so it must be reachable here.
         with opening.open(directory) as col:
-            wanted = list(ids or []) + (col.store.ids_for_paths(_path_names(paths)) if paths else [])
+            wanted = list(ids or []) + (col.ids_for_paths(paths) if paths else [])
             changed = col.edit(
                 wanted,
                 labels=labels,
@@ -251,10 +253,6 @@ def label(
                 console.print(f"changed {len(changed)} image(s)" + (f"; no image with id {missing}" if missing else ""))
 
     guarded(run, directory)
-
-
-def _path_names(paths: list[str]) -> list[str]:
-    return [str(Path(p).resolve()) for p in paths] + list(paths)
 
 
 @app.command()
@@ -343,6 +341,62 @@ def stats(
             out.stats(console, col.stats(), col.problems, json_out)
 
     guarded(run, directory)
+
+
+@app.command()
+def backup(
+    directory: Dir,
+    archive: Annotated[Path, typer.Argument(help="The archive to write (a tar; written aside, then renamed).")],
+    db: Db = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Write a consistent snapshot of the collection (rows as JSON lines, its files, the index of the current
+    generation, sha256 of every member) to ARCHIVE, taken under the collection's writer lock."""
+    setup_logging(verbose)
+    report = guarded(lambda: backups.backup(directory, archive, db), directory)
+    if json_out:
+        console.print_json(json.dumps(dataclasses.asdict(report)))
+    else:
+        console.print(
+            f"backed up {directory} to {archive}: {report.rows['images']} images, {report.files} files, index "
+            f"generation {report.generation} ({report.bytes:,} bytes)"
+            + (f"; {report.external_files} file(s) outside the collection referenced, not copied"
+               if report.external_files else ""),
+            highlight=False,
+            soft_wrap=True,
+        )  # fmt: skip
+
+
+@app.command()
+def restore(
+    archive: Annotated[Path, typer.Argument(help="An archive written by `msir-index backup`.")],
+    target: Annotated[Path, typer.Argument(help="The new collection folder (must not exist or be empty).")],
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            "--db",
+            help="Restore the rows into this empty database (default: metadata.db "
+            "in TARGET); SQLite and PostgreSQL either way.",
+        ),
+    ] = None,
+    json_out: Json = False,
+    verbose: Verbose = False,
+) -> None:
+    """Restore a backup under TARGET (any path) and into any database; every member is checked against its sha256
+    first, and a damaged archive is refused leaving nothing behind."""
+    setup_logging(verbose)
+    report = guarded(lambda: backups.restore(archive, target, database_url), target)
+    if json_out:
+        console.print_json(json.dumps(dataclasses.asdict(report)))
+    else:
+        console.print(
+            f"restored {archive} into {target} (database {report.database}): {report.rows['images']} images, "
+            f"{report.files} files, index generation {report.generation}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command()

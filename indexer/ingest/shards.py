@@ -97,7 +97,7 @@ def build_shard(
     embedder = Embedder(checkpoint, device)
     store = MetadataStore(database_url)
     try:
-        store.migrate()
+        store.migrate(directory)
         info = store.adopt_info(
             {
                 "collection_id": uuid.uuid4().hex,

@@ -193,9 +193,9 @@ class MetadataStore:
     def display_url(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)
 
-    def migrate(self) -> str:
+    def migrate(self, directory: Path | None = None) -> str:
         with self.exclusive():  # N shard processes starting at once: one creates the schema, the others wait
-            return migrate(self.engine)
+            return migrate(self.engine, directory)
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:

@@ -193,8 +193,9 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def migrate(engine: Engine) -> str:
-    """Bring the schema to this code's head; refuse a database migrated by a newer msir. Returns the revision."""
+def migrate(engine: Engine, directory: Path | None = None) -> str:
+    """Bring the schema to this code's head; refuse a database migrated by a newer msir. Returns the revision.
+    ``directory``: the collection folder, for migrations that rewrite paths relative to it."""
     from alembic import command
     from alembic.script import ScriptDirectory
     from alembic.util.exc import CommandError
@@ -221,6 +222,7 @@ def migrate(engine: Engine) -> str:
         )
         with db_errors(engine), engine.begin() as conn:
             config.attributes["connection"] = conn
+            config.attributes["collection_dir"] = directory
             command.upgrade(config, "head")
     assert head is not None
     return head

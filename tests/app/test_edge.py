@@ -249,6 +249,7 @@ def test_more_concurrent_requests_than_the_cap_get_503_with_retry_after(
         MSIR_QUEUE_TIMEOUT_S="0.1",
         MSIR_BATCH_MAX_WAIT_MS="300",
         MSIR_RETRY_AFTER_S="7",
+        MSIR_MAX_PER_CLIENT="0",  # one client sends all 16: the global cap is under test here
     )
     try:
 

@@ -1,4 +1,4 @@
-"""The service on a moved collection serves every uploaded image (its rows still hold the old absolute path), and
+"""The service on a copied or moved collection serves every image (rows store paths relative to the collection), and
 its start settles the pending uploads a killed writer left (issue #23)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
@@ -25,15 +26,22 @@ os._exit(0)  # no clean-up: as after kill -9 between writing aside and committin
 """
 
 
-def test_a_moved_collection_serves_its_uploads(sqlite_collection: Fixture, tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["cp -a", "move"])
+def test_a_copied_or_moved_collection_serves_every_image(sqlite_collection: Fixture, tmp_path: Path, how: str) -> None:
     with TestClient(create_app(sqlite_collection.settings())) as client:
         files = [("images", (f"u{i}.png", png_bytes(class_image(i % 3, 70 + i)), "image/png")) for i in range(3)]
         r = client.post("/v1/images", files=files, headers=AUTH)
         assert r.status_code == 201, r.text
-        ids = [a["id"] for a in r.json()["added"]]
-    moved = tmp_path / "moved"
-    shutil.move(sqlite_collection.directory, moved)
-    fixture = dataclasses.replace(sqlite_collection, directory=moved)
+        total = client.get("/v1/images", params={"limit": 500}).json()
+        ids = [item["id"] for item in total["images"]]
+    assert len(ids) == total["total"] and len(ids) > 3
+    target = tmp_path / "elsewhere"
+    if how == "cp -a":
+        subprocess.run(["cp", "-a", str(sqlite_collection.directory), str(target)], check=True)
+        shutil.rmtree(sqlite_collection.directory)  # nothing may still be read from the original
+    else:
+        shutil.move(sqlite_collection.directory, target)
+    fixture = dataclasses.replace(sqlite_collection, directory=target)
     with TestClient(create_app(fixture.settings())) as client:
         for image_id in ids:
             r = client.get(f"/v1/images/{image_id}")

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from indexer import Collection, Upload, upload_files
+from indexer import Collection, DatabaseUnavailable, Upload, upload_files
 from indexer.verification import settle_dead_uploads
 from tests.indexer.conftest import write_images
 
@@ -83,7 +83,7 @@ def test_a_committed_upload_of_a_dead_writer_is_moved_in(tmp_path: Path, checkpo
     with Collection.create(directory, checkpoint, device="cpu") as col:
         record = col.get(col.add_uploads([Upload(images[0].read_bytes(), ".png")]).added[0])
         assert record is not None and record.path is not None
-    final = record.path
+    final = directory / record.path  # stored relative to the collection
     # Killed between the commit and the move: the row exists, the file is still pending under a dead owner.
     writer, pending = start_writer(directory, images[0])
     writer.kill()
@@ -93,3 +93,37 @@ def test_a_committed_upload_of_a_dead_writer_is_moved_in(tmp_path: Path, checkpo
         assert settle_dead_uploads(col) == (1, 0)
         assert final.is_file() and not pending.exists()
         assert col.verify().ok
+
+
+def test_a_delete_leaves_no_file_when_the_database_drops_after_its_commit(tmp_path: Path, checkpoint: Path) -> None:
+    # Found by benchmarks/crasher.py: a connection cut between the delete's commit and the file's removal left an
+    # orphan upload. The files of deleted rows are removed without asking the database again.
+    images = write_images(tmp_path / "imgs", 3)
+    directory = tmp_path / "col"
+    with Collection.create(directory, checkpoint, device="cpu") as col:
+        ids = col.add_uploads([Upload(p.read_bytes(), ".png") for p in images]).added
+
+        def cut(*_: object) -> list[int]:
+            raise DatabaseUnavailable("connection cut")
+
+        col.store.ids_for_paths = cut  # type: ignore[method-assign]
+        assert col.remove(ids[:2]) == 2
+        assert len(upload_files.stored_files(directory)) == 1
+        del col.store.ids_for_paths
+        assert col.verify().ok
+
+
+def test_server_start_removes_the_file_of_a_row_deleted_by_a_killed_process(tmp_path: Path, checkpoint: Path) -> None:
+    images = write_images(tmp_path / "imgs", 2)
+    directory = tmp_path / "col"
+    with Collection.create(directory, checkpoint, device="cpu") as col:
+        ids = col.add_uploads([Upload(p.read_bytes(), ".png") for p in images]).added
+        record = col.get(ids[0])
+        assert record is not None and record.path is not None
+        left = directory / record.path
+        col.store.delete([ids[0]])  # as if killed after the delete's commit, before the file was removed
+        col.rebuild()
+        assert left.is_file() and not col.verify().ok
+        assert settle_dead_uploads(col) == (0, 1)
+        assert not left.exists() and col.verify().ok
+        assert (directory / col.get(ids[1]).path).is_file()  # type: ignore[union-attr, operator]

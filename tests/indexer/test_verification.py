@@ -34,7 +34,7 @@ def test_verify_reports_lag_and_files_and_repair_fixes_them(tmp_path: Path, chec
         # A committed upload whose move into place was lost (killed between the commit and the move).
         record = col.get(report.added[0])
         assert record is not None and record.path is not None
-        final = record.path
+        final = directory / record.path  # stored relative to the collection
     pending = directory / "uploads" / ".pending" / f"0123-{final.name}"
     os.replace(final, pending)
     # An orphan upload (no row) and a stale pending upload of a killed process.
@@ -72,7 +72,7 @@ def test_repair_rebuilds_on_drift_and_names_unrepairable_files(tmp_path: Path, c
         col.add_uploads([Upload(p.read_bytes(), ".png") for p in images])
         gone = col.get(2)
         assert gone is not None and gone.path is not None
-    gone.path.unlink()  # a file lost for good
+    (directory / gone.path).unlink()  # a file lost for good
     result = runner.invoke(app, ["verify", str(directory), "--repair"])
     assert result.exit_code == 1, result.output
     assert "not repaired: 1 row(s) whose file is missing" in result.stdout
