@@ -12,13 +12,13 @@ from app.deps import ServiceDep, require_read_key, resolve_k
 from app.errors import ApiError
 from app.filters import check_split
 from app.routes import errors
+from app.routes.images import MAX_ID
 from app.service import Service, StageTimer
 from msir_core.retrieval.feedback import NEGATIVE_WEIGHT, FeedbackError, rocchio
 from msir_schemas.api import SearchResponse, Timings
 
 # Examples per request (ids and uploads together): each upload is one forward pass.
 MAX_EXAMPLES = 32
-MAX_ID = 2**63 - 1
 
 router = APIRouter(prefix="/v1", tags=["search"], dependencies=[Depends(require_read_key)])
 

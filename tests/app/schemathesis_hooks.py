@@ -92,7 +92,9 @@ def filter_case(context: schemathesis.HookContext, case: Any) -> bool:
     a list of objects is the documented one-object-per-image form."""
     body = case.body
     if not isinstance(body, dict):
-        return True
+        # A feedback search without a form (every field is optional on its own) has no positive example: a
+        # constraint across fields (tested in tests/app/test_feedback.py).
+        return not (_mode(case) == "positive" and case.operation.path == "/v1/search/feedback")
     if _mode(case) == "positive":
         # One `labels` value per image: a constraint between two fields that JSON Schema cannot state (the 422 for
         # a mismatch is tested in tests/app/test_images.py).
@@ -151,10 +153,29 @@ def _as_list(value: Any) -> list[Any]:
 FEEDBACK_EXAMPLES = ("positive_id", "negative_id", "positive", "negative")
 
 
+def _collection_ids() -> list[int]:
+    base = os.environ["MSIR_SCHEMATHESIS_BASE_URL"]
+    return [im["id"] for im in httpx.get(f"{base}/v1/images", params={"limit": 64}, timeout=30).json()["images"]]
+
+
+def _explained_ids(case: Any) -> None:
+    """Explanations of images the collection holds (ids are any int64 in the schema; a missing one is a 404)."""
+    ids = _collection_ids()
+    if not ids:
+        return
+    for container in (case.body, case.query, case.path_parameters):
+        if not isinstance(container, dict):
+            continue
+        for name in ("result_id", "image_id"):
+            if name in container:
+                values = container[name]
+                mapped = [ids[zlib.crc32(str(v).encode()) % len(ids)] for v in _as_list(values)]
+                container[name] = mapped if isinstance(values, list) else mapped[0]
+
+
 def _stored_ids(body: dict[str, Any]) -> None:
     """Feedback examples given by id name images the collection holds; positives and negatives disjoint."""
-    base = os.environ["MSIR_SCHEMATHESIS_BASE_URL"]
-    ids = [im["id"] for im in httpx.get(f"{base}/v1/images", params={"limit": 64}, timeout=30).json()["images"]]
+    ids = _collection_ids()
     half = len(ids) // 2
     for name, pool in (("positive_id", ids[:half]), ("negative_id", ids[half:])):
         values = _as_list(body.get(name))
@@ -167,6 +188,9 @@ def before_call(context: schemathesis.HookContext, case: Any, **kwargs: Any) -> 
     """Valid cases filter by labels the collection holds at the moment of the call (see the module's text)."""
     if _mode(case) != "positive":
         return
+    if case.operation.path in ("/v1/explain", "/v1/images/{image_id}/explain"):
+        _explained_ids(case)
+        case._sync_validated_hashes()
     if case.operation.path == "/v1/search/feedback" and isinstance(case.body, dict):
         _stored_ids(case.body)
         # Example uploads are files: one generated as an empty part (its schema is a nullable list) is an image too.
