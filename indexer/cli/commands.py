@@ -52,6 +52,7 @@ from indexer.cli.options import (
 from indexer.collection import Collection
 from indexer.ingest.shards import Shard, build_shard
 from indexer.manifest import Manifest
+from indexer.metadata.queries import SCAN_BATCH
 from indexer.predict import predict
 from indexer.vectors.auto import choose_index, parse_budget
 from models import open_image
@@ -275,6 +276,14 @@ def rebuild(
     milvus_token: MilvusToken = None,
     checkpoint: Checkpoint = None,
     db: Db = None,
+    scan_batch: Annotated[
+        int,
+        typer.Option(
+            "--scan-batch",
+            min=1,
+            help="Rows per fetch from the database (one server-side cursor): memory beyond the index holds one batch.",
+        ),
+    ] = SCAN_BATCH,
     verbose: Verbose = False,
 ) -> None:
     """Rebuild the index (FAISS files or Milvus collection) from the embeddings stored in the database (no image
@@ -293,8 +302,9 @@ def rebuild(
             options = index_options(index or "flat", nlist, m, nprobe, hnsw_m, ef_search)
             kind = index or "flat"
             with Collection.create(
-                directory, checkpoint, db, kind, options, "cpu", backend=backend or "faiss", backend_config=config
-            ) as col:
+                directory, checkpoint, db, kind, options, "cpu", backend=backend or "faiss", backend_config=config,
+                progress=True, scan_batch=scan_batch,
+            ) as col:  # fmt: skip
                 where = col.store.display_url
                 console.print(f"built the {col.index_type} index of {directory} from {where}: {col.ntotal} vectors")
             return
@@ -320,7 +330,8 @@ def rebuild(
                 kind = index or col.manifest.index.type
                 options = index_options(kind, nlist, m, nprobe, hnsw_m, ef_search)
                 col.set_index_type(kind, options, backend=backend)
-            col.rebuild()
+            col.scan_batch = scan_batch
+            col.rebuild(progress=True)
             where = col.manifest.index.backend
             console.print(f"rebuilt the {col.index_type} index ({where}) of {directory}: {col.ntotal} vectors")
 

@@ -50,6 +50,8 @@ INDEX_TYPES = ("flat", "ivfpq", "hnsw")
 EXACT_FILTER_MAX = 4096
 # Cap of the efSearch a selective filter raises an HNSW search to.
 HNSW_FILTER_EF_MAX = 2048
+# Vectors encoded per add_with_ids call when IVF-PQ is filled after training (bounds FAISS's temporary buffers).
+TRAIN_ADD_SLICE = 65_536
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "flat": {},
     # nlist / m / nprobe = None: chosen at training time from the vector count, the dimension and nlist.
@@ -170,7 +172,10 @@ class VectorIndex:
         """Train IVF-PQ on the vectors in the exact store, then add them all."""
         assert self.exact is not None
         n = int(self.exact.ntotal)
-        vectors = self.exact.index.reconstruct_n(0, n)
+        # A view of the exact store's own float array, not a copy: training needs only its sample in memory again
+        # and the codes are added in slices (a rebuild's peak is the index itself plus one slice).
+        flat = faiss.downcast_index(self.exact.index)
+        vectors = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
         ids = faiss.vector_to_array(self.exact.id_map).astype(np.int64)
         nlist = self.options["nlist"] or default_nlist(n)
         index = self._untrained_ivfpq(nlist)
@@ -191,7 +196,8 @@ class VectorIndex:
             len(sample),
         )
         index.train(_as_f32(sample))
-        index.add_with_ids(vectors, ids)
+        for start in range(0, n, TRAIN_ADD_SLICE):
+            index.add_with_ids(vectors[start : start + TRAIN_ADD_SLICE], ids[start : start + TRAIN_ADD_SLICE])
         self.main = index
 
     def maybe_train(self) -> bool:
