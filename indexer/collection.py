@@ -535,9 +535,10 @@ class Collection(FollowingIndex):
     def ping(self) -> None:
         self.store.ping()
 
-    def verify(self) -> VerifyReport:
-        """Database <-> index <-> manifest <-> files (:mod:`indexer.verification`); pending changes saved first."""
-        return verification.verify(self)
+    def verify(self, sample: int | None = None) -> VerifyReport:
+        """Database <-> index <-> manifest <-> files (:mod:`indexer.verification`); pending changes saved first.
+        ``sample``: check about that many rows instead of every one (for huge collections)."""
+        return verification.verify(self, sample)
 
     def repair(self) -> list[str]:
         """Catch the index up (or rebuild it on drift), settle or delete orphan files; returns what was done."""

@@ -360,6 +360,15 @@ def stats(
 def verify(
     directory: Dir,
     repair: Annotated[bool, typer.Option("--repair", help="Fix what can be fixed, say what was done.")] = False,
+    sample: Annotated[
+        int | None,
+        typer.Option(
+            "--sample",
+            min=1,
+            help="Check about N rows drawn from the database and N ids from the index, plus the exact counts, "
+            "instead of scanning every row and file (huge collections; a clean sample is evidence, not proof).",
+        ),
+    ] = None,
     json_out: Json = False,
     verbose: Verbose = False,
     opening: Opening = Opening(),  # filled by @opens_collection from the options it adds
@@ -373,7 +382,7 @@ def verify(
         # Not caught up on open: a lagging index file is reported, not silently repaired.
         with opening.open(directory, strict=False, catch_up=False) as col:
             actions = col.repair() if repair else []
-            report = col.verify()
+            report = col.verify(sample)
         if repair:
             report.details["repaired"] = actions
             if not json_out:
