@@ -308,7 +308,11 @@ def rebuild(
                 where = col.store.display_url
                 console.print(f"built the {col.index_type} index of {directory} from {where}: {col.ntotal} vectors")
             return
-        with Collection.open(directory, checkpoint, db, "cpu", strict=False, backend_config=config) as col:
+        # Not caught up on open: the rebuild reads every row anyway, and catching up first would add the rows the
+        # index lags by one at a time (all of them after a bulk load into the database) only to throw them away.
+        with Collection.open(
+            directory, checkpoint, db, "cpu", strict=False, backend_config=config, catch_up=False
+        ) as col:
             if index == "auto":
                 if memory_budget is None:
                     fail("--index auto needs --memory-budget (e.g. 8G)")

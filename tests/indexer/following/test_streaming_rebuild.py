@@ -70,3 +70,30 @@ def _queries(col: Collection, ids: list[int]) -> np.ndarray:
 def test_a_batch_of_zero_rows_is_refused(tmp_path: Path, checkpoint: Path) -> None:
     with Collection.create(tmp_path / "col", checkpoint, device="cpu") as col, pytest.raises(ValueError, match="batch"):
         next(col.store.iter_embeddings(batch=0))
+
+
+def test_cli_rebuild_does_not_catch_up_first(tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows loaded behind the index's back (a bulk load into the database) are read once, by the rebuild."""
+    from typer.testing import CliRunner
+
+    from indexer.cli import app
+    from indexer.following.feed import FollowingIndex
+
+    images = write_images(tmp_path / "imgs", 6)
+    directory = tmp_path / "col"
+    with Collection.create(directory, checkpoint, device="cpu") as col:
+        empty = (directory / "index.faiss").read_bytes()
+        col.add_images([NewImage(p) for p in images])
+    (directory / "index.faiss").write_bytes(empty)  # the index lags every row, as after a bulk load
+    with Collection.open(directory, device="cpu", strict=False, catch_up=False) as col:
+        assert col.ntotal == 0  # the lag is real: an ordinary open would catch it up first
+
+    def no_catch_up(self: FollowingIndex) -> list[str]:
+        raise AssertionError("rebuild caught the index up before rebuilding it")
+
+    monkeypatch.setattr(FollowingIndex, "_catch_up", no_catch_up)
+    result = CliRunner().invoke(app, ["rebuild", str(directory), "--scan-batch", "4"])
+    assert result.exit_code == 0, result.output
+    monkeypatch.undo()
+    with Collection.open(directory, device="cpu") as col:
+        assert col.ntotal == 6 and not col.problems
