@@ -9,10 +9,10 @@ filter keeps ~1 %). ``--queries`` held-out queries are drawn the same way (new n
 ground truth: brute force (numpy) over all N rows, filtered the same way.
 
 Per index kind (``--kinds``: flat, ivfpq, hnsw, auto with ``--memory-budget``): ``msir-index rebuild`` from the
-database (wall time and peak RSS of that process, from ``wait4``), then in this process ``Collection.search``
+database (wall time and peak RSS of that process: its VmHWM), then in this process ``Collection.search``
 (FAISS one thread, the allowed-id cache, the row fetch from PostgreSQL) per query: recall@10 and p50 / p95 ms; then
-``msir-serve`` start to ``/readyz`` and its RSS, with the index read into memory and memory-mapped
-(``MSIR_INDEX_MMAP``).
+``msir-serve`` start to ``/readyz`` and its RSS (anonymous + file-backed: a mapped index's pages are file-backed
+and shared between processes), with the index read into memory and memory-mapped (``MSIR_INDEX_MMAP``).
 
 Writes ``results/benchmarks/scale-<N>.json`` and ``.md`` naming the device and the load average. A database named
 ``msir_scale_<N>`` is created on the server of ``--admin-url`` and dropped at the end.
@@ -97,17 +97,30 @@ def copy_rows(url: str, vectors: np.ndarray, classes: list[str], pick: np.ndarra
     return time.perf_counter() - started
 
 
+def _status_mb(pid: int, *fields: str) -> dict[str, float]:
+    """Fields of ``/proc/PID/status`` (kB) in MB; {} once the process is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    values = {line.split(":")[0]: int(line.split()[1]) / 1024 for line in lines if line.split(":")[0] in fields}
+    return values
+
+
 def run_measured(command: list[str]) -> tuple[float, float]:
-    """Run a command to its end; ``(seconds, peak RSS MB)`` of that process alone (``wait4``)."""
+    """Run a command to its end; ``(seconds, peak RSS MB)`` of that process alone: its VmHWM, read every 0.2 s
+    (``wait4``'s ru_maxrss would include the RSS of this process at the fork)."""
     import subprocess
 
     started = time.perf_counter()
     process = subprocess.Popen(command)
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
+    peak = 0.0
+    while process.poll() is None:
+        peak = max(peak, _status_mb(process.pid, "VmHWM").get("VmHWM", 0.0))
+        time.sleep(0.2)
     if process.returncode != 0:
         raise RuntimeError(f"{command} exited with {process.returncode}")
-    return time.perf_counter() - started, usage.ru_maxrss / 1024
+    return time.perf_counter() - started, peak
 
 
 def ground_truth(vectors: np.ndarray, queries: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -155,11 +168,12 @@ def serve_ready(directory: Path, url: str, mmap: bool, work: Path) -> dict[str, 
                           timeout_s=600)  # fmt: skip
     ready = time.perf_counter() - started
     try:
-        status = Path(f"/proc/{server.process.pid}/status").read_text()
-        rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")) / 1024
+        # RssFile: pages of mapped files (the index when mapped), shared by every process mapping the same file.
+        rss = _status_mb(server.process.pid, "VmRSS", "RssAnon", "RssFile")
     finally:
         stop_server(server)
-    return {"ready_s": round(ready, 1), "rss_mb": round(rss)}
+    return {"ready_s": round(ready, 1), "rss_mb": round(rss["VmRSS"]), "anon_mb": round(rss["RssAnon"]),
+            "file_mb": round(rss["RssFile"])}  # fmt: skip
 
 
 def main() -> None:
@@ -268,7 +282,7 @@ def write(result: dict[str, Any], out: Path) -> None:
         "fetched from PostgreSQL). Written by `benchmarks/scale.py`.",
         "",
         "| index | rebuild s | rebuild peak RSS MB | unfiltered recall@10, p50 / p95 ms | 10 % filter | 1 % filter "
-        "| ready s (RSS MB) | ready s mmap (RSS MB) |",
+        "| ready s (RSS MB = anon + file) | ready s mmap (RSS MB = anon + file) |",
         "| --- | ---: | ---: | --- | --- | --- | ---: | ---: |",
     ]
     for kind, e in result["kinds"].items():
@@ -276,10 +290,11 @@ def write(result: dict[str, Any], out: Path) -> None:
             f" ({e[f]['answers_short_of_k']} short of k)" if e[f]["answers_short_of_k"] else "")
             for f in ("none", "10 % (class)", "1 % (part07)")]  # fmt: skip
         name = kind if kind != "auto" else f"auto → {e['index']['type']}"
+        serve = [
+            f"{v['ready_s']} ({v['rss_mb']} = {v['anon_mb']} + {v['file_mb']})" for v in (e["serve"], e["serve_mmap"])
+        ]
         lines.append(
-            f"| {name} | {e['rebuild_s']} | {e['rebuild_peak_rss_mb']} | {' | '.join(cells)} | "
-            f"{e['serve']['ready_s']} ({e['serve']['rss_mb']}) | {e['serve_mmap']['ready_s']} "
-            f"({e['serve_mmap']['rss_mb']}) |"
+            f"| {name} | {e['rebuild_s']} | {e['rebuild_peak_rss_mb']} | {' | '.join(cells)} | {' | '.join(serve)} |"
         )
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     log(f"wrote {out / stem}.json / .md")

@@ -38,11 +38,13 @@ def test_tables_are_written_from_the_result(tmp_path: Path) -> None:
     measured = {"recall@10": 0.97, "p50_ms": 1.5, "p95_ms": 3.0, "answers_short_of_k": 0}
     kind = {"rebuild_s": 9.0, "rebuild_peak_rss_mb": 100, "index": {"type": "ivfpq"},
             "none": measured, "10 % (class)": measured, "1 % (part07)": {**measured, "answers_short_of_k": 2},
-            "serve": {"ready_s": 4.0, "rss_mb": 300}, "serve_mmap": {"ready_s": 2.0, "rss_mb": 200}}  # fmt: skip
+            "serve": {"ready_s": 4.0, "rss_mb": 300, "anon_mb": 250, "file_mb": 50},
+            "serve_mmap": {"ready_s": 2.0, "rss_mb": 200, "anon_mb": 100, "file_mb": 100}}  # fmt: skip
     load = {"before": [1, 1, 1], "after": [1, 1, 1]}
     result = {"rows": 2_000_000, "date": "d", "device": "cpu", "queries": 5, "noise": 0.05, "copy_s": 1.0,
               "embeddings": "e", "load_average": load, "kinds": {"auto": kind}}  # fmt: skip
     scale.write(result, tmp_path)
     table = (tmp_path / "scale-2m.md").read_text()
     assert "| auto → ivfpq | 9.0 | 100 | 0.9700, 1.5 / 3.0 |" in table and "(2 short of k)" in table
+    assert "| 4.0 (300 = 250 + 50) | 2.0 (200 = 100 + 100) |" in table
     assert (tmp_path / "scale-2m.json").is_file()
