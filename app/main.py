@@ -60,6 +60,7 @@ def open_collection(settings: Settings) -> Collection:
         backend_config=BackendConfig(
             milvus_uri=settings.milvus_uri,
             milvus_token=settings.milvus_token.get_secret_value() if settings.milvus_token else None,
+            mmap=settings.index_mmap,
         ),
     )
 

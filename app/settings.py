@@ -64,6 +64,15 @@ class Settings(BaseSettings):
         None,
         description="Token of the Milvus server (user:password or an API key); never written to the manifest.",
     )
+    index_mmap: bool = Field(
+        False,
+        description=(
+            "FAISS collections: open the saved index memory-mapped instead of reading it into memory. The vectors "
+            "(flat: all of the index; hnsw: the vectors, not the graph; ivfpq: the exact store, not the IVF-PQ "
+            "codes) are mapped read-only, so the server is ready without reading the file and replicas on one host "
+            "share its pages; the first write (a followed add, a flat/ivfpq removal) copies them into memory."
+        ),
+    )
     api_key: SecretStr | None = Field(
         None,
         description=(

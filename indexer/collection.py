@@ -28,13 +28,13 @@ from indexer import stats as collection_stats
 from indexer import upload_files as uploads
 from indexer.embedder import Embedder
 from indexer.errors import CheckpointMismatch, CollectionError, ConsistencyError
-from indexer.following.feed import FollowingIndex
+from indexer.following.feed import FollowingIndex, fill_from_db
 from indexer.ingest import relabel
 from indexer.ingest.pipeline import DEFAULT_MAX_PIXELS, BuildReport, run_pipeline
 from indexer.ingest.sources import Source, WorkItem, from_new_images
 from indexer.locks import directory_lock
 from indexer.manifest import CheckpointRef, IndexSpec, Manifest, now_iso
-from indexer.metadata.queries import MetadataStore
+from indexer.metadata.queries import SCAN_BATCH, MetadataStore
 from indexer.metadata.tables import default_url, is_default_url, safe_url
 from indexer.records import AddReport, Hit, ImageRecord, NewImage, Upload, VerifyReport
 from indexer.row_cache import RowCache
@@ -95,9 +95,12 @@ class Collection(FollowingIndex):
         runtime: str = "torch",
         backend: str = "faiss",
         backend_config: BackendConfig | None = None,
+        progress: bool = False,
+        scan_batch: int = SCAN_BATCH,
     ) -> Collection:
         """``backend``: ``faiss`` (index file in the folder) or ``milvus`` (``backend_config.milvus_uri``, default
-        ``milvus.db`` in the folder); see :mod:`indexer.vectors.backends`."""
+        ``milvus.db`` in the folder); see :mod:`indexer.vectors.backends`. ``progress``: a bar while the index is
+        filled from rows already in the database (a sharded build's), read ``scan_batch`` rows a fetch."""
         directory = Path(directory)
         if Manifest.exists(directory):
             raise CollectionError(f"{directory} is already a collection; open it (or `msir-index add`) instead")
@@ -133,9 +136,7 @@ class Collection(FollowingIndex):
                                   records=store.get_many, device=cls._index_device(embedder),
                                   config=backend_config)  # fmt: skip
                 head = store.head()
-                for ids, vectors in store.iter_embeddings():
-                    index.add(ids, vectors, train=False)
-                index.maybe_train()
+                fill_from_db(store, index, batch=scan_batch, progress=progress)
                 ref = CheckpointRef(
                     path=str(embedder.checkpoint_path.resolve()),
                     sha256=embedder.checkpoint_sha256,
@@ -148,6 +149,7 @@ class Collection(FollowingIndex):
                 manifest.generation = generation + 1
                 manifest.seq = head
                 col = cls(directory, manifest, store, embedder, index, backend_config)
+                col.scan_batch = scan_batch
                 col._publish_generation(head)
                 col._save()
         except BaseException:
@@ -403,11 +405,12 @@ class Collection(FollowingIndex):
         """Remove the rows whose path or uri is one of ``paths``."""
         return self.remove(self.ids_for_paths(list(paths)))
 
-    def rebuild(self) -> None:
-        """Rebuild the index from the embeddings stored in the database (no image is decoded); ivfpq retrains."""
+    def rebuild(self, *, progress: bool = False) -> None:
+        """Rebuild the index from the embeddings stored in the database (no image is decoded), streamed
+        :attr:`scan_batch` rows at a time; ivfpq retrains."""
         with self._write_lock():
             head = self.store.head()
-            self._swap(self._build_from_db())
+            self._swap(self._build_from_db(progress=progress))
             # The database is the truth: a manifest paired with it by mistake takes its collection id.
             self.manifest.collection_id = self.store.info().get("collection_id", self.manifest.collection_id)
             published, _ = self.store.generation()
@@ -556,9 +559,10 @@ class Collection(FollowingIndex):
     def ping(self) -> None:
         self.store.ping()
 
-    def verify(self) -> VerifyReport:
-        """Database <-> index <-> manifest <-> files (:mod:`indexer.verification`); pending changes saved first."""
-        return verification.verify(self)
+    def verify(self, sample: int | None = None) -> VerifyReport:
+        """Database <-> index <-> manifest <-> files (:mod:`indexer.verification`); pending changes saved first.
+        ``sample``: check about that many rows instead of every one (for huge collections)."""
+        return verification.verify(self, sample)
 
     def repair(self) -> list[str]:
         """Catch the index up (or rebuild it on drift), settle or delete orphan files; returns what was done."""

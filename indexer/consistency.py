@@ -39,10 +39,12 @@ class IdDiff:
         return bool(len(self.orphans) or len(self.missing))
 
 
-def diff_ids(db_ids: np.ndarray, index_ids: np.ndarray) -> IdDiff:
+def diff_ids(db_ids: np.ndarray, index_ids: np.ndarray, newest: int | None = None) -> IdDiff:
+    """``newest``: the index's largest id, when ``index_ids`` is only a sample of them (``verify --sample``)."""
     not_indexed = np.setdiff1d(db_ids, index_ids, assume_unique=True)
     missing = np.setdiff1d(index_ids, db_ids, assume_unique=True)
-    newest = int(index_ids.max()) if len(index_ids) else -1
+    if newest is None:
+        newest = int(index_ids.max()) if len(index_ids) else -1
     return IdDiff(
         lagging=not_indexed[not_indexed > newest],
         orphans=not_indexed[not_indexed <= newest],
@@ -102,10 +104,18 @@ def identity_problems(
     return problems
 
 
-def deep_problems(store: MetadataStore, index: VectorStore, manifest: Manifest, saved: bool) -> list[str]:
-    """The slower checks of ``verify``: stored embeddings, duplicates, ivfpq parts, a sample of vectors."""
+def deep_problems(
+    store: MetadataStore, index: VectorStore, manifest: Manifest, saved: bool, sample: np.ndarray | None = None
+) -> list[str]:
+    """The slower checks of ``verify``: stored embeddings, duplicates, ivfpq parts, a sample of vectors.
+
+    ``sample`` (``verify --sample``): ids of rows to compare instead of :data:`SAMPLE` random index ids, and no
+    scan of the table (embedding lengths are checked on the sampled rows; sha256 uniqueness is the database's own
+    constraint)."""
     problems = []
-    found = store.problems(manifest.embedding_dim)
+    found: dict[str, Any] = (
+        store.problems(manifest.embedding_dim) if sample is None else {"bad_embedding": [], "duplicate_sha256": []}
+    )
     if found["bad_embedding"]:
         problems.append(
             f"bad embeddings: {len(found['bad_embedding'])} row(s) do not hold {manifest.embedding_dim} float32 "
@@ -121,12 +131,19 @@ def deep_problems(store: MetadataStore, index: VectorStore, manifest: Manifest, 
         problems.append(f"manifest row_count {manifest.row_count} != {index.ntotal} vectors in the index file")
     if manifest.index.type != index.index_type:
         problems.append(f"index type mismatch: manifest {manifest.index.type!r}, index {index.index_type!r}")
-    ids = index.ids()
+    ids = index.ids() if sample is None else np.intersect1d(sample, index.ids())
     if len(ids) and not found["bad_embedding"]:
         rng = np.random.default_rng(0)
-        sample = ids if len(ids) <= SAMPLE else np.sort(rng.choice(ids, SAMPLE, replace=False))
-        stored = store.vectors(sample)
-        keys = [i for i in sample.tolist() if i in stored]
+        if sample is None and len(ids) > SAMPLE:
+            ids = np.sort(rng.choice(ids, SAMPLE, replace=False))
+        stored = store.vectors(ids)
+        short = [i for i, v in stored.items() if v.shape != (manifest.embedding_dim,)]
+        if short:
+            problems.append(
+                f"bad embeddings: {len(short)} sampled row(s) do not hold {manifest.embedding_dim} float32 values "
+                f"(ids {show_ids(sorted(short))})"
+            )
+        keys = [i for i in ids.tolist() if i in stored and i not in short]
         if keys:
             in_index = index.reconstruct(keys)
             in_db = np.stack([stored[i] for i in keys])

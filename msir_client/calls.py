@@ -173,8 +173,11 @@ class Calls:
         return Call("GET", f"/v1/images/{int(image_id)}/neighbours", params=params)
 
     @staticmethod
-    def list_images(limit: int | None, after: int | None, labels: Sequence[str] | None, split: str | None) -> Call:
-        return Call("GET", "/v1/images", params=_query(limit=limit, after=after, label=labels, split=split))
+    def list_images(
+        limit: int | None, cursor: str | None, after: int | None, labels: Sequence[str] | None, split: str | None
+    ) -> Call:
+        params = _query(limit=limit, cursor=cursor, after=after, label=labels, split=split)
+        return Call("GET", "/v1/images", params=params)
 
     @staticmethod
     def add_images(

@@ -158,23 +158,26 @@ class Client:
         self,
         limit: int | None = None,
         *,
+        cursor: str | None = None,
         after: int | None = None,
         labels: Sequence[str] | None = None,
         split: str | None = None,
     ) -> ImagePage:
-        return parse(self._send(Calls.list_images(limit, after, labels, split)), ImagePage)
+        """One page; pass the previous page's ``next_cursor`` as ``cursor`` (``after`` is deprecated)."""
+        return parse(self._send(Calls.list_images(limit, cursor, after, labels, split)), ImagePage)
 
     def iter_images(
         self, *, page_size: int | None = None, labels: Sequence[str] | None = None, split: str | None = None
     ) -> Iterator[ImageInfo]:
-        """Every image matching the filters, page by page."""
-        after: int | None = None
+        """Every image matching the filters, page by page (keyset cursor: no image twice, none skipped that
+        existed throughout, whatever is added or deleted meanwhile)."""
+        cursor: str | None = None
         while True:
-            page = self.list_images(page_size, after=after, labels=labels, split=split)
+            page = self.list_images(page_size, cursor=cursor, labels=labels, split=split)
             yield from page.images
-            if page.next_after is None:
+            if page.next_cursor is None:
                 return
-            after = page.next_after
+            cursor = page.next_cursor
 
     def download(self, image_id: int, *, thumbnail: bool = False) -> bytes:
         """The stored file's bytes (or its thumbnail's)."""
@@ -356,23 +359,24 @@ class AsyncClient:
         self,
         limit: int | None = None,
         *,
+        cursor: str | None = None,
         after: int | None = None,
         labels: Sequence[str] | None = None,
         split: str | None = None,
     ) -> ImagePage:
-        return parse(await self._send(Calls.list_images(limit, after, labels, split)), ImagePage)
+        return parse(await self._send(Calls.list_images(limit, cursor, after, labels, split)), ImagePage)
 
     async def iter_images(
         self, *, page_size: int | None = None, labels: Sequence[str] | None = None, split: str | None = None
     ) -> AsyncIterator[ImageInfo]:
-        after: int | None = None
+        cursor: str | None = None
         while True:
-            page = await self.list_images(page_size, after=after, labels=labels, split=split)
+            page = await self.list_images(page_size, cursor=cursor, labels=labels, split=split)
             for image in page.images:
                 yield image
-            if page.next_after is None:
+            if page.next_cursor is None:
                 return
-            after = page.next_after
+            cursor = page.next_cursor
 
     async def download(self, image_id: int, *, thumbnail: bool = False) -> bytes:
         path = f"/v1/images/{int(image_id)}" + ("/thumbnail" if thumbnail else "")

@@ -197,14 +197,25 @@ class ImagePage(BaseModel):
     """GET /v1/images: one page of the collection's images in id order (keyset pagination)."""
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"images": [], "total": 1000, "limit": 50, "next_after": 50}]}
+        json_schema_extra={
+            "examples": [
+                {"images": [], "total": 1000, "limit": 50, "next_cursor": "eyJ2IjoxLCJpZCI6NTB9", "next_after": 50}
+            ]
+        }
     )
 
     images: list[ImageInfo]
     total: int = Field(description="Images matching the filters (all pages).")
     limit: int = Field(description="Page size asked for.")
+    next_cursor: str | None = Field(
+        None,
+        description="Pass as 'cursor' (unchanged, with the same filters) to get the next page; null on the last page.",
+        examples=["eyJ2IjoxLCJpZCI6NTB9"],
+    )
     next_after: int | None = Field(
-        description="Pass as 'after' to get the next page; null on the last page.", examples=[50]
+        description="Deprecated (use next_cursor): pass as 'after' to get the next page; null on the last page.",
+        examples=[50],
+        json_schema_extra={"deprecated": True},
     )
 
 

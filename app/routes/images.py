@@ -18,6 +18,7 @@ from app.errors import ApiError
 from app.filters import check_split
 from app.metadata_limits import MetadataError
 from app.metadata_limits import check as check_metadata
+from app.pagination import CURSOR_MAX_LENGTH, CURSOR_PATTERN, MAX_ID, CursorError, decode_cursor, encode_cursor
 from app.routes import errors
 from app.service import Service, StageTimer
 from app.shaping import above, image_info
@@ -32,7 +33,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/images", tags=["images"])
 read = [Depends(require_read_key)]
 
-MAX_ID = 2**63 - 1  # FAISS and database ids are signed 64-bit
 ImageId = Annotated[int, PathParam(ge=0, le=MAX_ID, description="Image id (as returned by search).")]
 MAX_PAGE = 500  # images per page of GET /v1/images
 UNBOUNDED_FORM_FIELD = 2**62
@@ -83,18 +83,56 @@ def media_type_of(path: Path) -> str:
 async def list_images(
     service: ServiceDep,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"Images per page (1..{MAX_PAGE}).")] = 50,
+    cursor: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=CURSOR_MAX_LENGTH,
+            pattern=CURSOR_PATTERN,
+            description="The previous page's next_cursor (opaque); absent for the first page.",
+        ),
+    ] = None,
     after: Annotated[
-        int | None, Query(ge=0, le=MAX_ID, description="Only ids above this one: the previous page's next_after.")
+        int | None,
+        Query(
+            ge=0,
+            le=MAX_ID,
+            deprecated=True,
+            description="Deprecated, use cursor: only ids above this one (the previous page's next_after).",
+        ),
     ] = None,
     label: Annotated[list[str] | None, Query(description="Only images carrying one of these labels.")] = None,
     split: Annotated[str | None, Query(max_length=64, description="Only images of this split.")] = None,
 ) -> ImagePage:
+    if cursor is not None:
+        if after is not None:
+            raise ApiError(
+                422,
+                "cursor_and_after",
+                "cursor: give either cursor or the deprecated after, not both",
+                details=[{"field": "cursor", "message": "not with after"}],
+            )
+        try:
+            after = decode_cursor(cursor)
+        except CursorError as exc:
+            raise ApiError(
+                422,
+                "invalid_cursor",
+                f"cursor: {exc}; pass the next_cursor of the previous page unchanged",
+                details=[{"field": "cursor", "message": str(exc)}],
+            ) from exc
     labels = await service.check_labels(label)
     records, total = await service.blocking(
         service.collection.list_images, after=after, limit=limit, labels=labels, split=await check_split(service, split)
     )
     last = records[-1].id if len(records) == limit else None
-    return ImagePage(images=[image_info(r) for r in records], total=total, limit=limit, next_after=last)
+    return ImagePage(
+        images=[image_info(r) for r in records],
+        total=total,
+        limit=limit,
+        next_cursor=None if last is None else encode_cursor(last),
+        next_after=last,
+    )
 
 
 @router.get(

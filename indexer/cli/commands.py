@@ -55,6 +55,7 @@ from indexer.collection import Collection
 from indexer.duplicates import DEFAULT_THRESHOLD, stored_groups
 from indexer.ingest.shards import Shard, build_shard
 from indexer.manifest import Manifest
+from indexer.metadata.queries import SCAN_BATCH
 from indexer.predict import predict
 from indexer.vectors.auto import choose_index, parse_budget
 from models import open_image
@@ -274,6 +275,14 @@ def rebuild(
     milvus_token: MilvusToken = None,
     checkpoint: Checkpoint = None,
     db: Db = None,
+    scan_batch: Annotated[
+        int,
+        typer.Option(
+            "--scan-batch",
+            min=1,
+            help="Rows per fetch from the database (one server-side cursor): memory beyond the index holds one batch.",
+        ),
+    ] = SCAN_BATCH,
     verbose: Verbose = False,
 ) -> None:
     """Rebuild the index (FAISS files or Milvus collection) from the embeddings stored in the database (no image
@@ -292,12 +301,17 @@ def rebuild(
             options = index_options(index or "flat", nlist, m, nprobe, hnsw_m, ef_search)
             kind = index or "flat"
             with Collection.create(
-                directory, checkpoint, db, kind, options, "cpu", backend=backend or "faiss", backend_config=config
-            ) as col:
+                directory, checkpoint, db, kind, options, "cpu", backend=backend or "faiss", backend_config=config,
+                progress=True, scan_batch=scan_batch,
+            ) as col:  # fmt: skip
                 where = col.store.display_url
                 console.print(f"built the {col.index_type} index of {directory} from {where}: {col.ntotal} vectors")
             return
-        with Collection.open(directory, checkpoint, db, "cpu", strict=False, backend_config=config) as col:
+        # Not caught up on open: the rebuild reads every row anyway, and catching up first would add the rows the
+        # index lags by one at a time (all of them after a bulk load into the database) only to throw them away.
+        with Collection.open(
+            directory, checkpoint, db, "cpu", strict=False, backend_config=config, catch_up=False
+        ) as col:
             if index == "auto":
                 if memory_budget is None:
                     fail("--index auto needs --memory-budget (e.g. 8G)")
@@ -319,7 +333,8 @@ def rebuild(
                 kind = index or col.manifest.index.type
                 options = index_options(kind, nlist, m, nprobe, hnsw_m, ef_search)
                 col.set_index_type(kind, options, backend=backend)
-            col.rebuild()
+            col.scan_batch = scan_batch
+            col.rebuild(progress=True)
             where = col.manifest.index.backend
             console.print(f"rebuilt the {col.index_type} index ({where}) of {directory}: {col.ntotal} vectors")
 
@@ -404,6 +419,15 @@ def restore(
 def verify(
     directory: Dir,
     repair: Annotated[bool, typer.Option("--repair", help="Fix what can be fixed, say what was done.")] = False,
+    sample: Annotated[
+        int | None,
+        typer.Option(
+            "--sample",
+            min=1,
+            help="Check about N rows drawn from the database and N ids from the index, plus the exact counts, "
+            "instead of scanning every row and file (huge collections; a clean sample is evidence, not proof).",
+        ),
+    ] = None,
     json_out: Json = False,
     verbose: Verbose = False,
     opening: Opening = Opening(),  # filled by @opens_collection from the options it adds
@@ -417,7 +441,7 @@ def verify(
         # Not caught up on open: a lagging index file is reported, not silently repaired.
         with opening.open(directory, strict=False, catch_up=False) as col:
             actions = col.repair() if repair else []
-            report = col.verify()
+            report = col.verify(sample)
         if repair:
             report.details["repaired"] = actions
             if not json_out:

@@ -37,11 +37,12 @@ from indexer import consistency as cons
 from indexer.errors import CollectionError
 from indexer.locks import RWLock, directory_lock
 from indexer.manifest import MANIFEST_FILE, Manifest
-from indexer.metadata.queries import Change, MetadataStore
+from indexer.metadata.queries import SCAN_BATCH, Change, MetadataStore
 from indexer.vectors.backends import BackendConfig, VectorStore, load_store, new_store, stale_files
 from indexer.vectors.faiss_index import DELETED_FILE, INDEX_FILE, VECTORS_FILE, resolve_options
 from indexer.vectors.milvus_store import POINTER_FILE
 from msir_core.atomic import remove_stale_temps
+from msir_core.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,17 @@ FEED_PAGE = 50_000  # feed entries read at a time
 # Changes the feed keeps (older ones are pruned once this is exceeded by a tenth, so the DELETE runs in batches,
 # not per write). A copy further behind reloads the current index files (or rebuilds from the database).
 FEED_KEEP = 100_000
+
+
+def fill_from_db(store: MetadataStore, index: VectorStore, *, batch: int = SCAN_BATCH, progress: bool = False) -> None:
+    """Every stored embedding into ``index``, streamed ``batch`` rows at a time (one server-side cursor), then one
+    training pass: memory beyond the index holds one batch, whatever the row count."""
+    with progress_bar(unit="vec", disable=not progress) as bar:
+        task = bar.add_task("index from the database", total=store.count() if progress else None)
+        for ids, vectors in store.iter_embeddings(batch=batch):
+            index.add(ids, vectors, train=False)
+            bar.advance(task, len(ids))
+    index.maybe_train()
 
 
 class FollowingIndex:
@@ -85,6 +97,7 @@ class FollowingIndex:
         # Seconds between index saves during long writes: rows committed since are caught up from the database.
         self.save_interval_s = SAVE_INTERVAL_S
         self.feed_keep = FEED_KEEP
+        self.scan_batch = SCAN_BATCH  # rows per fetch when the index is built from the database
 
     @property
     def index_type(self) -> str:
@@ -354,13 +367,15 @@ class FollowingIndex:
     def _store_device(self) -> str:
         return self._index.device if self._index.device in ("cpu", "cuda") else "cpu"
 
-    def _build_from_db(self) -> VectorStore:
+    def _build_from_db(self, *, progress: bool = False) -> VectorStore:
         fresh = new_store(self.manifest.index, self.manifest.embedding_dim, directory=self.directory,
                           collection_id=self.manifest.collection_id, records=self.store.get_many,
                           device=self._store_device(), config=self.backend_config)  # fmt: skip
-        for ids, vectors in self.store.iter_embeddings():
-            fresh.add(ids, vectors, train=False)
-        fresh.maybe_train()
+        try:
+            fill_from_db(self.store, fresh, batch=self.scan_batch, progress=progress)
+        except BaseException:
+            fresh.close()
+            raise
         return fresh
 
     def _swap(self, index: VectorStore, *, dirty: bool = True) -> None:

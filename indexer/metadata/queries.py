@@ -22,6 +22,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from indexer.metadata.tables import ChangeRow, CollectionInfo, ImageRow, as_utc, db_errors, make_engine, migrate, utcnow
 from indexer.records import ImageRecord
 
+# Rows per fetch of a full scan (rebuild, catch-up): 10,000 x 128 float32 = 5 MB a batch.
+SCAN_BATCH = 10_000
+
 logger = logging.getLogger(__name__)
 
 # Parameters per IN (...) query: far below SQLite's and PostgreSQL's limits.
@@ -380,6 +383,18 @@ class MetadataStore:
                 out.update(int(i) for i in s.scalars(select(ImageRow.id).where(ImageRow.id.in_(part))))
         return out
 
+    def sample_ids(self, n: int, seed: int = 0) -> np.ndarray:
+        """Up to ``n`` distinct ids drawn over the id range, sorted: for each of ``n`` uniform points the first id at
+        or after it (one primary-key lookup each, no table scan; a row after a gap in the ids is drawn more often)."""
+        with db_errors(self.engine), self.session() as s:
+            low, high = s.execute(select(func.min(ImageRow.id), func.max(ImageRow.id))).one()
+            if low is None:
+                return np.zeros(0, np.int64)
+            points = np.random.default_rng(seed).integers(int(low), int(high) + 1, size=n)
+            first = select(ImageRow.id).where(ImageRow.id >= bindparam("p")).order_by(ImageRow.id).limit(1)
+            found = {int(s.scalar(first, {"p": int(p)})) for p in np.unique(points)}
+        return np.asarray(sorted(found), dtype=np.int64)
+
     def label_names(self) -> list[str]:
         """Every label stored on at least one image, sorted: the collection's label vocabulary."""
         return sorted(self.summary()["labels"].keys() - {UNLABELLED})
@@ -440,10 +455,16 @@ class MetadataStore:
         return out
 
     def iter_embeddings(
-        self, *, after_id: int | None = None, ids: Sequence[int] | None = None, batch: int = 10_000
+        self, *, after_id: int | None = None, ids: Sequence[int] | None = None, batch: int = SCAN_BATCH
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``(ids int64 [n], vectors float32 [n, D])`` batches in id order: every row, rows after ``after_id``,
-        or the given ``ids``. Paged by id so memory stays bounded on a million rows."""
+        """``(ids int64 [n], vectors float32 [n, D])`` batches of at most ``batch`` rows in id order: every row, rows
+        after ``after_id``, or the given ``ids``.
+
+        A scan is one query read through a server-side cursor (``yield_per``: PostgreSQL streams ``batch`` rows a
+        fetch, SQLite steps its cursor), so memory holds one batch whatever the table size, and the rows come from
+        one snapshot of the table (PostgreSQL) instead of a query per page."""
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
         if ids is not None:
             wanted = sorted({int(i) for i in ids})
             for part in _chunks(wanted, batch):
@@ -452,19 +473,16 @@ class MetadataStore:
                 if keys:
                     yield np.asarray(keys, dtype=np.int64), np.stack([found[i] for i in keys])
             return
-        last = -1 if after_id is None else int(after_id)
-        while True:
-            with db_errors(self.engine), self.session() as s:
-                rows = s.execute(
-                    select(ImageRow.id, ImageRow.embedding).where(ImageRow.id > last).order_by(ImageRow.id).limit(batch)
-                ).all()
-            if not rows:
-                return
-            last = int(rows[-1].id)
-            yield (
-                np.asarray([r.id for r in rows], dtype=np.int64),
-                np.stack([from_bytes(r.embedding) for r in rows]),
-            )
+        query = select(ImageRow.id, ImageRow.embedding).order_by(ImageRow.id)
+        if after_id is not None:
+            query = query.where(ImageRow.id > int(after_id))
+        with db_errors(self.engine), self.engine.connect() as conn:
+            result = conn.execute(query.execution_options(yield_per=batch))
+            for rows in result.partitions():
+                yield (
+                    np.fromiter((r.id for r in rows), dtype=np.int64, count=len(rows)),
+                    np.stack([from_bytes(r.embedding) for r in rows]),
+                )
 
     def labelled_embeddings(self, split: str | None) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
         """``(ids, vectors, labels)`` of one split (every row when None), in id order."""

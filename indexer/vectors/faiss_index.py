@@ -16,6 +16,23 @@ Index types:
   :data:`HNSW_COMPACT_FRACTION` of the graph's nodes are deleted, the index is compacted: a new graph from the
   vectors it holds (no database read). A removal, here or followed from another process, costs no O(N) rebuild.
 
+Memory-mapped (``load(..., mmap=True)``, the service's ``MSIR_INDEX_MMAP``): the vectors of a saved index are
+mapped from its file (``faiss.IO_FLAG_MMAP_IFC``: the float array of an ``IndexFlat``, read-only and zero-copy)
+instead of read into memory, so opening takes milliseconds whatever the size, pages are read on first touch, and
+processes serving the same files share them in the page cache. What is mapped per kind:
+
+* ``flat``: every vector (the whole index but its id map);
+* ``hnsw``: the vectors (the graph's storage); the graph's neighbour lists are read into memory (FAISS has no
+  mapping for them);
+* ``ivfpq``: the exact store (``index.vectors.faiss``: every vector, the bulk of the index); the IVF-PQ codes are
+  read into memory: FAISS maps them only as ``OnDiskInvertedLists``, which it can neither clone nor copy back into
+  memory for a write, and they are small (``m`` bytes a vector).
+
+FAISS cannot write into a mapped array (it aborts the process), so the first mutation — an add, a removal from a
+flat or IVF index — first copies the mapped parts into memory (copy-on-write, once; logged), after which the index
+behaves as if loaded normally. HNSW tombstones are not a mutation of the graph: a follower of removals keeps its
+mapping, and a compaction builds its new graph in memory from the mapped vectors.
+
 GPU: with a CUDA device and a FAISS built with GPU support, searches run on a GPU clone made lazily with
 ``index_cpu_to_gpu``; every mutation goes to the CPU index (GPU indexes cannot ``remove_ids``) and drops the clone.
 HNSW has no GPU implementation and stays on the CPU.
@@ -50,6 +67,8 @@ INDEX_TYPES = ("flat", "ivfpq", "hnsw")
 EXACT_FILTER_MAX = 4096
 # Cap of the efSearch a selective filter raises an HNSW search to.
 HNSW_FILTER_EF_MAX = 2048
+# Vectors encoded per add_with_ids call when IVF-PQ is filled after training (bounds FAISS's temporary buffers).
+TRAIN_ADD_SLICE = 65_536
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "flat": {},
     # nlist / m / nprobe = None: chosen at training time from the vector count, the dimension and nlist.
@@ -109,6 +128,11 @@ def default_nlist(n: int) -> int:
     return max(1, min(int(math.sqrt(n)), n // 39, 65_536))
 
 
+def _in_memory(index: faiss.Index) -> faiss.Index:
+    """An in-memory copy of an index whose arrays may be mapped views (``clone_index`` would copy the views)."""
+    return faiss.deserialize_index(faiss.serialize_index(index))
+
+
 def _gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
@@ -134,6 +158,7 @@ class VectorIndex:
         self._gpu_failed = False
         self._gpu_lock = threading.Lock()
         self.deleted: np.ndarray = np.zeros(0, np.int64)  # hnsw tombstones, sorted
+        self.mapped = False  # vectors are mapped from the saved file (read-only): copied in before a mutation
         # Any: the SWIG classes (IndexIDMap2, IndexIVFPQ...) are not visible to type checkers as such.
         self.main: Any
         self.exact: Any = None
@@ -170,7 +195,10 @@ class VectorIndex:
         """Train IVF-PQ on the vectors in the exact store, then add them all."""
         assert self.exact is not None
         n = int(self.exact.ntotal)
-        vectors = self.exact.index.reconstruct_n(0, n)
+        # A view of the exact store's own float array, not a copy: training needs only its sample in memory again
+        # and the codes are added in slices (a rebuild's peak is the index itself plus one slice).
+        flat = faiss.downcast_index(self.exact.index)
+        vectors = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
         ids = faiss.vector_to_array(self.exact.id_map).astype(np.int64)
         nlist = self.options["nlist"] or default_nlist(n)
         index = self._untrained_ivfpq(nlist)
@@ -191,7 +219,8 @@ class VectorIndex:
             len(sample),
         )
         index.train(_as_f32(sample))
-        index.add_with_ids(vectors, ids)
+        for start in range(0, n, TRAIN_ADD_SLICE):
+            index.add_with_ids(vectors[start : start + TRAIN_ADD_SLICE], ids[start : start + TRAIN_ADD_SLICE])
         self.main = index
 
     def maybe_train(self) -> bool:
@@ -231,7 +260,20 @@ class VectorIndex:
                 info["m"] = int(self.main.pq.M)
                 info["nprobe"] = int(self.main.nprobe)
         info["device"] = "gpu" if self._gpu is not None else "cpu"
+        info["mmap"] = self.mapped
         return info
+
+    def _own(self) -> None:
+        """Copy-on-write: before the first mutation, the mapped (read-only) parts become in-memory copies."""
+        if not self.mapped:
+            return
+        logger.info("copying the memory-mapped %s index into memory before a write (%d vectors)", self.index_type,
+                    self.ntotal)  # fmt: skip
+        if self.exact is not None:
+            self.exact = _in_memory(self.exact)
+        else:
+            self.main = _in_memory(self.main)
+        self.mapped = False
 
     # -- mutation (CPU index; the GPU clone is dropped) ---------------------------------------------------------
     def add(self, ids: np.ndarray | list[int], vectors: np.ndarray, *, train: bool = True) -> None:
@@ -244,6 +286,7 @@ class VectorIndex:
         if vectors.shape != (len(ids), self.dim):
             raise CollectionError(f"vectors of shape {vectors.shape} do not match {len(ids)} ids of dim {self.dim}")
         self._gpu = None
+        self._own()
         if len(self.deleted) and np.isin(ids, self.deleted).any():
             # A deleted id coming back (SQLite may reuse the largest id): its old node must go first.
             self.compact()
@@ -263,6 +306,7 @@ class VectorIndex:
         self._gpu = None
         if self.index_type == "hnsw":
             return self._tombstone(ids)
+        self._own()
         selector = faiss.IDSelectorBatch(ids)
         if self.exact is not None:
             removed = int(self.exact.remove_ids(selector))
@@ -294,6 +338,7 @@ class VectorIndex:
         if len(live):
             main.add_with_ids(_as_f32(vectors), live)
         self.main = main
+        self.mapped = False  # the new graph is built in memory (from the mapped vectors, read only)
         self.deleted = np.zeros(0, np.int64)
         self._gpu = None
 
@@ -491,12 +536,23 @@ class VectorIndex:
 
     @classmethod
     def load(
-        cls, directory: Path, index_type: str, dim: int, options: dict[str, Any] | None, device: str = "cpu"
+        cls,
+        directory: Path,
+        index_type: str,
+        dim: int,
+        options: dict[str, Any] | None,
+        device: str = "cpu",
+        *,
+        mmap: bool = False,
     ) -> VectorIndex:
+        """The saved index; ``mmap``: its vectors mapped from the files (see the module's text)."""
+        mapped = faiss.IO_FLAG_MMAP_IFC if mmap else 0
         path = directory / INDEX_FILE
-        main = cls._read(path)
-        exact = cls._read(directory / VECTORS_FILE) if index_type == "ivfpq" else None
+        # ivfpq: only the exact store is mapped (the IVF-PQ codes are read into memory).
+        main = cls._read(path, 0 if index_type == "ivfpq" else mapped)
+        exact = cls._read(directory / VECTORS_FILE, mapped) if index_type == "ivfpq" else None
         loaded = cls(index_type, dim, options, main=main, exact=exact, device=device)
+        loaded.mapped = mmap
         deleted = directory / DELETED_FILE
         if index_type == "hnsw" and deleted.is_file():
             loaded.deleted = np.sort(np.load(deleted, allow_pickle=False).astype(np.int64))
@@ -505,11 +561,11 @@ class VectorIndex:
         return loaded
 
     @staticmethod
-    def _read(path: Path) -> faiss.Index:
+    def _read(path: Path, flags: int = 0) -> faiss.Index:
         if not path.is_file():
             raise CollectionError(f"{path}: FAISS index file missing; run `msir-index rebuild {path.parent}`")
         try:
-            return faiss.read_index(str(path))
+            return faiss.read_index(str(path), flags)
         except RuntimeError as error:
             raise CollectionError(
                 f"{path}: not a readable FAISS index ({str(error).splitlines()[0]}); "

@@ -53,7 +53,7 @@ class FaissBackend:
         return FaissStore(spec.type, dim, spec.params, device=site.device)
 
     def load(self, spec: IndexSpec, dim: int, site: StoreSite) -> VectorStore:
-        return FaissStore.load(site.directory, spec.type, dim, spec.params, device=site.device)
+        return FaissStore.load(site.directory, spec.type, dim, spec.params, device=site.device, mmap=site.config.mmap)
 
     def recorded_uri(self, config: BackendConfig, directory: Path) -> str | None:
         if config.milvus_uri:

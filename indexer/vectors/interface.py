@@ -20,11 +20,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class BackendConfig:
-    """Connection settings that are not saved in the manifest: a Milvus URI that overrides the recorded one (the
-    service may reach the same Milvus under another host name) and its token (never written to disk)."""
+    """Settings of this process that are not saved in the manifest: a Milvus URI that overrides the recorded one
+    (the service may reach the same Milvus under another host name), its token (never written to disk), and
+    whether saved FAISS files are opened memory-mapped (:mod:`indexer.vectors.faiss_index`, "Memory-mapped")."""
 
     milvus_uri: str | None = None
     milvus_token: str | None = field(default=None, repr=False)
+    mmap: bool = False
 
 
 @runtime_checkable

@@ -47,6 +47,7 @@ ID_RANGE = 16_384  # ids read per query by ids(): a range of ids holds at most t
 INSERT_BATCH = 2_000
 MAX_LABELS = 1_024  # labels per image a Milvus entity can hold (ARRAY max_capacity)
 MAX_TEXT = 1_024  # longest label / split, in bytes (VARCHAR max_length)
+NO_SPLIT = ""  # the split field of a row without one (see MilvusStore.add)
 DEFAULT_NLIST = 1_024  # ivfpq on Milvus: the index is trained per segment by Milvus, not on the whole collection
 
 # milvus-lite serves a .db file from a server thread of this process and holds the file's lock until released:
@@ -106,7 +107,8 @@ def filter_expression(filters: Filters | None) -> str:
     if filters.labels:
         parts.append(f"array_contains_any(labels, [{', '.join(_literal(v) for v in sorted(filters.labels))}])")
     if filters.split is not None:
-        parts.append(f"split == {_literal(filters.split)}")
+        # "" would match the rows stored without a split; the database matches none with it.
+        parts.append(f"split == {_literal(filters.split)}" if filters.split != NO_SPLIT else "id < 0")
     if filters.exclude_ids:
         parts.append(f"id not in [{', '.join(str(int(i)) for i in sorted(filters.exclude_ids))}]")
     if filters.exclude_sha256:
@@ -334,7 +336,9 @@ class MilvusStore:
                     {
                         "id": int(i),
                         "vector": vector,
-                        "split": record.split,
+                        # No split is stored as "" (no split is ever named ""): servers before Milvus 2.5
+                        # (the embedded 2.3.5 standalone) have no nullable fields and refuse a null.
+                        "split": record.split or NO_SPLIT,
                         "labels": list(record.labels),
                         "sha256": record.sha256,
                     }

@@ -12,7 +12,7 @@ phase adds, relabels and deletes images, so no schema can state it. ``before_cal
 right now (asked of the server under test, MSIR_SCHEMATHESIS_BASE_URL) in the filter fields of cases meant to be
 valid; invalid cases keep theirs, and the 422 for an unknown label is tested in tests/app/test_errors.py. A ``split``
 filter is the same (a split no image is in is a 422, tested in tests/app/test_json_rule.py): it gets a split the
-collection holds.
+collection holds. A listing ``cursor`` is valid only when the server wrote it: valid cases get one.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import schemathesis
 from hypothesis import strategies as st
 from PIL import Image
 from schemathesis.transport.serialization import Binary
+
+from app.pagination import encode_cursor
 
 FILE_FIELDS = ("image", "images")
 
@@ -183,6 +185,14 @@ def _stored_ids(body: dict[str, Any]) -> None:
             body[name] = [pool[zlib.crc32(str(v).encode()) % len(pool)] for v in values]
 
 
+def _valid_cursor(query: dict[str, Any]) -> None:
+    """A listing cursor is opaque: only one the server wrote is valid, which a pattern cannot state (the 422 for
+    any other is tested in tests/app/test_pagination.py). A valid case gets a cursor of the same run of ids, and
+    not the deprecated ``after`` beside it (one or the other)."""
+    query["cursor"] = encode_cursor(zlib.crc32(str(query["cursor"]).encode()) % 64)
+    query.pop("after", None)
+
+
 @schemathesis.hook
 def before_call(context: schemathesis.HookContext, case: Any, **kwargs: Any) -> None:
     """Valid cases filter by labels the collection holds at the moment of the call (see the module's text)."""
@@ -204,6 +214,8 @@ def before_call(context: schemathesis.HookContext, case: Any, **kwargs: Any) -> 
     # Uploads' and relabels' `labels` are new free text, not a filter; every other operation's labels filter.
     if case.operation.method.upper() in ("POST", "PATCH") and case.operation.path.startswith("/v1/images"):
         return
+    if isinstance(case.query, dict) and case.query.get("cursor") is not None:
+        _valid_cursor(case.query)
     containers = [c for c in (case.query, case.body) if isinstance(c, dict)]
     names = [*FILTER_FIELDS, "split"]
     fields = [(c, name) for c in containers for name in names if c.get(name) not in (None, [], "")]

@@ -145,3 +145,16 @@ def test_a_lone_search_skips_the_batcher_and_concurrent_ones_share_it(shared_col
             assert response.status_code == 200
         assert service.model.idle()
         assert service.model._executor._threads == set()  # the model thread was never started
+
+
+def test_index_mmap_serves_the_same_answers_from_a_mapped_index(shared_collection: Fixture) -> None:
+    """MSIR_INDEX_MMAP reaches the served collection: its index is mapped, and answers as the unmapped one."""
+    from app.main import create_app
+
+    vector = stored(shared_collection, 5)
+    answers = []
+    for mmap in (False, True):
+        with TestClient(create_app(shared_collection.settings(index_mmap=mmap))) as c:
+            assert c.app.state.service.collection.stats()["index"]["mmap"] is mmap  # type: ignore[attr-defined]
+            answers.append(c.post("/v1/search/vector", json={"vector": vector, "k": 6, "labels": ["blue"]}).json())
+    assert answers[0]["neighbours"] == answers[1]["neighbours"]

@@ -96,6 +96,8 @@ def test_every_method_blocking(server: LiveServer, image_files: dict[str, list[P
 
         page = msir.list_images(10, labels=["blue"])
         assert page.total == 12 and len(page.images) == 10 and page.next_after == page.images[-1].id
+        rest = msir.list_images(10, cursor=page.next_cursor, labels=["blue"])
+        assert len(rest.images) == 2 and rest.next_cursor is None and rest.images[0].id > page.images[-1].id
         assert all(i.labels == ["blue"] for i in page.images)
         listed = list(msir.iter_images(page_size=5, labels=["blue"], split="train"))
         assert len(listed) == 9 and len({i.id for i in listed}) == 9

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import pytest
 
 from indexer.manifest import Manifest
 from indexer.vectors.backends import load_store
 from indexer.vectors.faiss_index import INDEX_FILE
 
-BACKENDS = ["faiss", "milvus"]
+# faiss; milvus through milvus-lite; milvus through a real standalone server (tests/indexer/milvus_server.py).
+BACKENDS = ["faiss", "milvus", pytest.param("milvus-server", marks=pytest.mark.milvus_server)]
 
 
 def drop_saved_vectors(directory: Path, ids: list[int]) -> None:

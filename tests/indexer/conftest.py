@@ -9,6 +9,7 @@ afterwards, so parallel runs never share tables.
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,9 @@ import sqlalchemy as sa
 from PIL import Image
 
 import models
+from indexer.vectors import milvus_store
 from models import PreprocessSpec
+from tests.indexer import milvus_server as milvus_standalone
 from tests.indexer.backends import BACKENDS
 
 CLASSES = ["red", "green", "blue"]
@@ -89,10 +92,35 @@ def other_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("ckpt2") / "other", seed=1)
 
 
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URI of a real Milvus standalone server (one per session, on 127.0.0.1 only; see
+    tests/indexer/milvus_server.py), stopped by its PID at the end; skipped with the reason when it cannot run."""
+    reason = milvus_standalone.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    server = milvus_standalone.start(tmp_path_factory.mktemp("milvus-server"))
+    logging.getLogger(__name__).info("Milvus standalone ready in %.1f s at %s", server.start_s, server.uri)
+    try:
+        yield server.uri
+    finally:
+        server.stop()
+
+
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    """The index backend: ``faiss`` (files in the folder) or ``milvus`` (milvus-lite: ``milvus.db`` in the folder)."""
-    return str(request.param)
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The index backend: ``faiss`` (files in the folder), ``milvus`` (milvus-lite: ``milvus.db`` in the folder) or
+    ``milvus-server`` (the same backend on a real Milvus server: collections created without a URI go to it)."""
+    if request.param != "milvus-server":
+        return str(request.param)
+    uri = request.getfixturevalue("milvus_server")
+    resolve = milvus_store.resolve_uri
+
+    def on_server(recorded: str | None, directory: Path, override: str | None = None) -> str:
+        return resolve(override or recorded or uri, directory)
+
+    monkeypatch.setattr(milvus_store, "resolve_uri", on_server)
+    return "milvus"
 
 
 @contextlib.contextmanager

@@ -24,7 +24,9 @@ def _engine(col: Collection) -> sa.Engine:
 @pytest.mark.parametrize(
     ("backend", "index_type"),
     # milvus-lite builds FLAT and HNSW indexes (no IVF_PQ: test_milvus_store checks the refusal).
-    [("faiss", "flat"), ("faiss", "hnsw"), ("faiss", "ivfpq"), ("milvus", "flat"), ("milvus", "hnsw")],
+    [("faiss", "flat"), ("faiss", "hnsw"), ("faiss", "ivfpq"), ("milvus", "flat"), ("milvus", "hnsw")]
+    + [pytest.param("milvus-server", kind, marks=pytest.mark.milvus_server) for kind in ("flat", "hnsw")],
+    indirect=["backend"],
 )
 def test_build_add_dedup_remove_rebuild(
     tmp_path: Path, checkpoint: Path, database_url: str | None, backend: str, index_type: str

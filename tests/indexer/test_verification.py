@@ -8,11 +8,14 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from indexer import Collection, Upload
 from indexer.cli import app
+from indexer.metadata.queries import MetadataStore
 from indexer.vectors.faiss_index import INDEX_FILE
+from tests.indexer.backends import drop_saved_vectors
 from tests.indexer.conftest import write_images
 
 runner = CliRunner()
@@ -77,3 +80,32 @@ def test_repair_rebuilds_on_drift_and_names_unrepairable_files(tmp_path: Path, c
     assert result.exit_code == 1, result.output
     assert "not repaired: 1 row(s) whose file is missing" in result.stdout
     assert "missing files: 1 row(s)" in result.stdout
+
+
+def test_verify_sample_checks_drawn_rows_without_scanning(
+    tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = write_images(tmp_path / "imgs", 24)
+    directory = tmp_path / "col"
+    with Collection.create(directory, checkpoint, device="cpu") as col:
+        ids = col.add_uploads([Upload(p.read_bytes(), ".png") for p in images]).added
+        paths = {i: col.get(i).path for i in ids}  # type: ignore[union-attr]
+
+    def no_scan(*_: object) -> None:
+        raise AssertionError("verify --sample scanned the table")
+
+    for name in ("ids", "problems", "iter_paths"):  # the full-table reads of a full verify
+        monkeypatch.setattr(MetadataStore, name, no_scan)
+    clean = verify(directory, "--sample", "8", code=0)
+    assert clean["rows"] == clean["vectors"] == 24 and 0 < clean["sampled_ids"] <= 16
+
+    drop_saved_vectors(directory, ids[::2])  # half the rows lose their vector behind the collection's back
+    for i in ids[1::2]:
+        paths[i].unlink()  # and the other half their file
+    report = verify(directory, "--sample", "24", code=1)
+    found = {p.split(":")[0] for p in report["problems"]}
+    assert {"orphan rows", "count mismatch", "missing files"} <= found, report["problems"]
+    assert set(report["orphan_rows"]) <= set(ids[::2]) and report["orphan_rows"]
+    assert set(report["missing_files"]) <= set(ids[1::2]) and report["missing_files"]
+    assert report["rows"] == 24 and report["vectors"] == 12
+    assert runner.invoke(app, ["verify", str(directory), "--sample", "0"]).exit_code == 2  # refused by the CLI
