@@ -63,8 +63,10 @@ test: install browser lint
 test-deploy: install
 	docker/offline/test-deploy.sh
 
+# DATA=<folder>: index it; a labelled folder whose classes the shipped model does not know gets its own model first
+# (trained, evaluated on a held-out part, reused by later runs). TRAIN=0 never trains, TRAIN=1 always does.
 demo: install
-	$(PY) -m app.quickstart $(if $(DATA),--data "$(DATA)",)
+	$(PY) -m app.quickstart $(if $(DATA),--data "$(DATA)",) $(if $(TRAIN),--train "$(TRAIN)",)
 
 # The medical demo: the ISIC 2018 training images (the shared tar, extracted once to ~/.cache/msir/datasets, or
 # DATA=<a folder of ISIC images with their ground-truth CSV>) indexed with the shipped multi-scale ViT.

@@ -66,6 +66,7 @@ async def search(
         k=args.k,
         neighbours=[neighbour(h) for h in hits],
         predictions=service.predictions(result.logits),
+        predictions_scope=(await service.predictions_scope())[0],
         multi_label=service.multi_label,
         knn_prediction=service.knn(hits),
         timings=Timings(**timer.as_dict()),
@@ -106,6 +107,7 @@ async def search_batch(
     return BatchSearchResponse(
         k=args.k,
         multi_label=service.multi_label,
+        predictions_scope=(await service.predictions_scope())[0],
         results=[
             BatchSearchResult(
                 filename=upload.filename or f"images[{i}]",
