@@ -125,7 +125,9 @@ def _recipe_texts(recipe: Path) -> list[str]:
 
 def run_key(images_fingerprint: str, classes: Sequence[str], recipe: Path, overrides: Sequence[str]) -> str:
     digest = hashlib.sha256()
-    for part in (images_fingerprint, json.dumps(list(classes)), *_recipe_texts(recipe), json.dumps(list(overrides))):
+    # The parsed configs, not their text: a comment edited in the recipe does not retrain anyone's model.
+    configs = [json.dumps(yaml.safe_load(text), sort_keys=True, default=str) for text in _recipe_texts(recipe)]
+    for part in (images_fingerprint, json.dumps(list(classes)), *configs, json.dumps(list(overrides))):
         digest.update(part.encode())
         digest.update(b"\0")
     return digest.hexdigest()

@@ -54,7 +54,9 @@ def test_run_key_follows_content_labels_and_recipe(tmp_path: Path) -> None:
     assert key != om.run_key("fp", ["a", "b"], om.RECIPE, ["data.image_size=96"])
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"extends: {om.RECIPE}\noptim:\n  lr0: 0.01\n")
-    assert key != om.run_key("fp", ["a", "b"], recipe, [])
+    commented = tmp_path / "commented.yaml"
+    commented.write_text(f"# a comment\nextends: {om.RECIPE}\noptim:\n  lr0: 0.01  # why\n")
+    assert key != om.run_key("fp", ["a", "b"], recipe, []) == om.run_key("fp", ["a", "b"], commented, [])
     assert om.recipe_image_size(om.RECIPE, []) == 64 and om.recipe_image_size(om.RECIPE, ["data.image_size=96"]) == 96
 
 
