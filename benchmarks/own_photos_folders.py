@@ -132,13 +132,13 @@ def cpu_label() -> str:
     return f"{model}, {os.cpu_count()} cores, 1 thread"
 
 
-def run_one(name: str, data: Path, var_dir: Path, minutes: float) -> dict[str, object]:
+def run_one(name: str, data: Path, var_dir: Path, minutes: float, retrain: bool = False) -> dict[str, object]:
     from app.own_model import finished
 
     load0 = os.getloadavg()[0]
     started = time.perf_counter()
     command = [sys.executable, "-m", "app.quickstart", "--data", str(data), "--build-only", "--var-dir", str(var_dir)]
-    command += ["--train-minutes", f"{minutes:g}"]
+    command += ["--train-minutes", f"{minutes:g}", *(["--train", "1"] if retrain else [])]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MSIR_RUNTIME": os.environ.get("MSIR_RUNTIME", "auto")}
     rc = subprocess.run(command, cwd=REPO, env=env, check=False).returncode
     wall = time.perf_counter() - started
@@ -165,6 +165,24 @@ def run_one(name: str, data: Path, var_dir: Path, minutes: float) -> dict[str, o
     }
 
 
+def git_sha() -> str:
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
+def earlier_rows(started: str) -> list[dict[str, object]]:
+    """Rows of earlier invocations (kept: a rerun with a changed recipe is reported beside the first run)."""
+    try:
+        earlier = json.loads((OUT / "own_photos.json").read_text(encoding="utf-8"))
+        rows = earlier["folders"]
+    except (OSError, ValueError, KeyError):
+        return []
+    for r in rows:  # rows written before runs were labelled: the file's date and an unrecorded commit
+        r.setdefault("invocation", f"written {str(earlier.get('date', '?'))[:16].replace('T', ' ')}")
+        r.setdefault("git_sha", "not recorded")
+    return [r for r in rows if isinstance(r, dict) and r.get("invocation") != started]
+
+
 def write(rows: list[dict[str, object]], minutes: float, per_class: int) -> None:
     result = {
         "benchmark": "own_photos (make demo DATA=<folder>: train, evaluate, index)",
@@ -189,12 +207,14 @@ def write(rows: list[dict[str, object]], minutes: float, per_class: int) -> None
         "test part (accuracy; mAP@all with the held-out images querying each other). "
         f"Device: {result['device']}; {result['machine']}. Targets: accuracy >= 0.85, mAP@all >= 0.78.",
         "",
-        "| folder | classes | images | epochs | accuracy | mAP@all | train min | command min | load start/end | exit |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| run (UTC, commit) | folder | classes | images | epochs | accuracy | mAP@all | train min | command min "
+        "| load start/end | exit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['folder']} | {r['classes']} | {r['images']} | {r['epochs']} | {f(r['accuracy'], '.4f')} | "
+            f"| {r['invocation']}, {r['git_sha']} | {r['folder']} | {r['classes']} | {r['images']} | {r['epochs']} | "
+            f"{f(r['accuracy'], '.4f')} | "
             f"{f(r['map_at_all'], '.4f')} | {r['train_minutes']} | {r['command_wall_minutes']} | "
             f"{r['load_average_1min_start']}/{r['load_average_1min_end']} | {r['exit_code']} |"
         )
@@ -208,13 +228,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--per-class", type=int, default=400)
     ap.add_argument("--minutes", type=float, default=15.0)
     ap.add_argument("--var-dir", type=Path, default=Path("~/.cache/msir/own_photos_bench"))
+    ap.add_argument("--retrain", action="store_true", help="train afresh when a finished model exists (--train 1)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     names = args.folders.split(",")
     data = {name: folder(name, args.per_class) for name in names}  # all folders first: a failure shows early
-    rows: list[dict[str, object]] = []
+    started, sha = datetime.now(UTC).strftime("%Y-%m-%d %H:%M"), git_sha()
+    rows = earlier_rows(started)
     for name in names:
-        rows.append(run_one(name, data[name], args.var_dir.expanduser(), args.minutes))
+        row = run_one(name, data[name], args.var_dir.expanduser(), args.minutes, retrain=args.retrain)
+        rows.append({"invocation": started, "git_sha": sha, **row})
         write(rows, args.minutes, args.per_class)  # after each folder: a partial run still leaves its rows
 
 
