@@ -172,10 +172,16 @@ def fitted_image_size(files: Sequence[Path], recipe_size: int, sample: int = 256
     return size if size < recipe_size else None
 
 
+# How much a busy machine slows a one-thread run: wall/CPU = LOAD_SLOWDOWN * (load + 1) / cores. Fitted to the first
+# benchmark runs (benchmarks/own_photos.py on this 2-core VM at load 7-13: 43-68 ms per image-epoch at 64 px,
+# 10.6 ms at 32 px); the plain (load + 1) / cores overestimated them 1.5-2x, so the budget went unused.
+LOAD_SLOWDOWN = 0.6
+
+
 def estimate_seconds(train_images: int, epochs: float, image_size: int, load: float, cpus: int) -> float:
     """Wall seconds the run should take: the recipe's measured CPU cost per image-epoch, scaled by the pixel count
-    and by the share of a core a one-thread process gets on a machine with this load."""
-    share = max(1.0, (load + 1.0) / max(1, cpus))
+    and by how much a machine with this load slows a one-thread process."""
+    share = max(1.0, LOAD_SLOWDOWN * (load + 1.0) / max(1, cpus))
     return CPU_SECONDS_PER_IMAGE_EPOCH_64PX * (image_size / 64) ** 2 * train_images * epochs * share
 
 
