@@ -108,3 +108,15 @@ def test_labelled_folder_trains_evaluates_indexes_serves_and_reuses(tmp_path: Pa
         proc.kill()
     again = " ".join(proc.err.read_text().split())
     assert "model: reusing" in again and "reused" in again and "training a model" not in again
+
+
+def test_an_interrupted_run_keeps_its_epochs(tmp_path: Path) -> None:
+    """A resumed run must keep its schedule: the epochs come from the run's config.yaml, not a new estimate."""
+    assert om.resumed_epochs(tmp_path) is None and om.finished(tmp_path) is None
+    (tmp_path / "config.yaml").write_text("optim:\n  epochs: 7.0\n")
+    assert om.resumed_epochs(tmp_path) == 7
+    (tmp_path / "metrics.json").write_text('{"epochs": 7, "test": {"accuracy": 0.9, "map_at_all": 0.8}}')
+    assert om.finished(tmp_path) is None  # no best checkpoint: not finished
+    (tmp_path / "best.safetensors").write_bytes(b"")
+    model = om.own_model(tmp_path, om.finished(tmp_path) or {}, "reused")
+    assert (model.accuracy, model.map_at_all, model.epochs) == (0.9, 0.8, 7)
