@@ -14,6 +14,7 @@ export MSIR_TEST_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/te
 
 help:
 	@echo "make demo   - build the demo collection and serve the web UI on http://127.0.0.1:8000"
+	@echo "make demo DATA=<folder> [TRAIN=0|1] - your own labelled photos: train a model for their classes if needed, evaluate, index, serve"
 	@echo "make demo-isic - the dermatology demo: ISIC 2018 training images + the shipped MS-ViT (needs ../shared/datasets)"
 	@echo "make test   - lint + the whole test suite (CPU)"
 	@echo "make test-deploy - build the Docker images and run the docker-compose deployment (Docker; root installs it)"
@@ -63,8 +64,10 @@ test: install browser lint
 test-deploy: install
 	docker/offline/test-deploy.sh
 
+# DATA=<folder>: index it; a labelled folder whose classes the shipped model does not know gets its own model first
+# (trained, evaluated on a held-out part, reused by later runs). TRAIN=0 never trains, TRAIN=1 always does.
 demo: install
-	$(PY) -m app.quickstart $(if $(DATA),--data "$(DATA)",)
+	$(PY) -m app.quickstart $(if $(DATA),--data "$(DATA)",) $(if $(TRAIN),--train "$(TRAIN)",)
 
 # The medical demo: the ISIC 2018 training images (the shared tar, extracted once to ~/.cache/msir/datasets, or
 # DATA=<a folder of ISIC images with their ground-truth CSV>) indexed with the shipped multi-scale ViT.

@@ -37,6 +37,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
+from app.own_model import OwnModel, OwnModelError
 from msir_core.logs import debug_requested, quiet_library_loggers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -304,6 +305,76 @@ def _summary(console: Console, report: Any, count: int) -> None:
         console.print(f"  full report: {_show(report.report_path)}", highlight=False)
 
 
+# -- the folder's own model -------------------------------------------------------------------------------------
+def train_for_folder(
+    source: Path, checkpoint: Path, var_dir: Path, args: argparse.Namespace, console: Console
+) -> OwnModel | None:
+    """The folder's own model when it needs one (app.own_model decides): reused when a finished run has the same
+    key, else trained (resumed when interrupted) after an estimate; its held-out accuracy and mAP@all printed."""
+    from app import own_model as om
+    from models import read_checkpoint_meta
+
+    mode = args.train
+    if mode == "auto" and args.checkpoint.resolve() != DEMO_CHECKPOINT.resolve():
+        mode = "0"  # a checkpoint the user chose is used as it is (TRAIN=1 still trains)
+    decision = om.decide(source, read_checkpoint_meta(checkpoint).class_names, mode)
+    if decision.labels is None:
+        return None
+    if not decision.train:
+        console.print(f"model: {_show(checkpoint)} ({decision.reason})", highlight=False)
+        return None
+    labels = decision.labels
+    overrides = list(args.train_set)
+    budget = f"epochs={args.train_epochs}" if args.train_epochs else f"minutes={args.train_minutes:g}"
+    key = om.run_key(fingerprint(source, image_files(source)), labels.classes, om.RECIPE, [*overrides, budget])
+    run_dir = om.run_dir_for(var_dir, source, key)
+    metrics = om.finished(run_dir)
+    if metrics is not None and mode != "1":
+        model = om.own_model(run_dir, metrics, "reused")
+        console.print(f"model: reusing {_show(run_dir)} (trained on this folder with the same recipe)", highlight=False)
+        _print_model(console, model)
+        return model
+    if metrics is not None:  # TRAIN=1 on a finished run: start afresh
+        shutil.rmtree(run_dir)
+    epochs = om.resumed_epochs(run_dir) or args.train_epochs
+    size = om.recipe_image_size(om.RECIPE, overrides)
+    if not any(o.startswith("data.image_size=") for o in overrides):
+        fitted = om.fitted_image_size(image_files(source), size)
+        if fitted is not None:
+            overrides.append(f"data.image_size={fitted}")
+            console.print(f"the folder's images are small: training at {fitted} px, not {size}", highlight=False)
+            size = fitted
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    if not epochs:
+        epochs = om.epochs_for_budget(labels.train_images, size, args.train_minutes, load, cpus)
+    estimate = om.estimate_seconds(labels.train_images, epochs, size, load, cpus)
+    console.print(
+        f"training a model for {_show(source)}: {decision.reason} ({', '.join(labels.classes[:8])}"
+        f"{', ...' if len(labels.classes) > 8 else ''}). Recipe {_show(om.RECIPE)}, {labels.train_images} training "
+        f"images at {size} px, {epochs} epochs: about {estimate / 60:.0f} min on one thread at this load "
+        f"({load:.1f}) -> {_show(run_dir)}. Ctrl-C stops it; the next run continues it. TRAIN=0 skips training.",
+        highlight=False,
+    )
+    om.run_training(om.train_command(source, run_dir, epochs, overrides))
+    metrics = om.finished(run_dir)
+    if metrics is None:
+        raise DemoError(f"msir-train ended without a finished model in {_show(run_dir)}")
+    model = om.own_model(run_dir, metrics, "trained")
+    _print_model(console, model)
+    return model
+
+
+def _print_model(console: Console, model: OwnModel) -> None:
+    def shown(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
+    console.print(
+        f"model {_show(model.checkpoint)}: held-out accuracy {shown(model.accuracy)}, mAP@all "
+        f"{shown(model.map_at_all)} ({model.epochs} epochs, {model.train_seconds / 60:.1f} min of training)",
+        highlight=False,
+    )
+
+
 # -- serve -----------------------------------------------------------------------------------------------------
 def check_port(host: str, port: int) -> None:
     """:class:`DemoError` naming the port and ``--port`` when it cannot be listened on."""
@@ -436,6 +507,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="model device")
     parser.add_argument("--build-only", action="store_true", help="build or reuse the collection, do not serve")
+    parser.add_argument(
+        "--train",
+        choices=["auto", "0", "1"],
+        default="auto",
+        help="a labelled --data folder whose classes the checkpoint does not know: auto trains the own-photos "
+        "recipe on it (make demo TRAIN=...), 0 never trains, 1 trains even when the classes match and retrains a "
+        "finished model",
+    )
+    parser.add_argument(
+        "--train-minutes", type=float, default=15.0, help="training budget: picks the epochs (default 15)"
+    )
+    parser.add_argument("--train-epochs", type=int, help="train exactly this many epochs (overrides the budget)")
+    parser.add_argument(
+        "--train-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="msir-train override for the recipe (repeatable), e.g. data.image_size=96",
+    )
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
         parser.error(f"--port {args.port}: expected 1..65535")
@@ -468,6 +558,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise DemoError(f"{_show(DEMO_IMAGES)} is missing: the demo images ship with the repository")
         if not args.build_only:
             check_port(args.host, args.port)  # fail before a long build, not after it
+        if args.data is not None and source.is_dir():
+            trained = train_for_folder(source, checkpoint, var_dir, args, err)
+            checkpoint = trained.checkpoint if trained is not None else checkpoint
         collection = prepare_collection(
             source, directory, checkpoint, rebuild=args.rebuild, device=args.device, split=args.split
         )
@@ -480,7 +573,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.build_only:
             return 0
         serve(collection, checkpoint, args.host, args.port, args.device, key)
-    except DemoError as error:
+    except (DemoError, OwnModelError) as error:
         err.print(f"[bold red]error:[/] {error}", highlight=False)
         return 2
     except KeyboardInterrupt:

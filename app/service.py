@@ -39,7 +39,7 @@ from models import ImageDecodeError, ImageTooLargeError, PreprocessSpec, Unsuppo
 from models.similarity_maps import Explainer
 from msir_core.retrieval.calibration import Calibration, CalibrationError, calibration_path, load_calibration
 from msir_core.retrieval.probabilities import top_classes
-from msir_schemas.api import ClassScore, CollectionInfo, KnnPrediction, Neighbour, SyncState
+from msir_schemas.api import ClassScore, CollectionInfo, KnnPrediction, Neighbour, PredictionsScope, SyncState
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -449,15 +449,39 @@ class Service:
     def sync_state(self, head: int | None = None) -> SyncState:
         return SyncState(**self.collection.sync_state(head), interval_ms=self.settings.sync_interval_ms)
 
+    def trained_on(self) -> str | None:
+        """The folder name of the dataset the checkpoint was trained on, when its metadata records it."""
+        root = ((self.collection.embedder.meta.training or {}).get("dataset") or {}).get("root")
+        return Path(str(root)).name or None if root else None
+
+    async def predictions_scope(self) -> tuple[PredictionsScope, str | None]:
+        """("collection", None) when every class the head can name is a label the collection holds, else
+        ("model", why): the head's answers are then the model's own classes, never the collection's."""
+        labels = set((await self.stats()).get("labels", {})) - {UNLABELLED}
+        missing = [c for c in self.class_names if c not in labels]
+        if not missing:
+            return "collection", None
+        source = f" (trained on {self.trained_on()})" if self.trained_on() else ""
+        held = f"its labels are {', '.join(sorted(labels)[:12])}" if labels else "its images carry no labels"
+        return "model", (
+            f"the model's {len(self.class_names)} classes{source} are not this collection's labels "
+            f"({len(missing)} of them, e.g. {', '.join(missing[:3])}, label no image here; {held}): predictions "
+            "name the model's own classes; the neighbours' vote (knn_prediction) answers in the collection's labels"
+        )
+
     async def collection_info(self) -> CollectionInfo:
         stats = await self.stats()
         meta = self.collection.embedder.meta
         labels = dict(stats.get("labels", {}))
+        scope, note = await self.predictions_scope()
         return CollectionInfo(
             model=meta.model_name,
             checkpoint_sha256=meta.weights_sha256,
             classes=self.class_names,
             class_descriptions=dict(meta.class_descriptions),
+            predictions_scope=scope,
+            predictions_note=note,
+            trained_on=self.trained_on(),
             label_names=sorted(set(labels) - {UNLABELLED}),
             multi_label=self.multi_label,
             embedding_dim=int(meta.embedding_dim),

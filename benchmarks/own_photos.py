@@ -12,7 +12,10 @@ accuracy, and retrieval with the held-out test images as queries against the tra
   ``data.stats=imagenet``) at ``--size`` px: the paper model, Adam, 10 epochs, no augmentation;
 - recipe: ``configs/cnn/own_photos_cpu.yaml``.
 
-    .venv/bin/python -m benchmarks.own_photos [--per-class 400 --size 64 --runs-dir ~/.cache/msir/own_photos]
+    .venv/bin/python -m benchmarks.own_photos compare [--per-class 400 --size 64 --runs-dir ~/.cache/msir/own_photos]
+
+Without ``compare``, it runs the one-command benchmark instead (``benchmarks/own_photos_folders.py``: ``make demo
+DATA=<folder>``'s pipeline on folders built from Fashion-MNIST, CIFAR-10 and ISIC 2018).
 
 Saves ``results/own_photos/<arm>/metrics.json`` and ``results/own_photos/comparison.{json,md}`` naming the device
 (a 2-core machine shared with other jobs: wall times include waiting for the CPU; process CPU seconds are given).
@@ -64,7 +67,7 @@ def make_dataset(source: Path, target: Path, classes: tuple[str, ...], per_class
     return target
 
 
-def main() -> None:
+def compare_main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cifar10", type=Path, default=Path("~/.cache/msir/datasets/cifar10"))
     ap.add_argument("--per-class", type=int, default=400)
@@ -73,7 +76,7 @@ def main() -> None:
     ap.add_argument("--runs-dir", type=Path, default=Path("~/.cache/msir/own_photos"))
     ap.add_argument("--out", type=Path, default=REPO / "results" / "own_photos")
     ap.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     source = args.cifar10.expanduser()
     data = make_dataset(
@@ -140,6 +143,15 @@ def main() -> None:
         )
     (args.out / "comparison.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["compare"]:
+        compare_main(sys.argv[2:])
+    else:
+        from benchmarks.own_photos_folders import main as folders_main
+
+        folders_main(sys.argv[1:])
 
 
 if __name__ == "__main__":

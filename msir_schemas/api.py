@@ -7,7 +7,7 @@ nothing heavier: no FastAPI, torch or database code (``tests/client/test_imports
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator
 
@@ -35,6 +35,17 @@ class Timings(BaseModel):
     search: float = Field(0.0, description="Nearest-neighbour search in the FAISS index.", examples=[0.9])
     database: float = Field(0.0, description="Reading the neighbours' metadata rows.", examples=[1.2])
     total: float = Field(0.0, description="Whole request as seen by the handler.", examples=[8.6])
+
+
+# What the classifier head's predictions name: "collection" when every class the checkpoint knows is a label the
+# collection holds (the head answers in the collection's terms); "model" when it is not (a model trained on other
+# data: its classes are the model's own, and the kNN vote over the collection's labels is the answer to read).
+PredictionsScope = Literal["collection", "model"]
+SCOPE_DESCRIPTION = (
+    "'collection': the predictions name labels this collection holds. 'model': the checkpoint's classes are not the "
+    "collection's labels, so the predictions name the model's own classes (GET /v1/collection, predictions_note, "
+    "says why); read knn_prediction, the vote over the collection's labels, instead."
+)
 
 
 class ClassScore(BaseModel):
@@ -122,6 +133,7 @@ class SearchResponse(BaseModel):
     predictions: list[ClassScore] | None = Field(
         None, description="Classifier head on the query; null when the query is a stored image."
     )
+    predictions_scope: PredictionsScope = Field("collection", description=SCOPE_DESCRIPTION)
     multi_label: bool = False
     knn_prediction: KnnPrediction | None = Field(None, description="Vote of the neighbours; null without any.")
     timings: Timings
@@ -141,6 +153,7 @@ class ClassifyResponse(BaseModel):
     )
 
     predictions: list[ClassScore]
+    predictions_scope: PredictionsScope = Field("collection", description=SCOPE_DESCRIPTION)
     multi_label: bool
     timings: Timings
 
@@ -189,6 +202,7 @@ class BatchSearchResponse(BaseModel):
 
     k: int
     multi_label: bool = False
+    predictions_scope: PredictionsScope = Field("collection", description=SCOPE_DESCRIPTION)
     results: list[BatchSearchResult]
     timings: Timings
 
@@ -323,6 +337,13 @@ class CollectionInfo(BaseModel):
     label_names: list[str] = Field(
         default_factory=list,
         description="The collection's labels (every label stored on an image): what filters and the kNN vote use.",
+    )
+    predictions_scope: PredictionsScope = Field("collection", description=SCOPE_DESCRIPTION)
+    predictions_note: str | None = Field(
+        None, description="Why the predictions name the model's own classes (predictions_scope 'model'); else null."
+    )
+    trained_on: str | None = Field(
+        None, description="The dataset the checkpoint was trained on (its folder name), when the checkpoint says."
     )
     multi_label: bool
     embedding_dim: int

@@ -29,6 +29,7 @@ async def classify(
     service.observe(timer)
     return ClassifyResponse(
         predictions=service.predictions(result.logits, top=len(service.class_names)),
+        predictions_scope=(await service.predictions_scope())[0],
         multi_label=service.multi_label,
         timings=Timings(**timer.as_dict()),
     )

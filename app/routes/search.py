@@ -77,6 +77,7 @@ async def search(
         k=wanted,
         neighbours=service.neighbours(hits, cosine=args.rerank is None or args.rerank.method == "none"),
         predictions=service.predictions(result.logits),
+        predictions_scope=(await service.predictions_scope())[0],
         multi_label=service.multi_label,
         knn_prediction=service.knn(hits),
         timings=Timings(**timer.as_dict()),
@@ -118,6 +119,7 @@ async def search_batch(
     return BatchSearchResponse(
         k=args.k,
         multi_label=service.multi_label,
+        predictions_scope=(await service.predictions_scope())[0],
         results=[
             BatchSearchResult(
                 filename=upload.filename or f"images[{i}]",

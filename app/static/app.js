@@ -17,8 +17,11 @@ const els = {
   results: $("results"),
   status: $("status"),
   predictions: $("predictions"),
+  predictionsHeading: $("predictions-heading"),
+  predictionsNote: $("predictions-note"),
   predictionList: $("prediction-list"),
   knn: $("knn"),
+  knnHeading: $("knn-heading"),
   knnList: $("knn-list"),
   grid: $("grid"),
   timings: $("timings"),
@@ -109,9 +112,28 @@ function named(label) {
   return full ? `${full} (${label})` : label;
 }
 
+// When the checkpoint's classes are not the collection's labels (a model trained on other data), its head names the
+// model's own classes: they are shown as such, below the neighbours' vote over the collection's labels.
+function showScope(scope, modelName, note) {
+  const own = scope === "model";
+  els.predictionsHeading.textContent = own ? `Model classes (${modelName}), not this collection's` : "Model prediction";
+  els.knnHeading.textContent = own ? "Neighbours vote (this collection's labels)" : "Neighbours vote";
+  els.predictionsNote.textContent = own && note ? note : "";
+  els.predictionsNote.hidden = !(own && note);
+  const wrap = els.knn.parentElement;
+  if (own) wrap.insertBefore(els.knn, els.predictions);
+  else wrap.insertBefore(els.predictions, els.knn);
+}
+
+let modelName = "model";
+let scopeNote = null;
+
 async function loadCollection() {
   try {
     const info = await api("/v1/collection");
+    modelName = info.trained_on || info.model;
+    scopeNote = info.predictions_note || null;
+    showScope(info.predictions_scope, modelName, scopeNote);
     descriptions = info.class_descriptions || {};
     maxUploadBytes = info.max_upload_bytes;
     els.info.textContent =
@@ -258,6 +280,7 @@ function renderBars(list, items) {
 
 function render(result, heading) {
   els.status.textContent = result.neighbours.length ? heading : "No similar images found with these settings.";
+  if (result.predictions_scope) showScope(result.predictions_scope, modelName, scopeNote);
   if (result.predictions && result.predictions.length) {
     renderBars(els.predictionList, result.predictions);
     els.predictions.hidden = false;

@@ -73,6 +73,7 @@ def test_upload_search_click_through_and_errors(browser_page, tmp_path: Path) ->
     expect(page.locator("#grid .result")).to_have_count(8)
     expect(page.locator("#results")).to_have_attribute("aria-busy", "false")
     expect(page.locator("#prediction-list .bar")).to_have_count(3)
+    expect(page.locator("#predictions-heading")).to_have_text("Model prediction")  # the collection's own classes
     expect(page.locator("#knn-list .bar").first).to_be_visible()
     expect(page.locator("#status")).to_contain_text("8 similar images")
     first_labels = page.locator("#grid .result .labels").all_inner_texts()
@@ -203,3 +204,44 @@ def test_heat_maps_region_query_and_min_score(browser_page, tmp_path: Path) -> N
     page.click("#search-button")
     expect(page.locator("#error")).to_contain_text("Minimum score must be a number from -1 to 1")
     assert not console_errors, console_errors
+
+
+def test_a_model_of_other_classes_is_shown_as_such(browser_page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """When /v1/collection and the search say the head names the model's own classes (a model trained on other
+    data), the UI heads them "Model classes (<dataset>), not this collection's", shows the reason and puts the
+    neighbours' vote over the collection's labels first. The answers are the server's, marked as the API marks them
+    for such a model (tests/app/test_predictions_scope.py)."""
+    import json
+
+    from playwright.sync_api import Route, expect
+
+    page, server = browser_page
+    note = "the model's 10 classes (trained on cifar10) are not this collection's labels"
+
+    query = tmp_path / "query.png"
+    class_image(0, 1, size=64).save(query)
+
+    def foreign(route: Route) -> None:
+        if route.request.method == "GET":
+            response = httpx.get(route.request.url, timeout=30)
+        else:  # Playwright's route.fetch() drops a multipart file: the query goes to the server directly
+            image = {"image": (query.name, query.read_bytes(), "image/png")}
+            response = httpx.post(route.request.url, files=image, data={"k": "8"}, timeout=60)
+        body = response.json()
+        body["predictions_scope"] = "model"
+        if route.request.url.endswith("/v1/collection"):
+            body.update(predictions_note=note, trained_on="cifar10")
+        route.fulfill(status=response.status_code, content_type="application/json", body=json.dumps(body))
+
+    page.route("**/v1/collection", foreign)
+    page.route("**/v1/search", foreign)
+    page.goto(server.url)
+    page.set_input_files("#file-input", str(query))
+    expect(page.locator("#grid .result").first).to_be_visible()
+    expect(page.locator("#predictions-heading")).to_have_text("Model classes (cifar10), not this collection's")
+    expect(page.locator("#predictions-note")).to_contain_text(note)
+    expect(page.locator("#knn-heading")).to_have_text("Neighbours vote (this collection's labels)")
+    # The vote leads: it comes before the model's classes in the page.
+    order = page.locator(".predictions-wrap > div").evaluate_all("els => els.map(e => e.id)")
+    assert order == ["knn", "predictions"], order
+    _shoot(page, "msir-model-classes", tmp_path)

@@ -189,12 +189,12 @@ def test_busy_port_is_a_clear_error(
 
 # -- the real command ------------------------------------------------------------------------------------------
 class DemoProcess:
-    def __init__(self, args: list[str], log_dir: Path) -> None:
+    def __init__(self, args: list[str], log_dir: Path, extra_env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.out, self.err = log_dir / f"demo-{self.port}.out", log_dir / f"demo-{self.port}.err"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MSIR_")}
-        env.update(PYTHONUNBUFFERED="1", COLUMNS="200")
+        env.update(PYTHONUNBUFFERED="1", COLUMNS="200", **(extra_env or {}))
         with self.out.open("wb") as out, self.err.open("wb") as err:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "app.quickstart", "--port", str(self.port), "--device", "cpu", *args],
