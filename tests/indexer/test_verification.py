@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from indexer import Collection, Upload
+from indexer import Collection, Upload, row_paths
 from indexer.cli import app
 from indexer.metadata.queries import MetadataStore
 from indexer.vectors.faiss_index import INDEX_FILE
@@ -101,7 +101,7 @@ def test_verify_sample_checks_drawn_rows_without_scanning(
 
     drop_saved_vectors(directory, ids[::2])  # half the rows lose their vector behind the collection's back
     for i in ids[1::2]:
-        paths[i].unlink()  # and the other half their file
+        row_paths.resolve(directory, paths[i]).unlink()  # and the other half their file
     report = verify(directory, "--sample", "24", code=1)
     found = {p.split(":")[0] for p in report["problems"]}
     assert {"orphan rows", "count mismatch", "missing files"} <= found, report["problems"]
