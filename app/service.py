@@ -440,7 +440,10 @@ class Service:
         now = time.monotonic()
         cached = self._stats
         moved = cached is not None and cached[1] != self._position() and now - cached[0] >= min_age_s
-        if cached is None or moved or now - cached[0] > STATS_TTL_S:
+        # While the follower cannot reach the database, nothing is answered from cached statistics: a request that
+        # needs them answers as the database does (503), as the rows' cache does (indexer.row_cache).
+        unconfirmed = self.collection.following and self.collection.confirmed_head() is None
+        if cached is None or moved or unconfirmed or now - cached[0] > STATS_TTL_S:
             position = self._position()
             cached = (now, position, await self.blocking(self.collection.stats))
             self._stats = cached
@@ -457,7 +460,15 @@ class Service:
     async def predictions_scope(self) -> tuple[PredictionsScope, str | None]:
         """("collection", None) when every class the head can name is a label the collection holds, else
         ("model", why): the head's answers are then the model's own classes, never the collection's."""
-        labels = set((await self.stats()).get("labels", {})) - {UNLABELLED}
+        # While the database is down, the last statistics whatever their age (labels rarely change), so that
+        # classifying, which needs no database, keeps working.
+        try:
+            stats = await self.stats()
+        except CollectionError:
+            if self._stats is None:
+                return "model", "the collection's labels cannot be read now (the metadata database is unavailable)"
+            stats = self._stats[2]
+        labels = set(stats.get("labels", {})) - {UNLABELLED}
         missing = [c for c in self.class_names if c not in labels]
         if not missing:
             return "collection", None

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from indexer.duplicates import DEFAULT_THRESHOLD
+from msir_core.retrieval.duplicate_threshold import DEFAULT_THRESHOLD
 
 MB = 1024 * 1024
 

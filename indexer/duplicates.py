@@ -25,13 +25,10 @@ from typing import Protocol, TypeVar
 import faiss
 import numpy as np
 
+from msir_core.retrieval.duplicate_threshold import DEFAULT_THRESHOLD as DEFAULT_THRESHOLD  # the CLI's default
+
 logger = logging.getLogger(__name__)
 
-# The calibrated cosine threshold of the demo's CIFAR-10 checkpoint: benchmarks/duplicates.py picks it on
-# augmented copies (JPEG re-encodes, resizes, 10 % crops, flips, colour changes) against distinct images and writes
-# it to results/benchmarks/duplicates.json (tests/indexer/test_duplicates.py checks that the two agree). The
-# service's MSIR_DUPLICATE_THRESHOLD and `msir-index duplicates --threshold` default to it.
-DEFAULT_THRESHOLD = 0.9991
 EXACT_MAX = 20_000  # up to this many vectors the pairs are found exactly (flat inner-product range search)
 NPROBE = 8  # inverted lists visited per vector above EXACT_MAX
 QUERY_BATCH = 65_536  # vectors per range-search call (bounds the memory of one call's results)

@@ -329,6 +329,10 @@ class FollowingIndex:
         self._follower = threading.Thread(target=loop, name="msir-follow", daemon=True)
         self._follower.start()
 
+    @property
+    def following(self) -> bool:
+        return self._follower is not None
+
     def confirmed_head(self) -> int | None:
         """The feed's head as the follower saw it, when it is following and its last check succeeded within three
         intervals; None otherwise (not followed, the database unreachable, the follower stalled): read it then."""
