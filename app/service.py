@@ -10,6 +10,7 @@ batcher's own thread.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import time
 from collections.abc import Callable
@@ -87,6 +88,17 @@ def find_calibration(weights: Path, weights_sha256: str) -> Calibration | None:
         return None
     logger.info("calibration: %s (%d steps)", path.name, len(calibration.scores))
     return calibration
+
+
+def _sample_image(fmt: str, size: tuple[int, int] | list[int]) -> bytes:
+    """A small encoded image (a gradient) in ``fmt``, for the warm-up's decodes."""
+    from PIL import Image
+
+    h, w = (int(v) for v in size)
+    pixels = np.linspace(0, 255, h * w * 3, dtype=np.float32).reshape(h, w, 3).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt)
+    return buffer.getvalue()
 
 
 @dataclass(frozen=True)
@@ -176,10 +188,21 @@ class Service:
         """Forward passes and a search before the service calls itself ready (see WARMUP_PASSES)."""
         started = time.perf_counter()
         await self.blocking(self._warm_up)
+        try:
+            await self.stats()  # every answer names its predictions' scope from them: not the first user's scan
+        except CollectionError as exc:
+            logger.warning("warm-up statistics failed: %s", exc)
         self.warmed_up = True
         logger.info("warmed up in %.0f ms", (time.perf_counter() - started) * 1000.0)
 
     def _warm_up(self) -> None:
+        # The decoders too: a first JPEG or PNG loads its Pillow plugin and codec (several ms on the first query).
+        for fmt in ("JPEG", "PNG", "WEBP"):
+            try:
+                data = _sample_image(fmt, self.spec.image_size)
+                _prepare(data, self.spec, self.settings.max_pixels, f"warm-up.{fmt}")
+            except (ImageDecodeError, OSError, KeyError) as exc:  # a Pillow built without that codec
+                logger.debug("warm-up decode of %s skipped: %s", fmt, exc)
         blank = np.zeros((1, self.spec.channels, *self.spec.image_size), dtype=np.uint8)
         embeddings = self._forward(blank)[0]
         sizes = [1] * WARMUP_PASSES

@@ -310,7 +310,9 @@ class FollowingIndex:
 
         def loop() -> None:
             failing = False
-            while not self._stop_following.wait(interval_s):
+            # The first check at once: until one succeeded, searches and statistics read the database themselves
+            # (confirmed_head), so a server that just started does not wait an interval for its caches.
+            while True:
                 try:
                     self.refresh()
                     if failing:
@@ -325,6 +327,8 @@ class FollowingIndex:
                     self.sync_error = f"{type(error).__name__}: {error}"
                     logger.exception("%s: following the change feed failed", self.directory)
                     failing = True
+                if self._stop_following.wait(interval_s):
+                    return
 
         self._follower = threading.Thread(target=loop, name="msir-follow", daemon=True)
         self._follower.start()
