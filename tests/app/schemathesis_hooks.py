@@ -69,7 +69,16 @@ def _images() -> list[bytes]:
 IMAGES = [Binary(data) for data in _images()]
 
 
-SCALAR_FIELDS = ("image", "k", "split", "exclude_duplicates")
+SCALAR_FIELDS = (
+    "image",
+    "k",
+    "split",
+    "exclude_duplicates",
+    "collapse_duplicates",
+    "min_score",
+    "rerank",
+    "negative_weight",
+)
 # Text fields of the forms: any value is text on the wire, so a number, boolean or object there is no invalid case.
 TEXT_FIELDS = ("label", "labels", "split")
 # Filter fields (a form's, a query's or a JSON body's) whose values must be labels some image carries.
@@ -123,8 +132,9 @@ def filter_case(context: schemathesis.HookContext, case: Any) -> bool:
             if name in ARRAY_FIELDS and isinstance(values, str):
                 return False  # one text value is a one-element list on the wire
     # The integers 0 and 1 are, as form text, two of the spellings of a boolean.
-    if body.get("exclude_duplicates") in (0, 1) and not isinstance(body.get("exclude_duplicates"), bool):
-        return False
+    for name in ("exclude_duplicates", "collapse_duplicates"):
+        if body.get(name) in (0, 1) and not isinstance(body.get(name), bool):
+            return False
     metadata = body.get("metadata")
     return not (isinstance(metadata, list) and all(isinstance(item, dict) for item in metadata))
 
