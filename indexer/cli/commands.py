@@ -370,17 +370,22 @@ def backup(
     generation, sha256 of every member) to ARCHIVE, taken under the collection's writer lock."""
     setup_logging(verbose)
     report = guarded(lambda: backups.backup(directory, archive, db), directory)
+    _print_report(
+        report,
+        json_out,
+        f"backed up {directory} to {archive}: {report.rows['images']} images, {report.files} files, index "
+        f"generation {report.generation} ({report.bytes:,} bytes)"
+        + (f"; {report.external_files} file(s) outside the collection referenced, not copied"
+           if report.external_files else ""),
+    )  # fmt: skip
+
+
+def _print_report(report: Any, json_out: bool, line: str) -> None:
+    """A backup's or restore's report: the dataclass as JSON, or one line."""
     if json_out:
         console.print_json(json.dumps(dataclasses.asdict(report)))
     else:
-        console.print(
-            f"backed up {directory} to {archive}: {report.rows['images']} images, {report.files} files, index "
-            f"generation {report.generation} ({report.bytes:,} bytes)"
-            + (f"; {report.external_files} file(s) outside the collection referenced, not copied"
-               if report.external_files else ""),
-            highlight=False,
-            soft_wrap=True,
-        )  # fmt: skip
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -403,15 +408,12 @@ def restore(
     first, and a damaged archive is refused leaving nothing behind."""
     setup_logging(verbose)
     report = guarded(lambda: backups.restore(archive, target, database_url), target)
-    if json_out:
-        console.print_json(json.dumps(dataclasses.asdict(report)))
-    else:
-        console.print(
-            f"restored {archive} into {target} (database {report.database}): {report.rows['images']} images, "
-            f"{report.files} files, index generation {report.generation}",
-            highlight=False,
-            soft_wrap=True,
-        )
+    _print_report(
+        report,
+        json_out,
+        f"restored {archive} into {target} (database {report.database}): {report.rows['images']} images, "
+        f"{report.files} files, index generation {report.generation}",
+    )
 
 
 @app.command()
