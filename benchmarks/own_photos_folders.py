@@ -28,7 +28,6 @@ import gzip
 import json
 import logging
 import os
-import platform
 import subprocess
 import sys
 import tarfile
@@ -121,15 +120,9 @@ def folder(name: str, per_class: int) -> Path:
 
 
 def cpu_label() -> str:
-    model = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, 1 thread"
+    from training.runinfo import cpu_name
+
+    return f"{cpu_name()}, {os.cpu_count()} cores, 1 thread"
 
 
 def run_one(name: str, data: Path, var_dir: Path, minutes: float, retrain: bool = False) -> dict[str, object]:
@@ -162,6 +155,7 @@ def run_one(name: str, data: Path, var_dir: Path, minutes: float, retrain: bool 
         "command_wall_minutes": round(wall / 60, 2),
         "load_average_1min_start": round(load0, 2),
         "load_average_1min_end": round(os.getloadavg()[0], 2),
+        "device": cpu_label(),
     }
 
 
@@ -180,6 +174,7 @@ def earlier_rows(started: str) -> list[dict[str, object]]:
     for r in rows:  # rows written before runs were labelled: the file's date and an unrecorded commit
         r.setdefault("invocation", f"written {str(earlier.get('date', '?'))[:16].replace('T', ' ')}")
         r.setdefault("git_sha", "not recorded")
+        r.setdefault("device", earlier.get("device", "not recorded"))
     return [r for r in rows if isinstance(r, dict) and r.get("invocation") != started]
 
 
@@ -187,7 +182,6 @@ def write(rows: list[dict[str, object]], minutes: float, per_class: int) -> None
     result = {
         "benchmark": "own_photos (make demo DATA=<folder>: train, evaluate, index)",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "device": cpu_label(),
         "machine": "2-core VM shared with other jobs (load averages per row): wall times include waiting for the CPU",
         "training_budget_minutes": minutes,
         "per_class": per_class,
@@ -205,18 +199,18 @@ def write(rows: list[dict[str, object]], minutes: float, per_class: int) -> None
         "",
         f"Class folders of at most {per_class} images per class, msir-train's deterministic held-out 20 % as the "
         "test part (accuracy; mAP@all with the held-out images querying each other). "
-        f"Device: {result['device']}; {result['machine']}. Targets: accuracy >= 0.85, mAP@all >= 0.78.",
+        f"Device per row; {result['machine']}. Targets: accuracy >= 0.85, mAP@all >= 0.78.",
         "",
         "| run (UTC, commit) | folder | classes | images | epochs | accuracy | mAP@all | train min | command min "
-        "| load start/end | exit |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| load start/end | exit | device |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['invocation']}, {r['git_sha']} | {r['folder']} | {r['classes']} | {r['images']} | {r['epochs']} | "
             f"{f(r['accuracy'], '.4f')} | "
             f"{f(r['map_at_all'], '.4f')} | {r['train_minutes']} | {r['command_wall_minutes']} | "
-            f"{r['load_average_1min_start']}/{r['load_average_1min_end']} | {r['exit_code']} |"
+            f"{r['load_average_1min_start']}/{r['load_average_1min_end']} | {r['exit_code']} | {r['device']} |"
         )
     (OUT / "own_photos.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))

@@ -56,14 +56,25 @@ def device_name(device: torch.device) -> str:
     return cpu_name()
 
 
+# The instruction-set flags that change how fast torch and FAISS run on a CPU (bf16 and AMX matmuls, AVX-512
+# distance kernels): timings from machines that differ in them are not comparable, so every label names them.
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
 def cpu_name() -> str:
+    """The CPU's model name and its speed-relevant flags, e.g. ``Intel(R) Xeon(R) Processor (avx2, avx512f, ...)``."""
+    model, flags = "", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    model = model or platform.processor() or platform.machine()
+    present = [f for f in SPEED_FLAGS if f in flags]
+    return f"{model} ({', '.join(present) if present else 'no avx2'})" if flags else model
 
 
 def environment(device: torch.device) -> dict[str, Any]:
