@@ -13,9 +13,12 @@ What runs:
   acknowledged write), deletes of acknowledged uploads (a 204), relabels (a 200), and ``msir-index add`` of image files
   (exit 0). A request that failed or got no answer is *in doubt*: it may or may not have happened, and is not checked;
 * faults, spread over the run (``--kills`` of them): ``kill -9`` of a random server (restarted at once), ``kill -9``
-  of a running ``msir-index add``, and, every fourth fault (the first included), ``pg_terminate_backend`` of every
-  connection to the crasher's database. PostgreSQL itself is not stopped: it is the machine's shared server (other
-  users' databases live there), so an outage is simulated by cutting every connection of this database instead.
+  of a running ``msir-index add``, and, every fourth fault (the first included), a database fault. On the machine's
+  shared PostgreSQL (other users' databases live there) that is ``pg_terminate_backend`` of every connection to the
+  crasher's database. With ``--own-postgres`` the crasher runs a PostgreSQL server of its own (``initdb`` in a
+  temporary directory, loopback, a free port, as the ``postgres`` user when run as root), and every other database
+  fault is a real crash of that server: ``pg_ctl stop -m immediate`` (no checkpoint: WAL recovery on the next start),
+  0.5-5 s down, then started again.
 
 Checks at the end (servers restarted, then stopped gracefully): every acknowledged write is a row (by sha256) unless
 its delete was acknowledged; every acknowledged delete is absent (``resurrected``); every acknowledged relabel is
@@ -34,9 +37,11 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -65,6 +70,70 @@ AUTH = {"X-API-Key": API_KEY}
 LABELS = ("red", "green", "blue", "grey")
 BASE_IMAGES = 40
 QUERIES = 8
+
+
+class OwnPostgres:
+    """A PostgreSQL server of the crasher's own, so that a fault can crash and restart it without touching anybody
+    else's databases. Stopped (and its directory removed) by :meth:`close`."""
+
+    def __init__(self) -> None:
+        self.bin = pg_bindir()
+        self.root = Path(tempfile.mkdtemp(prefix="msir-crasher-pg-"))
+        self.root.chmod(0o755)  # the postgres user reads its data directory and socket below it
+        self.data, self.port = self.root / "data", free_port()
+        self.as_owner: list[str] = []
+        if os.geteuid() == 0:  # initdb and postgres refuse to run as root
+            self.as_owner = ["runuser", "-u", "postgres", "--"]
+            shutil.chown(self.root, "postgres")
+        self.running = False
+        try:
+            self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+            self.start()
+        except BaseException:
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str) -> None:
+        done = subprocess.run([*self.as_owner, str(self.bin / tool), *args], capture_output=True, text=True,
+                              timeout=120, check=False)  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"{tool} {' '.join(args)}: exit {done.returncode}: {done.stderr[-2000:]}")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "server.log"), "-w", "start")
+        self.running = True
+
+    def crash(self, down_s: float) -> None:
+        """An immediate shutdown (every backend quits at once, no checkpoint), ``down_s`` seconds down, a start."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        self.running = False
+        time.sleep(down_s)
+        self.start()
+
+    def close(self) -> None:
+        try:
+            if self.running:
+                self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+                self.running = False
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def pg_bindir() -> Path:
+    """The directory of initdb and pg_ctl: on PATH, else ``pg_config --bindir`` (Debian keeps them off PATH)."""
+    found = shutil.which("pg_ctl")
+    if found and shutil.which("initdb"):
+        return Path(found).resolve().parent
+    try:
+        done = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True, timeout=10)
+    except (OSError, subprocess.SubprocessError) as error:
+        raise RuntimeError("--own-postgres needs PostgreSQL's server binaries (initdb, pg_ctl)") from error
+    return Path(done.stdout.strip())
 
 
 def png(rng: random.Random, size: int = 32) -> bytes:
@@ -116,11 +185,13 @@ class Ledger:
 class Cluster:
     """The servers (one per slot, restarted after a kill) and the faults."""
 
-    def __init__(self, directory: Path, url: str, count: int, logs: Path) -> None:
-        self.directory, self.url, self.logs = directory, url, logs
+    def __init__(
+        self, directory: Path, url: str, count: int, logs: Path, admin_url: str, postgres: OwnPostgres | None = None
+    ) -> None:
+        self.directory, self.url, self.logs, self.admin_url, self.postgres = directory, url, logs, admin_url, postgres
         self.lock = threading.Lock()
         self.servers: list[ServerProcess | None] = [None] * count
-        self.kills = {"server": 0, "indexer": 0, "database_connections": 0}
+        self.kills = {"server": 0, "indexer": 0, "database_connections": 0, "database_crash": 0}
         self.indexers: set[subprocess.Popen[bytes]] = set()
 
     def start(self, slot: int) -> None:
@@ -171,7 +242,7 @@ class Cluster:
 
     def cut_database(self) -> None:
         name = sa.make_url(self.url).database
-        engine = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+        engine = sa.create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:
             conn.execute(
                 sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d AND pid <> "
@@ -179,6 +250,14 @@ class Cluster:
             )  # fmt: skip
         engine.dispose()
         self.kills["database_connections"] += 1
+
+    def crash_database(self, rng: random.Random) -> bool:
+        """Crash and restart the crasher's own PostgreSQL server (False when it has none)."""
+        if self.postgres is None:
+            return False
+        self.postgres.crash(rng.uniform(0.5, 5.0))
+        self.kills["database_crash"] += 1
+        return True
 
     def stop_all(self) -> None:
         for slot, server in enumerate(self.servers):
@@ -302,7 +381,9 @@ def faults(cluster: Cluster, stop: threading.Event, rng: random.Random, count: i
             time.sleep(0.05)
         if stop.is_set():
             return
-        if i % 4 == 0:
+        if i % 8 == 0 and cluster.crash_database(rng):
+            pass
+        elif i % 4 == 0:
             cluster.cut_database()
         elif i % 4 == 1 and cluster.kill_indexer():
             pass
@@ -362,13 +443,23 @@ def check(cluster: Cluster, ledger: Ledger, baseline: list[list[int]], queries: 
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    rng = random.Random(args.seed)
     load_before = [round(v, 2) for v in os.getloadavg()]
+    postgres = OwnPostgres() if args.own_postgres else None
+    try:
+        return run_against(args, postgres, load_before)
+    finally:
+        if postgres is not None:
+            postgres.close()
+
+
+def run_against(args: argparse.Namespace, postgres: OwnPostgres | None, load_before: list[float]) -> dict[str, Any]:
+    rng = random.Random(args.seed)
     name = f"issue23_crasher_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    admin_url = postgres.admin_url if postgres else ADMIN_URL
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)  # outlives crashes
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    url = sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     started = time.monotonic()
     cluster: Cluster | None = None
     stop = threading.Event()
@@ -386,7 +477,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                  "--split", "base", "--db", url, "--runtime", "torch", "--device", "cpu", "--workers", "0"],
                 env=clean_env(), check=True, capture_output=True,
             )  # fmt: skip
-            cluster = Cluster(directory, url, args.servers, work / "logs")
+            cluster = Cluster(directory, url, args.servers, work / "logs", admin_url, postgres)
             for slot in range(args.servers):
                 cluster.start(slot)
             baseline = search_top10(cluster.urls()[0], queries)
@@ -439,9 +530,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device": {"cpu": cpu_name(), "cores": os.cpu_count()},
         "load": {"before": load_before, "after": [round(v, 2) for v in os.getloadavg()]},
         "git": git_sha(),
-        "database": "PostgreSQL (a database of its own; connections cut with pg_terminate_backend, server not stopped)",
+        "database": (
+            "PostgreSQL, a server of its own: crashed (pg_ctl stop -m immediate, 0.5-5 s down, started again) and "
+            "its connections cut with pg_terminate_backend"
+            if postgres
+            else "PostgreSQL (a database of its own; connections cut with pg_terminate_backend, server not stopped)"
+        ),
         "kills": dict(cluster.kills) if cluster else {},
         "kills_total": sum(cluster.kills.values()) if cluster else 0,
+        "process_kills": cluster.kills["server"] + cluster.kills["indexer"] if cluster else 0,
         "writes_acked": writes,
         "counts": counts,
         "refusals_sample": refusals,
@@ -473,6 +570,7 @@ def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
         f"| relabels acknowledged | {report['counts']['relabels_acked']} |\n"
         f"| requests in doubt (no answer / 5xx, not checked) | {report['counts']['in_doubt']} |\n"
         f"| faults ({kills}) | {report['kills_total']} |\n"
+        f"| of which processes killed with SIGKILL (servers + `msir-index add`) | {report['process_kills']} |\n"
         f"| lost | {report['lost']} |\n| resurrected | {report['resurrected']} |\n"
         f"| wrong labels | {report['wrong_labels']} |\n"
         f"| rows = vectors (every server, and the saved index) | {report['rows_equal_vectors']} ({report['rows']}) |\n"
@@ -488,6 +586,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="Seconds of writes and faults.")
     parser.add_argument("--kills", type=int, default=10, help="Faults in the run (server/indexer kills, cuts).")
     parser.add_argument("--servers", type=int, default=2)
+    parser.add_argument(
+        "--own-postgres",
+        action="store_true",
+        help="Run a PostgreSQL server of its own and crash it as every other database fault.",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default=None, help="Names the results files (default: the seed and duration).")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks")
