@@ -40,7 +40,17 @@ from models import ImageDecodeError, ImageTooLargeError, PreprocessSpec, Unsuppo
 from models.similarity_maps import Explainer
 from msir_core.retrieval.calibration import Calibration, CalibrationError, calibration_path, load_calibration
 from msir_core.retrieval.probabilities import top_classes
-from msir_schemas.api import ClassScore, CollectionInfo, KnnPrediction, Neighbour, PredictionsScope, SyncState
+from msir_schemas.api import (
+    ClassScore,
+    CollectionInfo,
+    ImageInfo,
+    KnnPrediction,
+    Neighbour,
+    PredictionsScope,
+    SearchResponse,
+    SyncState,
+    Timings,
+)
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -214,6 +224,8 @@ class Service:
             return
         try:
             self._timed_search(embeddings, self.settings.default_k)
+            # The first users' neighbours come from the rows' cache, not SQL (all of them in a collection that fits).
+            self.collection.warm_rows()
         except CollectionError as exc:
             # A database that is down at start-up is /readyz's to report (database_unavailable), not a reason to
             # refuse to start.
@@ -572,6 +584,22 @@ class Service:
             logits, self.class_names, multi_label=self.multi_label, top=None if self.multi_label else top
         )
         return [ClassScore(label=name, probability=round(p, 6)) for name, p in scores]
+
+    def answer_without_image(
+        self, k: int, hits: list[Hit], timer: StageTimer, query: ImageInfo | None = None
+    ) -> SearchResponse:
+        """The answer to a search whose query is no uploaded image (a vector, a stored image, examples): the
+        neighbours and their vote; no classifier predictions, since no image went through the model."""
+        self.observe(timer)
+        return SearchResponse(
+            k=k,
+            query=query,
+            neighbours=self.neighbours(hits),
+            predictions=None,
+            multi_label=self.multi_label,
+            knn_prediction=self.knn(hits),
+            timings=Timings(**timer.as_dict()),
+        )
 
     def knn(self, hits: list[Hit]) -> KnnPrediction | None:
         """Similarity-weighted vote of the neighbours over every label they carry (the collection's labels, not

@@ -468,9 +468,7 @@ class Collection(FollowingIndex):
         # and this process's own deletes and edits, so a search costs no SQL when its neighbours are cached. Not
         # followed (a CLI, a test) or not confirmed lately (the database down: a search answers as the database
         # does), the head is read now.
-        confirmed = self.confirmed_head()
-        head = self.store.head() if confirmed is None else None
-        tag = (confirmed if head is None else head, self.store.row_writes)
+        tag, head = self._row_tag()
         pushdown = self._index.filters_pushed_down
         unapplied = 0
         if not pushdown and (filters.labels or filters.split is not None):
@@ -501,6 +499,25 @@ class Collection(FollowingIndex):
                 search_index, search_all, self._reconstruct, rows, q, k, filters, rerank, pushdown, unapplied
             )
         return filtered_search(search_index, rows, q, k, filters, pushdown=pushdown, unapplied=unapplied)
+
+    def _row_tag(self) -> tuple[tuple[int | None, int], int | None]:
+        """The rows' cache tag for a search starting now, and the feed head when it had to be read (not followed)."""
+        confirmed = self.confirmed_head()
+        head = self.store.head() if confirmed is None else None
+        return (confirmed if head is None else head, self.store.row_writes), head
+
+    def warm_rows(self, page: int = 1000) -> int:
+        """Read rows into the rows' cache, in id order, up to its capacity, and say how many: a collection that fits
+        answers its first searches without reading rows back, and a larger one has its row query prepared."""
+        tag, _ = self._row_tag()
+        kept, after = 0, None
+        while kept < self._rows.capacity:
+            rows = self.store.page_rows(after=after, limit=min(page, self._rows.capacity - kept))
+            if not rows:
+                break
+            self._rows.prefill({r.id: r for r in rows}, tag)
+            kept, after = kept + len(rows), rows[-1].id
+        return kept
 
     def _allowed_ids(self, labels: frozenset[str] | None, split: str | None, head: int | None = None) -> np.ndarray:
         """Ids passing a label/split filter, cached per filter until the change feed moves (every insert, delete

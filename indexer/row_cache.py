@@ -54,14 +54,28 @@ class RowCache:
         self.misses += len(missing)
         fetched = self._fetch(missing)
         found.update(fetched)
+        self._keep(fetched, head)
+        return found
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    def prefill(self, rows: dict[int, ImageRecord], head: Hashable) -> None:
+        """Keep ``rows``, read at (or after) the position tagged ``head``, taken before they were read."""
+        with self._lock:
+            if self._head is None:
+                self._head = head
+        self._keep(rows, head)
+
+    def _keep(self, rows: dict[int, ImageRecord], head: Hashable) -> None:
         with self._lock:
             # Kept only while the cache is still at that tag, so that a write committed meanwhile (a newer tag seen
             # by another search) is never undone by rows read before it.
             if self._head == head:
-                self._rows.update(fetched)
+                self._rows.update(rows)
                 while len(self._rows) > self._capacity:
                     self._rows.popitem(last=False)
-        return found
 
     def clear(self) -> None:
         with self._lock:

@@ -15,7 +15,7 @@ from app.routes import errors
 from app.routes.images import MAX_ID
 from app.service import Service, StageTimer
 from msir_core.retrieval.feedback import NEGATIVE_WEIGHT, FeedbackError, rocchio
-from msir_schemas.api import SearchResponse, Timings
+from msir_schemas.api import SearchResponse
 
 # Examples per request (ids and uploads together): each upload is one forward pass.
 MAX_EXAMPLES = 32
@@ -105,12 +105,4 @@ async def search_feedback(
         split=await check_split(service, split),
         exclude_ids=set(pos_ids) | set(neg_ids),  # the examples themselves are known already
     )
-    service.observe(timer)
-    return SearchResponse(
-        k=wanted,
-        neighbours=service.neighbours(hits),
-        predictions=None,
-        multi_label=service.multi_label,
-        knn_prediction=service.knn(hits),
-        timings=Timings(**timer.as_dict()),
-    )
+    return service.answer_without_image(wanted, hits, timer)

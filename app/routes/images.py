@@ -25,7 +25,7 @@ from app.shaping import above, image_info
 from app.upload_forms import add_uploads, metadata_limits
 from indexer import ImageRecord, row_paths
 from models import ImageDecodeError
-from msir_schemas.api import AddImagesResponse, ImageEdit, ImageInfo, ImagePage, SearchResponse, Timings
+from msir_schemas.api import AddImagesResponse, ImageEdit, ImageInfo, ImagePage, SearchResponse
 
 logger = logging.getLogger(__name__)
 
@@ -209,17 +209,7 @@ async def get_neighbours(
     hits = await service.search(
         vector, k, timer, labels=labels, split=await check_split(service, split), exclude_ids={image_id}
     )
-    hits = above(hits, min_score)
-    service.observe(timer)
-    return SearchResponse(
-        k=k,
-        query=image_info(record),
-        neighbours=service.neighbours(hits),
-        predictions=None,
-        multi_label=service.multi_label,
-        knn_prediction=service.knn(hits),
-        timings=Timings(**timer.as_dict()),
-    )
+    return service.answer_without_image(k, above(hits, min_score), timer, query=image_info(record))
 
 
 @router.post(

@@ -146,13 +146,4 @@ async def search_vector(service: ServiceDep, body: VectorSearchRequest) -> Searc
     vector = service.check_vector(body.vector)
     timer = StageTimer()
     hits = await service.search(vector, k, timer, labels=labels, split=await check_split(service, body.split))
-    hits = above(hits, body.min_score)
-    service.observe(timer)
-    return SearchResponse(
-        k=k,
-        neighbours=service.neighbours(hits),
-        predictions=None,
-        multi_label=service.multi_label,
-        knn_prediction=service.knn(hits),
-        timings=Timings(**timer.as_dict()),
-    )
+    return service.answer_without_image(k, above(hits, body.min_score), timer)

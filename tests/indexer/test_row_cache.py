@@ -30,6 +30,16 @@ def test_row_cache_serves_a_tag_and_empties_when_it_moves() -> None:
     assert cache.get_many([3, 4, 5, 6], (6, 0)) and len(cache._rows) == 3  # bounded
 
 
+def test_prefilled_rows_are_served_at_their_tag_only() -> None:
+    cache = RowCache(lambda ids: {i: f"fetched{i}" for i in ids}, capacity=2)  # type: ignore[arg-type, misc]
+    cache.prefill({1: "warm1", 2: "warm2", 3: "warm3"}, (5, 0))  # type: ignore[dict-item]
+    assert len(cache._rows) == 2  # bounded as any fill
+    assert cache.get_many([3], (5, 0)) == {3: "warm3"} and cache.misses == 0
+    assert cache.get_many([3], (6, 0)) == {3: "fetched3"}  # the tag moved: read again
+    cache.prefill({3: "old3"}, (5, 0))  # type: ignore[dict-item]
+    assert cache.get_many([3], (6, 0)) == {3: "fetched3"}  # rows of an older tag are never kept
+
+
 def _collection(tmp_path: Path, checkpoint: Path) -> Collection:
     images = write_images(tmp_path / "images", 12)
     col = Collection.create(tmp_path / "col", checkpoint, device="cpu")
@@ -60,6 +70,21 @@ def test_a_followed_search_reads_no_rows_again(tmp_path: Path, checkpoint: Path)
         while first[1].id in [h.id for h in col.search(query, 5)[0]] and time.monotonic() < deadline:
             time.sleep(0.02)
         assert first[1].id not in [h.id for h in col.search(query, 5)[0]]
+    finally:
+        col.close()
+
+
+def test_warmed_rows_answer_the_first_search_without_sql(tmp_path: Path, checkpoint: Path) -> None:
+    col = _collection(tmp_path, checkpoint)
+    try:
+        col.start_following(0.05)
+        deadline = time.monotonic() + 10
+        while col.confirmed_head() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert col.warm_rows(page=5) == 12  # three pages
+        hits = col.search(col.vector(7)[None], 10)[0]
+        assert len(hits) == 10 and col._rows.misses == 0
+        assert hits[0].record == col.get(hits[0].id)
     finally:
         col.close()
 
