@@ -100,8 +100,8 @@ def find_calibration(weights: Path, weights_sha256: str) -> Calibration | None:
     return calibration
 
 
-def _sample_image(fmt: str, size: tuple[int, int] | list[int]) -> bytes:
-    """A small encoded image (a gradient) in ``fmt``, for the warm-up's decodes."""
+def sample_image(fmt: str, size: tuple[int, int] | list[int]) -> bytes:
+    """A small encoded image (a gradient) in ``fmt``, for the warm-up's decodes and its search."""
     from PIL import Image
 
     h, w = (int(v) for v in size)
@@ -177,7 +177,7 @@ class Service:
             else DirectEmbedder(fn, self.limiter, metrics.observe_batch, self._search_batch)
         )
         self._stats: tuple[float, tuple[int, int], dict[str, Any]] | None = None
-        self.warmed_up = False  # /readyz answers 503 until warm_up() finished
+        self.warmed_up = False  # /readyz answers 503 until the app's warm-up (app.main) finished
         self.db_timer = SqlTimer(collection.store.engine)
         self.thumbnails = ThumbnailCache(
             settings.resolved_thumbnail_dir(), settings.thumbnail_size, settings.max_pixels
@@ -202,14 +202,13 @@ class Service:
             await self.stats()  # every answer names its predictions' scope from them: not the first user's scan
         except CollectionError as exc:
             logger.warning("warm-up statistics failed: %s", exc)
-        self.warmed_up = True
-        logger.info("warmed up in %.0f ms", (time.perf_counter() - started) * 1000.0)
+        logger.info("model, decoders, index and rows warmed up in %.0f ms", (time.perf_counter() - started) * 1000.0)
 
     def _warm_up(self) -> None:
         # The decoders too: a first JPEG or PNG loads its Pillow plugin and codec (several ms on the first query).
         for fmt in ("JPEG", "PNG", "WEBP"):
             try:
-                data = _sample_image(fmt, self.spec.image_size)
+                data = sample_image(fmt, self.spec.image_size)
                 _prepare(data, self.spec, self.settings.max_pixels, f"warm-up.{fmt}")
             except (ImageDecodeError, OSError, KeyError) as exc:  # a Pillow built without that codec
                 logger.debug("warm-up decode of %s skipped: %s", fmt, exc)

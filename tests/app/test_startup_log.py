@@ -17,6 +17,8 @@ def test_startup_noise_only_at_debug_level(
     quiet = shared_server.output()  # MSIR_LOG_LEVEL=info
     assert "Application startup complete" in quiet, quiet  # info lines are logged...
     assert not [word for word in NOISE if word in quiet], quiet  # ...but not the libraries' start-up chatter
+    # Before /readyz said ready, one search went through the whole app, and it was answered.
+    assert "warm-up search through the app:" in quiet and "warm-up search through the app answered" not in quiet
     server = start_server(sqlite_collection, tmp_path, MSIR_LOG_LEVEL="debug")
     try:
         loud = server.output()
