@@ -123,9 +123,41 @@ def servable(metadata: dict[str, Any] | None) -> dict[str, Any]:
     unchanged."""
     if not metadata:
         return {}
-    if measure(metadata)[0] <= SERVED_DEPTH and _encodable(metadata) and not _has_non_finite(metadata):
+    if _serves_as_is(metadata):
         return dict(metadata)
     return _clip(metadata, 1)  # type: ignore[no-any-return]
+
+
+def _serves_as_is(value: Any) -> bool:
+    """No container deeper than :data:`SERVED_DEPTH`, no non-finite number, no lone surrogate: one pass without
+    recursion that stops at the first problem (every answer runs it on each neighbour's metadata)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            if level > SERVED_DEPTH or not all(_utf8(k) for k in item if isinstance(k, str)):
+                return False
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            if level > SERVED_DEPTH:
+                return False
+            stack.extend((v, level + 1) for v in item)
+        elif isinstance(item, str):
+            if not _utf8(item):
+                return False
+        elif isinstance(item, float) and not math.isfinite(item):
+            return False
+    return True
+
+
+def _utf8(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _scalars(value: Any) -> Iterator[Any]:
@@ -142,23 +174,14 @@ def _scalars(value: Any) -> Iterator[Any]:
             yield item
 
 
-def _has_non_finite(value: Any) -> bool:
-    return any(isinstance(v, float) and not math.isfinite(v) for v in _scalars(value))
-
-
 def _encodable(value: Any) -> bool:
     """No string holds a lone surrogate (JSON allows the escape; UTF-8, and so the response, does not)."""
-    for item in _scalars(value):
-        if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return False
-    return True
+    return all(_utf8(item) for item in _scalars(value) if isinstance(item, str))
 
 
 def _text(value: str) -> str:
-    return value.encode("utf-8", "replace").decode("utf-8") if not _encodable(value) else value
+    # A lone surrogate (JSON allows the escape; UTF-8, and so the response, does not) becomes "?".
+    return value if _utf8(value) else value.encode("utf-8", "replace").decode("utf-8")
 
 
 def _clip(value: Any, level: int) -> Any:

@@ -182,6 +182,7 @@ class Service:
         self.thumbnails = ThumbnailCache(
             settings.resolved_thumbnail_dir(), settings.thumbnail_size, settings.max_pixels
         )
+        self._stage_histograms: dict[str, Any] = {}
         self.derived = DerivedCache()  # duplicate groups and the map, once per index position
 
     def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -458,7 +459,10 @@ class Service:
 
     def observe(self, timer: StageTimer) -> None:
         for stage, ms in timer.stages.items():
-            self.metrics.stage.labels(stage).observe(ms / 1000.0)
+            histogram = self._stage_histograms.get(stage)
+            if histogram is None:  # looked up once per stage: labels() costs a lock and a hash per call
+                histogram = self._stage_histograms.setdefault(stage, self.metrics.stage.labels(stage))
+            histogram.observe(ms / 1000.0)
 
     # --- collection facts ------------------------------------------------------------------------------------
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-import torch
 from torch import Tensor
 
 __all__ = ["KnnPrediction", "knn_predict", "vote_multi_label", "vote_single_label"]
@@ -34,35 +33,41 @@ class KnnPrediction(NamedTuple):
     predicted: np.ndarray
 
 
-def vote_single_label(labels: Tensor, scores: Tensor, valid: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
-    """Majority vote over ``labels [B, k]``; returns (vote fractions float64 [B, C], predicted int64 [B])."""
-    safe = labels.clamp(min=0)
-    weight = valid.to(torch.float64)
-    counts = torch.zeros(labels.shape[0], num_classes, dtype=torch.float64, device=labels.device)
-    counts.scatter_add_(1, safe, weight)
-    sim_sum = torch.zeros_like(counts)
-    sim_sum.scatter_add_(1, safe, torch.where(valid, scores.to(torch.float64), 0.0))
-    best = counts.max(dim=1, keepdim=True).values
+def vote_single_label(
+    labels: np.ndarray, scores: np.ndarray, valid: np.ndarray, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Majority vote over ``labels [B, k]``; returns (vote fractions float64 [B, C], predicted int64 [B]).
+
+    numpy, not torch: the service votes once per answer over at most a few hundred neighbours, where torch's
+    per-operation cost was most of the vote's time; evaluation hands over its batches as arrays."""
+    batch = labels.shape[0]
+    cell = (np.arange(batch, dtype=np.int64)[:, None] * num_classes + np.where(valid, labels, 0)).ravel()
+    size = batch * num_classes
+    counts = np.bincount(cell, weights=valid.astype(np.float64).ravel(), minlength=size).reshape(batch, num_classes)
+    sim_sum = np.bincount(cell, weights=np.where(valid, scores, 0.0).ravel(), minlength=size)
+    best = counts.max(axis=1, keepdims=True)
     # Only classes with the top count compete on summed similarity; argmax takes the first (smallest) index.
-    contenders = torch.where(counts == best, sim_sum, -torch.inf)
-    predicted = contenders.argmax(dim=1)
-    n_valid = weight.sum(dim=1)
-    predicted = torch.where(n_valid > 0, predicted, -1)
-    return counts / n_valid.clamp(min=1).unsqueeze(1), predicted
+    contenders = np.where(counts == best, sim_sum.reshape(batch, num_classes), -np.inf)
+    n_valid = counts.sum(axis=1)
+    predicted = np.where(n_valid > 0, contenders.argmax(axis=1), -1).astype(np.int64)
+    return counts / np.maximum(n_valid, 1.0)[:, None], predicted
 
 
-def vote_multi_label(labels: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+def vote_multi_label(labels: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-label vote over multi-hot ``labels [B, k, C]``; returns (fractions float64 [B, C], bool [B, C])."""
-    carried = (labels > 0) & valid.unsqueeze(2)
-    votes = carried.sum(dim=1)
-    n_valid = valid.sum(dim=1, keepdim=True)
+    carried = (labels > 0) & valid[:, :, None]
+    votes = carried.sum(axis=1)
+    n_valid = valid.sum(axis=1, keepdims=True)
     # Integer comparison: "at least half" without rounding questions.
     predicted = (2 * votes >= n_valid) & (n_valid > 0)
-    return votes.to(torch.float64) / n_valid.clamp(min=1).to(torch.float64), predicted
+    return votes / np.maximum(n_valid, 1).astype(np.float64), predicted
 
 
-def _as_tensor(x: np.ndarray | Tensor) -> Tensor:
-    return x.detach() if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
+def _as_array(x: np.ndarray | Tensor) -> np.ndarray:
+    if not isinstance(x, Tensor):
+        return np.asarray(x)
+    x = x.detach().cpu()
+    return (x.double() if x.is_floating_point() else x).numpy()  # numpy has no bfloat16
 
 
 def knn_predict(
@@ -81,11 +86,11 @@ def knn_predict(
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    labels = _as_tensor(neighbor_labels)
-    scores = _as_tensor(neighbor_scores)
+    labels = _as_array(neighbor_labels)
+    scores = _as_array(neighbor_scores)
     single_query = scores.ndim == 1
     if single_query:
-        labels, scores = labels.unsqueeze(0), scores.unsqueeze(0)
+        labels, scores = labels[None], scores[None]
     if scores.ndim != 2:
         raise ValueError(f"neighbor_scores must be [B, k] or [k], got shape {tuple(scores.shape)}")
     expected_ndim = 3 if multi_label else 2
@@ -95,21 +100,20 @@ def knn_predict(
             f"neighbor_labels must be {want} matching neighbor_scores {tuple(scores.shape)}, "
             f"got shape {tuple(labels.shape)}"
         )
-    scores = scores.to(torch.float64)
-    valid = torch.isfinite(scores)
+    scores = scores.astype(np.float64)
+    valid = np.isfinite(scores)
     if multi_label:
         if labels.shape[2] != num_classes:
             raise ValueError(f"neighbor_labels has {labels.shape[2]} labels, expected num_classes={num_classes}")
         distribution, predicted = vote_multi_label(labels, valid)
     else:
-        if labels.is_floating_point():
+        if not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(f"neighbor_labels must be integer class indices, got dtype {labels.dtype}")
-        labels = labels.to(torch.int64)
-        if labels.numel() and int(labels.max()) >= num_classes:
+        labels = labels.astype(np.int64)
+        if labels.size and int(labels.max()) >= num_classes:
             raise ValueError(f"neighbor label {int(labels.max())} is out of range for num_classes={num_classes}")
         valid &= labels >= 0
         distribution, predicted = vote_single_label(labels, scores, valid, num_classes)
-    dist_np, pred_np = distribution.cpu().numpy(), predicted.cpu().numpy()
     if single_query:
-        return KnnPrediction(dist_np[0], pred_np[0])
-    return KnnPrediction(dist_np, pred_np)
+        return KnnPrediction(distribution[0], predicted[0])
+    return KnnPrediction(distribution, predicted)

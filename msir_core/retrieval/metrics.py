@@ -250,12 +250,13 @@ def _reranker(cfg: RerankConfig, d: Tensor, batch_size: int) -> Callable[[Tensor
 
 def _knn_vote(neighbour_labels: Tensor, scores: Tensor, multi_label: bool, num_classes: int) -> np.ndarray:
     """kNN predictions of a batch; an excluded query-self (score -inf) does not vote."""
-    valid = torch.isfinite(scores)
+    labels, sims = neighbour_labels.cpu().numpy(), scores.detach().cpu().double().numpy()
+    valid = np.isfinite(sims)
     if multi_label:
-        _, predicted = vote_multi_label(neighbour_labels, valid)
+        _, predicted = vote_multi_label(labels, valid)
     else:
-        _, predicted = vote_single_label(neighbour_labels, scores, valid, num_classes)
-    return predicted.cpu().numpy()
+        _, predicted = vote_single_label(labels, sims, valid, num_classes)
+    return predicted
 
 
 def _average_precision(rows: np.ndarray, pos: np.ndarray, n_rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
