@@ -47,12 +47,13 @@ from PIL import Image, ImageEnhance
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.eval_speed import cpu_cores, cpu_model  # noqa: E402
+from benchmarks.eval_speed import cpu_cores  # noqa: E402
 from benchmarks.index_throughput import clustered, ensure_dataset  # noqa: E402
 from indexer.duplicates import group_vectors  # noqa: E402
 from indexer.embedder import Embedder  # noqa: E402
 from models import copy_descriptor, to_uint8  # noqa: E402
 from msir_core.progress import progress_bar  # noqa: E402
+from training.runinfo import cpu_name  # noqa: E402
 
 logger = logging.getLogger("duplicates")
 CHECKPOINT = REPO / "demo" / "checkpoint" / "mscfnet4_cifar10.safetensors"
@@ -341,7 +342,7 @@ def main() -> None:
     logger.info("grouped %d vectors in %.1f s", million["vectors"], million["seconds"])
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "device": f"{cpu_model()} ({cpu_cores()} cores visible)",
+        "device": f"{cpu_name()}; {cpu_cores()} cores visible",
         "threads": 1,
         "load_start": load_start,
         "load_end": [round(v, 2) for v in os.getloadavg()],
