@@ -513,8 +513,7 @@ class MetadataStore:
         descriptor is derived from the row's file, not an edit of the image, so no change is fed."""
         if not descriptors:
             return
-        table = ImageRow.__table__
-        stmt = update(table).where(table.c.id == bindparam("row_id")).values(copy_descriptor=bindparam("blob"))
+        stmt = update(ImageRow).where(ImageRow.id == bindparam("row_id")).values(copy_descriptor=bindparam("blob"))
         with db_errors(self.engine), self.session() as s, s.begin():
             self._lock_transaction(s)
             s.connection().execute(stmt, [{"row_id": int(i), "blob": to_bytes(v)} for i, v in descriptors.items()])
