@@ -297,9 +297,9 @@ class Settings(BaseSettings):
         le=1,
         description=(
             "Near-duplicates (GET /v1/duplicates, collapse_duplicates on search): two images are duplicates when the "
-            "cosine of their embeddings is at least this. The default is the threshold benchmarks/duplicates.py "
-            "calibrated for the demo's CIFAR-10 checkpoint (results/benchmarks/duplicates.json); calibrate it again "
-            "for another model."
+            "cosine of their copy descriptors (models/copy_descriptor.py, computed from pixels, whatever the model) "
+            "is at least this. The default is the threshold benchmarks/duplicates.py calibrated on copies of CIFAR-10 "
+            "test images (results/benchmarks/duplicates.json)."
         ),
     )
     map_max_points: int = Field(

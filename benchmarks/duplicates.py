@@ -1,11 +1,16 @@
 """Near-duplicate detection: calibrate the cosine threshold, measure precision/recall, time the grouping of 1M vectors.
 
+The service groups images by their *copy descriptor* (ours, :mod:`models.copy_descriptor`, whose learned map
+``benchmarks/fit_copy_descriptor.py`` fits on CIFAR-10 training images); the checkpoint's model embedding (what the
+service grouped before) and a plain pixel baseline are measured beside it for comparison.
+
 1. Data: the CIFAR-10 test images (``../shared/datasets/cifar10-jpg.tar``, extracted to ``~/.cache/msir/datasets/``
    when absent) and, per image, copies a user would call duplicates: JPEG re-encodes at qualities 90, 70 and 50, a
    resize up (2x, bicubic) and down (0.75x), a 10 % crop (5 % off each side), a horizontal flip and a small colour
    change (brightness x1.08, saturation x1.1). Each image's copies and itself form one *source*; images of
    different sources are distinct (the negatives).
-2. Embeddings of every image and copy with the shipped checkpoint (``demo/checkpoint``), one thread.
+2. Copy descriptors, model embeddings (the shipped checkpoint, ``demo/checkpoint``) and pixel baselines of every
+   image and copy, one thread.
 3. The sources are split in two halves (seeded): the threshold is calibrated on the first (the cosine that
    maximises the F1 of "same source" over the pairs), precision and recall are measured on the second:
    a pair is predicted a duplicate when its cosine is at least the threshold; positives are all pairs of one
@@ -15,7 +20,7 @@
    the share whose cosine to its original reaches the threshold, and the share grouped with it by
    :func:`indexer.duplicates.group_vectors`.
 4. Time of :func:`indexer.duplicates.group_vectors` on 1M synthetic vectors (a Gaussian mixture on the unit
-   sphere, dim of the checkpoint, with near-copies planted: 2 % of the vectors are noisy copies of others) on one
+   sphere, dim of the copy descriptor, with near-copies planted: 2 % of the vectors are noisy copies of others) on one
    thread, and the share of planted pairs grouped together.
 
 Writes ``results/benchmarks/duplicates.json`` and ``.md`` naming the device and the load.
@@ -42,12 +47,13 @@ from PIL import Image, ImageEnhance
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.eval_speed import cpu_cores, cpu_model  # noqa: E402
+from benchmarks.eval_speed import cpu_cores  # noqa: E402
 from benchmarks.index_throughput import clustered, ensure_dataset  # noqa: E402
 from indexer.duplicates import group_vectors  # noqa: E402
 from indexer.embedder import Embedder  # noqa: E402
-from models import to_uint8  # noqa: E402
+from models import copy_descriptor, to_uint8  # noqa: E402
 from msir_core.progress import progress_bar  # noqa: E402
+from training.runinfo import cpu_name  # noqa: E402
 
 logger = logging.getLogger("duplicates")
 CHECKPOINT = REPO / "demo" / "checkpoint" / "mscfnet4_cifar10.safetensors"
@@ -91,12 +97,17 @@ def pixel_descriptor(img: Image.Image) -> np.ndarray:
     return (grey / max(float(np.linalg.norm(grey)), 1e-6)).reshape(-1)
 
 
-def embed_sources(files: list[Path], embedder: Embedder) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Embeddings and pixel descriptors of every image and its copies: ``(vectors [S*(1+A), D], pixels, source,
-    kind)``; kind 0 is the original, ``1 + a`` the a-th augmentation."""
+def embed_sources(
+    files: list[Path], embedder: Embedder
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """Embeddings, pixel baselines and copy descriptors of every image and its copies: ``(vectors [S*(1+A), D],
+    pixels, copies, source, kind, seconds spent on copy descriptors)``; kind 0 is the original, ``1 + a`` the
+    a-th augmentation."""
     kinds = 1 + len(AUGMENTATIONS)
     vectors = np.zeros((len(files) * kinds, embedder.dim), np.float32)
     pixels: list[np.ndarray] = []
+    copies: list[np.ndarray] = []
+    copy_s = 0.0
     batch: list[np.ndarray] = []
     done = 0
     with progress_bar() as bar:
@@ -107,6 +118,9 @@ def embed_sources(files: list[Path], embedder: Embedder) -> tuple[np.ndarray, np
             for im in [img, *(fn(img) for fn in AUGMENTATIONS.values())]:
                 batch.append(to_uint8(im, embedder.spec))
                 pixels.append(pixel_descriptor(im))
+                started = time.perf_counter()
+                copies.append(copy_descriptor.copy_descriptor(im))
+                copy_s += time.perf_counter() - started
             if len(batch) >= BATCH:
                 vectors[done : done + len(batch)] = embedder.embed_uint8(np.stack(batch)).embeddings
                 done += len(batch)
@@ -116,7 +130,7 @@ def embed_sources(files: list[Path], embedder: Embedder) -> tuple[np.ndarray, np
             vectors[done : done + len(batch)] = embedder.embed_uint8(np.stack(batch)).embeddings
     source = np.repeat(np.arange(len(files)), kinds)
     kind = np.tile(np.arange(kinds), len(files))
-    return vectors, np.stack(pixels), source, kind
+    return vectors, np.stack(pixels), np.stack(copies), source, kind, copy_s
 
 
 def pair_scores(x: np.ndarray, source: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -234,46 +248,52 @@ def time_million(n: int, dim: int) -> dict[str, Any]:
 
 
 def write_markdown(result: dict[str, Any], path: Path) -> None:
-    ev, cal, big = result["evaluation"], result["calibration"], result["million"]
-    px = result["pixel_baseline"]
-    pev = px["evaluation"]
+    big = result["million"]
+    columns = [result, result["model_embedding"], result["pixel_baseline"]]
+    evs = [c["evaluation"] for c in columns]
+
+    def row(name: str, get: Any) -> str:
+        return f"| {name} | " + " | ".join(str(get(c, ev)) for c, ev in zip(columns, evs, strict=True)) + " |"
+
     rows = [
-        ("calibrated threshold (cosine >=)", result["calibrated_threshold"], px["calibrated_threshold"]),
-        ("pair precision", ev["pair_precision"], pev["pair_precision"]),
-        ("pair recall", ev["pair_recall"], pev["pair_recall"]),
-        ("true pairs / predicted true / predicted false",
-         f"{ev['true_pairs']} / {ev['predicted_true_pairs']} / {ev['predicted_false_pairs']}",
-         f"{pev['true_pairs']} / {pev['predicted_true_pairs']} / {pev['predicted_false_pairs']}"),
-        ("copies linked to their original", ev["copies_linked_to_original"], pev["copies_linked_to_original"]),
-        ("copies in their original's group", ev["copies_grouped_with_original"], pev["copies_grouped_with_original"]),
-        ("groups holding one source only", ev["pure_groups"], pev["pure_groups"]),
-        ("largest cosine between distinct images", ev["negative_cosine_max"], pev["negative_cosine_max"]),
-        ("1st percentile of same-source cosines", ev["positive_cosine_quantiles"]["0.01"],
-         pev["positive_cosine_quantiles"]["0.01"]),
-        (f"vectors whose {NEIGHBOURS} neighbours were all needed", ev["neighbour_lists_full"],
-         pev["neighbour_lists_full"]),
+        row("calibrated threshold (cosine >=)", lambda c, ev: c["calibrated_threshold"]),
+        row("pair precision", lambda c, ev: ev["pair_precision"]),
+        row("pair recall", lambda c, ev: ev["pair_recall"]),
+        row("true pairs / predicted true / predicted false",
+            lambda c, ev: f"{ev['true_pairs']} / {ev['predicted_true_pairs']} / {ev['predicted_false_pairs']}"),
+        row("copies linked to their original", lambda c, ev: ev["copies_linked_to_original"]),
+        row("copies in their original's group", lambda c, ev: ev["copies_grouped_with_original"]),
+        row("groups holding one source only", lambda c, ev: ev["pure_groups"]),
+        row("largest cosine between distinct images", lambda c, ev: ev["negative_cosine_max"]),
+        row("1st percentile of same-source cosines", lambda c, ev: ev["positive_cosine_quantiles"]["0.01"]),
+        row(f"vectors whose {NEIGHBOURS} neighbours were all needed", lambda c, ev: ev["neighbour_lists_full"]),
     ]  # fmt: skip
+    kinds = [ev["per_kind"] for ev in evs[:2]]
     lines = [
         "# Near-duplicate detection",
         "",
         f"Written by `benchmarks/duplicates.py` on {result['date']}. Device: {result['device']}; load average "
         f"{result['load_start']} at the start, {result['load_end']} at the end; {result['threads']} thread.",
         "",
-        f"Checkpoint `{result['checkpoint']}`; {result['sources']} CIFAR-10 test images, each with "
-        f"{len(AUGMENTATIONS)} copies ({', '.join(AUGMENTATIONS)}); threshold calibrated on {cal['sources']} "
-        f"sources ({result['calibration_rule']}), measured on the other {ev['sources']}. The service groups the "
-        "model's embeddings (first column); the pixel baseline (16x16 grey levels averaged with their mirror, mean "
-        "removed) is measured beside it for comparison only.",
+        f"{result['sources']} CIFAR-10 test images, each with {len(AUGMENTATIONS)} copies "
+        f"({', '.join(AUGMENTATIONS)}); "
+        f"threshold calibrated on {result['calibration']['sources']} sources ({result['calibration_rule']}), measured "
+        f"on the other {result['evaluation']['sources']}. The service groups the copy descriptor (first column: "
+        f"ours, `models/copy_descriptor.py` {result['descriptor_version']}, {result['descriptor_dim']} floats, its "
+        f"learned map fitted by {result['descriptor_fit']}; {result['copy_descriptor_ms_per_image']} ms per image). "
+        f"Beside it, for comparison only: the model embedding of checkpoint `{result['checkpoint']}` (what the "
+        "service grouped before) and a pixel baseline (16x16 grey levels averaged with their mirror, mean removed).",
         "",
-        "| evaluation half | model embedding (served) | pixel baseline |",
-        "| --- | --- | --- |",
-        *(f"| {name} | {a} | {b} |" for name, a, b in rows),
+        "| evaluation half | copy descriptor (served) | model embedding | pixel baseline |",
+        "| --- | --- | --- | --- |",
+        *rows,
         "",
-        "| copy (model embedding) | linked to original | grouped with original |",
-        "| --- | --- | --- |",
+        "| copy | copy descriptor: linked to original | grouped with original | model embedding: linked | grouped |",
+        "| --- | --- | --- | --- | --- |",
         *(
-            f"| {name} | {v['linked_to_original']} | {v['grouped_with_original']} |"
-            for name, v in ev["per_kind"].items()
+            f"| {name} | {kinds[0][name]['linked_to_original']} | {kinds[0][name]['grouped_with_original']} | "
+            f"{kinds[1][name]['linked_to_original']} | {kinds[1][name]['grouped_with_original']} |"
+            for name in kinds[0]
         ),
         "",
         f"Grouping {big['vectors']:,} vectors (dim {big['dim']}, {big['data']}) at cosine >= {big['threshold']}: "
@@ -300,14 +320,14 @@ def main() -> None:
     files = [files[i] for i in np.sort(rng.choice(len(files), size=min(args.images, len(files)), replace=False))]
     embedder = Embedder(CHECKPOINT, "cpu", "torch")
     started = time.perf_counter()
-    x, pixels, source, kind = embed_sources(files, embedder)
+    x, pixels, copies, source, kind, copy_s = embed_sources(files, embedder)
     embed_s = time.perf_counter() - started
-    logger.info("embedded %d images in %.0f s", len(x), embed_s)
+    logger.info("embedded %d images in %.0f s (copy descriptors: %.1f s)", len(x), embed_s, copy_s)
     order = rng.permutation(len(files))
     halves = order[: len(files) // 2], order[len(files) // 2 :]
     masks = [np.isin(source, h) for h in halves]
     measured = {}
-    for name, vectors in (("model_embedding", x), ("pixel_baseline", pixels)):
+    for name, vectors in (("copy_descriptor", copies), ("model_embedding", x), ("pixel_baseline", pixels)):
         pos, neg, _ = pair_scores(vectors[masks[0]], source[masks[0]])
         threshold = calibrate(pos, neg)
         measured[name] = {
@@ -318,21 +338,27 @@ def main() -> None:
         ev = measured[name]["evaluation"]
         logger.info("%s: threshold %.4f, precision %s, recall %s", name, threshold, ev["pair_precision"],
                     ev["pair_recall"])  # fmt: skip
-    million = time_million(args.million, embedder.dim)
+    million = time_million(args.million, copy_descriptor.DIM)
     logger.info("grouped %d vectors in %.1f s", million["vectors"], million["seconds"])
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "device": f"{cpu_model()} ({cpu_cores()} cores visible)",
+        "device": f"{cpu_name()}; {cpu_cores()} cores visible",
         "threads": 1,
         "load_start": load_start,
         "load_end": [round(v, 2) for v in os.getloadavg()],
+        "served": "copy_descriptor",
+        "descriptor_version": copy_descriptor.VERSION,
+        "descriptor_dim": copy_descriptor.DIM,
+        "descriptor_fit": "benchmarks/fit_copy_descriptor.py on CIFAR-10 training images",
         "checkpoint": str(CHECKPOINT.relative_to(REPO)),
         "sources": len(files),
         "augmentations": list(AUGMENTATIONS),
         "embed_seconds": round(embed_s, 1),
-        "calibrated_threshold": measured["model_embedding"]["calibrated_threshold"],
+        "copy_descriptor_ms_per_image": round(1000 * copy_s / len(copies), 3),
+        "calibrated_threshold": measured["copy_descriptor"]["calibrated_threshold"],
         "calibration_rule": "maximum F1 of same-source pairs on the calibration half",
-        **measured["model_embedding"],
+        **measured["copy_descriptor"],
+        "model_embedding": measured["model_embedding"],
         "pixel_baseline": measured["pixel_baseline"],
         "million": million,
     }

@@ -1,16 +1,20 @@
-"""Near-duplicate groups: stored images whose embeddings' cosine similarity reaches a threshold, joined into groups.
+"""Near-duplicate groups: stored images whose copy descriptors' cosine reaches a threshold, joined into groups.
 
 Exact copies (the same bytes) never become two rows: ``sha256`` is unique in the database, and an add of bytes
 already stored is reported as a duplicate of the row holding them (``AddReport.duplicates``). What is left to find
 are copies that differ in their bytes: re-encoded, resized, slightly cropped, flipped or re-coloured. Two images
-are linked when the cosine of their embeddings is at least ``threshold``; a group is a connected component of
-those links (so a group may hold two images linked only through a third). A member whose cosine to the group's
-representative (its smallest id, the oldest row) is 1 within :data:`IDENTICAL_COSINE` is reported as
+are linked when the cosine of their *copy descriptors* (:mod:`models.copy_descriptor`, stored per row; not the
+model embedding, which makes distinct images of one class close) is at least ``threshold``; a group is a connected
+component of those links (so a group may hold two images linked only through a third). A member whose cosine to the
+group's representative (its smallest id, the oldest row) is 1 within :data:`IDENTICAL_COSINE` is reported as
 ``identical``: the same pixels in a different file.
 
 Pairs come from a FAISS range search: exact (flat inner product) up to :data:`EXACT_MAX` vectors, above it an
 inverted-file index (``nlist`` about 4 sqrt(N), :data:`NPROBE` lists visited per vector) whose time grows about
 linearly in N: ``benchmarks/duplicates.py`` measures it on 1M vectors and the recall of the pairs it finds.
+
+Rows stored before the copy descriptor existed (migration 0004) have none: :func:`backfill_copy_descriptors` (run by
+``msir-index duplicates``) computes them from the rows' files; until then such rows are in no group.
 """
 
 from __future__ import annotations
@@ -18,13 +22,17 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 import faiss
 import numpy as np
 
+from indexer import row_paths
+from models import open_image
+from models.copy_descriptor import copy_descriptor
 from msir_core.retrieval.duplicate_threshold import DEFAULT_THRESHOLD as DEFAULT_THRESHOLD  # the CLI's default
 
 logger = logging.getLogger(__name__)
@@ -150,13 +158,58 @@ def group_vectors(
     return DuplicateGroups(threshold, ids[rows], offsets, np.minimum(scores, 1.0), len(ids), exact)
 
 
-class EmbeddingSource(Protocol):
-    def iter_embeddings(self) -> Iterable[tuple[np.ndarray, np.ndarray]]: ...
+class DescriptorSource(Protocol):
+    def iter_copy_descriptors(self) -> Iterable[tuple[np.ndarray, np.ndarray]]: ...
 
 
-def stored_groups(store: EmbeddingSource, threshold: float) -> DuplicateGroups:
-    """Near-duplicate groups of every stored embedding (read from the database, the source of truth)."""
-    parts = list(store.iter_embeddings())
+class DescriptorStore(DescriptorSource, Protocol):
+    def without_copy_descriptor(self) -> list[tuple[int, str | None]]: ...
+
+    def set_copy_descriptors(self, descriptors: dict[int, np.ndarray]) -> None: ...
+
+
+BACKFILL_BATCH = 256  # descriptors written per transaction while backfilling
+
+
+@dataclass
+class BackfillReport:
+    """What :func:`backfill_copy_descriptors` did: rows given a descriptor, and rows skipped with the reason."""
+
+    filled: int = 0
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (id, reason)
+
+
+def backfill_copy_descriptors(store: DescriptorStore, directory: Path, max_pixels: int | None = None) -> BackfillReport:
+    """Compute the copy descriptor of every row that has none, from the row's file (rows stored before migration
+    0004). A row without a file of its own, or whose file is missing or unreadable, is reported and skipped: it
+    stays out of every group."""
+    report = BackfillReport()
+    pending: dict[int, np.ndarray] = {}
+    for image_id, stored in store.without_copy_descriptor():
+        if stored is None:
+            report.skipped.append((image_id, "no file of its own (an item of an array dataset)"))
+            continue
+        try:
+            # The descriptor needs 32x32 pixels: a large JPEG is decoded at a reduced DCT scale.
+            img = open_image(row_paths.resolve(directory, stored), max_pixels=max_pixels, min_size=64)
+            pending[image_id] = copy_descriptor(img)
+        except (OSError, ValueError) as error:  # ImageDecodeError is a ValueError
+            report.skipped.append((image_id, str(error) or type(error).__name__))
+            continue
+        if len(pending) >= BACKFILL_BATCH:
+            store.set_copy_descriptors(pending)
+            report.filled += len(pending)
+            pending = {}
+    store.set_copy_descriptors(pending)
+    report.filled += len(pending)
+    for image_id, reason in report.skipped:
+        logger.warning("image %d: no copy descriptor (%s); it is in no near-duplicate group", image_id, reason)
+    return report
+
+
+def stored_groups(store: DescriptorSource, threshold: float) -> DuplicateGroups:
+    """Near-duplicate groups of every stored copy descriptor (read from the database, the source of truth)."""
+    parts = list(store.iter_copy_descriptors())
     if not parts:
         return group_vectors(np.zeros(0, np.int64), np.zeros((0, 1), np.float32), threshold)
     ids = np.concatenate([p[0] for p in parts])

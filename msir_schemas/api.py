@@ -377,7 +377,8 @@ class DuplicateMember(BaseModel):
     id: int = Field(examples=[4217])
     score: float = Field(description="Cosine similarity to the group's representative (1 for itself).", examples=[0.97])
     identical: bool = Field(
-        description="Embedding equal to the representative's (cosine 1 within 1e-6): the same pixels in another file."
+        description="Copy descriptor equal to the representative's (cosine 1 within 1e-6): the same picture at the "
+        "descriptor's 32x32 resolution (the same pixels in another file, say)."
     )
     labels: list[str] = Field(examples=[["cat"]])
     split: str | None = Field(examples=["train"])
@@ -392,14 +393,18 @@ class DuplicateGroup(BaseModel):
 
 
 class DuplicatePage(BaseModel):
-    """Near-duplicate groups, largest first: images linked by cosine >= threshold, joined transitively. Images with
-    exactly the same bytes are never stored twice (an add reports them as duplicates), so every group holds
-    different files."""
+    """Near-duplicate groups, largest first: images whose copy descriptors (computed from the pixels) have a cosine
+    >= threshold, joined transitively. Images with exactly the same bytes are never stored twice (an add reports
+    them as duplicates), so every group holds different files."""
 
-    threshold: float = Field(description="Cosine threshold the groups were formed at.", examples=[0.9])
+    threshold: float = Field(description="Copy-descriptor cosine threshold the groups were formed at.", examples=[0.9])
     total_groups: int = Field(description="Groups in the whole collection.", examples=[41])
     grouped_images: int = Field(description="Images that belong to some group.", examples=[97])
-    images: int = Field(description="Images compared (the whole collection).", examples=[10000])
+    images: int = Field(
+        description="Images compared: every image with a copy descriptor (the whole collection, except rows stored "
+        "by an older msir until `msir-index duplicates` computes theirs).",
+        examples=[10000],
+    )
     exact: bool = Field(
         description="Pairs found by an exact search (up to 20,000 images) rather than the inverted-file approximation."
     )

@@ -28,7 +28,7 @@ async def list_duplicates(
     service: ServiceDep,
     threshold: Annotated[
         float | None,
-        Query(gt=0, le=1, description="Cosine threshold (0 < t <= 1); default MSIR_DUPLICATE_THRESHOLD."),
+        Query(gt=0, le=1, description="Copy-descriptor cosine (0 < t <= 1); default MSIR_DUPLICATE_THRESHOLD."),
     ] = None,
     offset: Annotated[int, Query(ge=0, le=2**31, description="Groups to skip (the previous page's next_offset).")] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_GROUPS_PAGE, description=f"Groups per page (1..{MAX_GROUPS_PAGE}).")] = 20,

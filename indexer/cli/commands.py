@@ -52,7 +52,7 @@ from indexer.cli.options import (
     setup_logging,
 )
 from indexer.collection import Collection
-from indexer.duplicates import DEFAULT_THRESHOLD, stored_groups
+from indexer.duplicates import DEFAULT_THRESHOLD, backfill_copy_descriptors, stored_groups
 from indexer.ingest.shards import Shard, build_shard
 from indexer.manifest import Manifest
 from indexer.metadata.queries import SCAN_BATCH
@@ -506,20 +506,29 @@ def duplicates(
             "results/benchmarks/duplicates.json).",
         ),
     ] = DEFAULT_THRESHOLD,
+    backfill: Annotated[
+        bool,
+        typer.Option(
+            help="First compute the copy descriptor of rows stored without one (before migration 0004) from their "
+            "files; unreadable files are reported and their rows skipped."
+        ),
+    ] = True,
     json_out: Json = False,
     opening: Opening = Opening(),  # filled by @opens_collection from the options it adds
 ) -> None:
     """Near-duplicate groups: re-encoded, resized, cropped, flipped or re-coloured copies among the stored images
-    (exact copies are never stored twice). Reads the stored embeddings; no image is decoded."""
+    (exact copies are never stored twice). Compares the stored copy descriptors; only rows stored without one
+    (by an older msir) have their file decoded, once."""
     setup_logging(False)
     if threshold <= 0:
         fail(f"--threshold {threshold}: expected a cosine above 0 and at most 1")
 
     def run() -> None:
         with opening.open(directory) as col:
+            filled = backfill_copy_descriptors(col.store, col.directory) if backfill else None
             groups = stored_groups(col.store, threshold)
             records = col.get_many(groups.ids.tolist())
-        out.duplicate_groups(console, groups, records, json_out)
+        out.duplicate_groups(console, groups, records, json_out, filled)
 
     guarded(run, directory)
 

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from indexer.duplicates import DuplicateGroups
+from indexer.duplicates import BackfillReport, DuplicateGroups
 from indexer.ingest.pipeline import BuildReport
 from indexer.predict import Prediction
 from indexer.records import Hit, ImageRecord, VerifyReport
@@ -166,8 +166,15 @@ def metrics(console: Console, data: dict[str, Any], as_json: bool) -> None:
     )
 
 
-def duplicate_groups(console: Console, groups: DuplicateGroups, records: dict[int, ImageRecord], as_json: bool) -> None:
-    """Every group with its members' cosine to the representative and their items (uri)."""
+def duplicate_groups(
+    console: Console,
+    groups: DuplicateGroups,
+    records: dict[int, ImageRecord],
+    as_json: bool,
+    backfill: BackfillReport | None = None,
+) -> None:
+    """Every group with its members' cosine to the representative and their items (uri), after what the copy
+    descriptor backfill did (rows given one, rows skipped with the reason)."""
 
     def member(i: int, score: float) -> dict[str, Any]:
         rec = records.get(i)
@@ -178,10 +185,19 @@ def duplicate_groups(console: Console, groups: DuplicateGroups, records: dict[in
         for g in range(len(groups))
     ]
     if as_json:
+        filled = (
+            None
+            if backfill is None
+            else {"filled": backfill.filled, "skipped": [{"id": i, "reason": r} for i, r in backfill.skipped]}
+        )
         _json(console, {"threshold": groups.threshold, "images": groups.vectors, "exact": groups.exact,
-                        "grouped_images": groups.grouped, "groups": found})  # fmt: skip
+                        "grouped_images": groups.grouped, "backfill": filled, "groups": found})  # fmt: skip
         return
     say = partial(console.print, soft_wrap=True, highlight=False, markup=False)
+    if backfill is not None and (backfill.filled or backfill.skipped):
+        say(f"copy descriptors computed for {backfill.filled} older row(s); {len(backfill.skipped)} skipped")
+        for i, reason in backfill.skipped:
+            say(f"  skipped {i}: {reason}")
     say(f"{len(found)} near-duplicate groups ({groups.grouped} of {groups.vectors} images) at cosine >= "
         f"{groups.threshold:.4f}")  # fmt: skip
     for g, members in enumerate(found, 1):

@@ -1,4 +1,4 @@
-"""The reader stage, run in worker processes: bytes -> sha256, decoded image -> ``to_uint8`` array.
+"""The reader stage, run in worker processes: bytes -> sha256, decoded image -> ``to_uint8`` array and copy descriptor.
 
 Module-level functions only (they are sent to a process pool). A dataset reader is installed once per process:
 inherited from the parent under ``fork``, reopened from ``(kind, root)`` under ``spawn``.
@@ -22,6 +22,7 @@ from PIL import Image
 
 from indexer.ingest.sources import WorkItem
 from models import PreprocessSpec, open_image, original_size, to_uint8
+from models.copy_descriptor import copy_descriptor
 from msir_data import DatasetReader, open_dataset
 
 _READER: DatasetReader | None = None
@@ -37,6 +38,7 @@ class Decoded:
     width: int
     height: int
     pixels: np.ndarray  # uint8 [C, H, W]
+    copy: np.ndarray  # float32 [models.copy_descriptor.DIM]: what near-duplicate groups compare
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ def decode_chunk(
         try:
             sha, img = decode_one(item, spec, max_pixels)
             width, height = original_size(img)  # the stored size, not a reduced decoding's
-            out.append(Decoded(position, sha, width, height, to_uint8(img, spec)))
+            out.append(Decoded(position, sha, width, height, to_uint8(img, spec), copy_descriptor(img)))
         except (OSError, ValueError) as error:  # ImageDecodeError and BadItemError are ValueErrors
             out.append(Failed(position, str(error) or type(error).__name__))
     return out, time.perf_counter() - start

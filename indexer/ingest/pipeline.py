@@ -160,6 +160,7 @@ def run_pipeline(
                 "added_at": now,
                 "user_metadata": item.metadata,
                 "embedding": to_bytes(vec),
+                "copy_descriptor": to_bytes(d.copy),
             }
             for item, d, vec in zip(pending_items, pending_decoded, result.embeddings, strict=True)
         ]

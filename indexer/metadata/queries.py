@@ -484,6 +484,40 @@ class MetadataStore:
                     np.stack([from_bytes(r.embedding) for r in rows]),
                 )
 
+    def iter_copy_descriptors(self, *, batch: int = SCAN_BATCH) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(ids int64 [n], descriptors float32 [n, D])`` batches, in id order, of the rows that have a copy
+        descriptor (rows stored before migration 0004 have none until ``msir-index duplicates`` fills them)."""
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        query = (
+            select(ImageRow.id, ImageRow.copy_descriptor)
+            .where(ImageRow.copy_descriptor.is_not(None))
+            .order_by(ImageRow.id)
+        )
+        with db_errors(self.engine), self.engine.connect() as conn:
+            result = conn.execute(query.execution_options(yield_per=batch))
+            for rows in result.partitions():
+                yield (
+                    np.fromiter((r.id for r in rows), dtype=np.int64, count=len(rows)),
+                    np.stack([from_bytes(r.copy_descriptor) for r in rows]),
+                )
+
+    def without_copy_descriptor(self) -> list[tuple[int, str | None]]:
+        """``(id, stored path or None)`` of every row that has no copy descriptor yet, in id order."""
+        with db_errors(self.engine), self.session() as s:
+            query = select(ImageRow.id, ImageRow.path).where(ImageRow.copy_descriptor.is_(None)).order_by(ImageRow.id)
+            return [(int(row.id), row.path) for row in s.execute(query)]
+
+    def set_copy_descriptors(self, descriptors: dict[int, np.ndarray]) -> None:
+        """Store copy descriptors of rows (one transaction; a row deleted meanwhile is simply not there). A
+        descriptor is derived from the row's file, not an edit of the image, so no change is fed."""
+        if not descriptors:
+            return
+        stmt = update(ImageRow).where(ImageRow.id == bindparam("row_id")).values(copy_descriptor=bindparam("blob"))
+        with db_errors(self.engine), self.session() as s, s.begin():
+            self._lock_transaction(s)
+            s.connection().execute(stmt, [{"row_id": int(i), "blob": to_bytes(v)} for i, v in descriptors.items()])
+
     def labelled_embeddings(self, split: str | None) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
         """``(ids, vectors, labels)`` of one split (every row when None), in id order."""
         ids: list[int] = []

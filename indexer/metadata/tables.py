@@ -75,6 +75,9 @@ class ImageRow(Base):
     # "metadata" is reserved by the declarative base, hence the attribute name.
     user_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    # The copy descriptor (models.copy_descriptor, float32 bytes) that near-duplicate groups compare; NULL for rows
+    # stored before migration 0004 until `msir-index duplicates` computes it from the row's file.
+    copy_descriptor: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 class ChangeRow(Base):

@@ -17,7 +17,7 @@ from tests.indexer.test_duplicates import brute_groups
 
 def stored_vectors(client: TestClient) -> tuple[np.ndarray, np.ndarray]:
     store = client.app.state.service.collection.store  # type: ignore[attr-defined]
-    parts = list(store.iter_embeddings())
+    parts = list(store.iter_copy_descriptors())  # what near-duplicate groups compare
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 

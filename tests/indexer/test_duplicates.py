@@ -1,4 +1,5 @@
-"""Near-duplicate groups (indexer.duplicates): pairs, components, grouping, collapsing and `msir-index duplicates`."""
+"""Near-duplicate groups (indexer.duplicates): pairs, components, grouping, collapsing, `msir-index duplicates` and
+its backfill of the copy descriptors of rows stored without one."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from PIL import Image
 from typer.testing import CliRunner
 
 from indexer import Collection
 from indexer.cli import app
 from indexer.duplicates import DEFAULT_THRESHOLD, collapse, components, group_vectors, similar_pairs
-from tests.indexer.conftest import write_images
+from indexer.metadata.tables import make_engine
+from models import copy_descriptor
+from tests.models.test_copy_descriptor import picture
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -114,7 +118,7 @@ def test_collapse_keeps_the_best_of_each_group() -> None:
 
 def test_cli_groups_a_re_encoded_copy_with_its_original(tmp_path: Path, checkpoint: Path) -> None:
     folder = tmp_path / "imgs"
-    paths = write_images(folder, 12, size=16)
+    paths = write_pictures(folder, 12)
     Image.open(paths[3]).save(folder / "copy.jpg", quality=90)  # the same picture, other bytes
     directory = tmp_path / "col"
     runner = CliRunner()
@@ -122,7 +126,7 @@ def test_cli_groups_a_re_encoded_copy_with_its_original(tmp_path: Path, checkpoi
     assert runner.invoke(app, [*build, "--device", "cpu", "--json"]).exit_code == 0
     with Collection.open(directory, device="cpu") as col:
         by_name = {Path(r.uri).name: r.id for r in col.get_many(col.store.ids().tolist()).values()}
-        vectors = {i: col.vector(i) for i in by_name.values()}
+        vectors = stored_descriptors(col)
     original, copy = by_name[paths[3].name], by_name["copy.jpg"]
     cosine = float(vectors[original] @ vectors[copy])
     threshold = cosine - 1e-4
@@ -138,9 +142,70 @@ def test_cli_groups_a_re_encoded_copy_with_its_original(tmp_path: Path, checkpoi
     assert text.exit_code == 0 and "copy.jpg" in text.stdout and "near-duplicate groups" in text.stdout
     bad = runner.invoke(app, ["duplicates", str(directory), "--threshold", "1.5"])
     assert bad.exit_code == 2
+    # At the calibrated default the copy is grouped with its original, and with nothing else (distinct images).
+    default = json.loads(runner.invoke(app, ["duplicates", str(directory), "--json"]).stdout)
+    assert [sorted(m["id"] for m in g) for g in default["groups"]] == [sorted([original, copy])]
+    assert default["backfill"] == {"filled": 0, "skipped": []}
+
+
+def write_pictures(folder: Path, n: int) -> list[Path]:
+    """``n`` distinct synthetic photos (PNG): with edges and colour fields, unlike pure noise, whose descriptors
+    are alike (the copy descriptor looks at coarse structure only)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"img{i:04d}.png" for i in range(n)]
+    for i, path in enumerate(paths):
+        picture(i, size=48).save(path)
+    return paths
+
+
+def stored_descriptors(col: Collection) -> dict[int, np.ndarray]:
+    return {int(i): v for ids, x in col.store.iter_copy_descriptors() for i, v in zip(ids, x, strict=True)}
+
+
+def test_cli_backfills_rows_stored_without_a_copy_descriptor(tmp_path: Path, checkpoint: Path) -> None:
+    folder = tmp_path / "imgs"
+    paths = write_pictures(folder, 6)
+    Image.open(paths[1]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "flipped.png")
+    directory = tmp_path / "col"
+    runner = CliRunner()
+    build = ["build", str(directory), "-c", str(checkpoint), "--folder", str(folder), "--workers", "0"]
+    assert runner.invoke(app, [*build, "--device", "cpu", "--json"]).exit_code == 0
+    with Collection.open(directory, device="cpu") as col:
+        computed = stored_descriptors(col)
+        by_name = {Path(r.uri).name: r.id for r in col.get_many(col.store.ids().tolist()).values()}
+    assert len(computed) == 7
+    # As an older msir left them: no descriptors; one row's file has gone since.
+    engine = make_engine(f"sqlite:///{directory / 'metadata.db'}")
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE images SET copy_descriptor = NULL"))
+    engine.dispose()
+    paths[4].unlink()
+    before = json.loads(runner.invoke(app, ["duplicates", str(directory), "--no-backfill", "--json"]).stdout)
+    assert before["images"] == 0 and before["groups"] == [] and before["backfill"] is None
+    result = runner.invoke(app, ["duplicates", str(directory), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    gone = by_name[paths[4].name]
+    assert out["backfill"]["filled"] == 6 and [s["id"] for s in out["backfill"]["skipped"]] == [gone]
+    assert "not found" in out["backfill"]["skipped"][0]["reason"]
+    assert out["images"] == 6
+    assert [sorted(m["id"] for m in g) for g in out["groups"]] == [
+        sorted([by_name[paths[1].name], by_name["flipped.png"]])
+    ]
+    with Collection.open(directory, device="cpu") as col:
+        filled = stored_descriptors(col)
+    assert sorted(filled) == sorted(i for i in computed if i != gone)
+    for i, v in filled.items():  # the same descriptor as the one computed on add
+        np.testing.assert_allclose(v, computed[i], atol=1e-5)
+    again = json.loads(runner.invoke(app, ["duplicates", str(directory), "--json"]).stdout)
+    assert again["backfill"]["filled"] == 0 and len(again["backfill"]["skipped"]) == 1  # still reported
+    text = runner.invoke(app, ["duplicates", str(directory)])
+    assert f"skipped {gone}" in text.stdout
 
 
 def test_default_threshold_is_the_calibrated_one() -> None:
-    """The constant the service and CLI default to is the one benchmarks/duplicates.py calibrated."""
+    """The constant the service and CLI default to is the one benchmarks/duplicates.py calibrated, for the copy
+    descriptor the service compares."""
     result = json.loads((REPO / "results" / "benchmarks" / "duplicates.json").read_text())
+    assert result["served"] == "copy_descriptor" and result["descriptor_version"] == copy_descriptor.VERSION
     assert result["calibrated_threshold"] == pytest.approx(DEFAULT_THRESHOLD, abs=5e-5)

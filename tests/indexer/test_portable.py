@@ -91,6 +91,7 @@ def test_absolute_paths_of_an_older_msir_are_migrated(tmp_path: Path, checkpoint
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE images SET path = :root || '/' || path"), {"root": str(directory.resolve())})
         conn.execute(sa.text("UPDATE images SET uri = path WHERE source = 'upload'"))
+        conn.execute(sa.text("ALTER TABLE images DROP COLUMN copy_descriptor"))  # added by revision 0004
         conn.execute(sa.text("UPDATE alembic_version SET version_num = '0002'"))
     engine.dispose()
     assert all(path.startswith("/") for _, path in stored_paths(directory).values())

@@ -12,10 +12,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from indexer import Collection, CollectionError, DatabaseUnavailable, Embedder
+from indexer.duplicates import backfill_copy_descriptors, stored_groups
 from indexer.ingest.sources import from_folder
 from indexer.metadata.queries import MetadataStore
-from indexer.metadata.tables import Base, head_revision, make_engine, migrate
-from models import open_image
+from indexer.metadata.tables import Base, current_revision, head_revision, make_engine, migrate
+from models import copy_descriptor, open_image
 from tests.indexer.conftest import write_images
 
 
@@ -31,6 +32,39 @@ def test_migrations_match_the_orm_and_refuse_newer_schemas(tmp_path: Path, datab
         conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999_future'"))
     with pytest.raises(CollectionError, match="newer than this msir"):
         migrate(engine)
+    engine.dispose()
+
+
+def test_migration_0004_adds_copy_descriptors_that_older_rows_get_from_their_files(
+    tmp_path: Path, checkpoint: Path, database_url: str | None
+) -> None:
+    paths = write_images(tmp_path / "imgs", 5)
+    directory = tmp_path / "col"
+    with Collection.create(directory, checkpoint, database_url, device="cpu") as col:
+        col.add_source(from_folder(tmp_path / "imgs"))
+        on_add = {int(i): v for ids, x in col.store.iter_copy_descriptors() for i, v in zip(ids, x, strict=True)}
+        by_name = {Path(r.uri).name: r.id for r in col.get_many(col.store.ids().tolist()).values()}
+    assert len(on_add) == 5
+    for name, image_id in by_name.items():  # computed where the image was decoded, as from its file
+        from_file = copy_descriptor.copy_descriptor(open_image(paths[0].parent / name))
+        np.testing.assert_allclose(on_add[image_id], from_file, atol=1e-5)
+    # As revision 0003 left the database: no copy_descriptor column.
+    engine = make_engine(database_url or f"sqlite:///{directory / 'metadata.db'}")
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE images DROP COLUMN copy_descriptor"))
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0003'"))
+    with Collection.open(directory, database_url=database_url, device="cpu") as col:  # migrates
+        assert current_revision(engine) == head_revision() == "0004"
+        assert list(col.store.iter_copy_descriptors()) == []
+        assert stored_groups(col.store, 0.5).vectors == 0  # rows without a descriptor are in no group
+        paths[2].unlink()
+        report = backfill_copy_descriptors(col.store, col.directory)
+        assert report.filled == 4 and [i for i, _ in report.skipped] == [by_name[paths[2].name]]
+        filled = {int(i): v for ids, x in col.store.iter_copy_descriptors() for i, v in zip(ids, x, strict=True)}
+        assert sorted(filled) == sorted(i for i in on_add if i != by_name[paths[2].name])
+        for image_id, vector in filled.items():
+            np.testing.assert_allclose(vector, on_add[image_id], atol=1e-5)
+        assert backfill_copy_descriptors(col.store, col.directory).filled == 0
     engine.dispose()
 
 
