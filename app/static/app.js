@@ -278,6 +278,31 @@ function renderBars(list, items) {
   }
 }
 
+// One stored image as a clickable tile (thumbnail, labels, caption) that searches from it: the results grid and
+// the duplicates page show their images alike.
+function resultTile(image, labels, ariaLabel, caption) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "result";
+  button.dataset.id = String(image.id);
+  button.setAttribute("aria-label", ariaLabel);
+  const img = document.createElement("img");
+  img.src = image.thumbnail_url;
+  img.alt = `Image #${image.id} (${labels})`;
+  img.loading = "lazy";
+  img.width = 140;
+  img.height = 140;
+  const labelEl = document.createElement("span");
+  labelEl.className = "labels";
+  labelEl.textContent = labels;
+  const score = document.createElement("span");
+  score.className = "score";
+  score.textContent = caption;
+  button.append(img, labelEl, score);
+  button.addEventListener("click", () => searchById(image.id, labels));
+  return button;
+}
+
 function render(result, heading) {
   els.status.textContent = result.neighbours.length ? heading : "No similar images found with these settings.";
   if (result.predictions_scope) showScope(result.predictions_scope, modelName, scopeNote);
@@ -296,32 +321,17 @@ function render(result, heading) {
   els.grid.replaceChildren();
   result.neighbours.forEach((n, i) => {
     const li = document.createElement("li");
-    const button = document.createElement("button");
-    button.type = "button";
-    button.className = "result";
-    button.dataset.id = String(n.id);
     const labels = n.labels.map(named).join(", ") || "unlabelled";
-    button.setAttribute(
-      "aria-label",
-      `Result ${i + 1}: image #${n.id}, ${labels}, similarity ${n.score.toFixed(3)}. Find images similar to this one.`,
-    );
-    const img = document.createElement("img");
-    img.src = n.thumbnail_url;
-    img.alt = `Image #${n.id} (${labels})`;
-    img.loading = "lazy";
-    img.width = 140;
-    img.height = 140;
-    const labelEl = document.createElement("span");
-    labelEl.className = "labels";
-    labelEl.textContent = labels;
-    const score = document.createElement("span");
-    score.className = "score";
-    score.textContent = `#${n.id} · score ${n.score.toFixed(3)}`;
+    let caption = `#${n.id} · score ${n.score.toFixed(3)}`;
     if (n.same_class_probability !== null && n.same_class_probability !== undefined) {
-      score.textContent += ` · same class ${Math.round(n.same_class_probability * 100)}%`;
+      caption += ` · same class ${Math.round(n.same_class_probability * 100)}%`;
     }
-    button.append(img, labelEl, score);
-    button.addEventListener("click", () => searchById(n.id, labels));
+    const button = resultTile(
+      n,
+      labels,
+      `Result ${i + 1}: image #${n.id}, ${labels}, similarity ${n.score.toFixed(3)}. Find images similar to this one.`,
+      caption,
+    );
     li.appendChild(button);
     li.appendChild(feedbackButtons(n.id));
     els.grid.appendChild(li);

@@ -45,27 +45,9 @@ function renderGroup(group, number) {
   row.setAttribute("aria-label", `Group ${number}`);
   for (const m of group.members) {
     const item = document.createElement("li");
-    const button = document.createElement("button");
-    button.type = "button";
-    button.className = "result";
-    button.dataset.id = String(m.id);
     const labels = m.labels.map(named).join(", ") || "unlabelled";
     const how = m.id === group.representative ? "representative" : m.identical ? "identical" : `cosine ${m.score.toFixed(4)}`;
-    button.setAttribute("aria-label", `Image #${m.id}, ${labels}, ${how}. Show its neighbours.`);
-    const img = document.createElement("img");
-    img.src = m.thumbnail_url;
-    img.alt = `Image #${m.id} (${labels})`;
-    img.loading = "lazy";
-    img.width = 140;
-    img.height = 140;
-    const label = document.createElement("span");
-    label.className = "labels";
-    label.textContent = labels;
-    const score = document.createElement("span");
-    score.className = "score";
-    score.textContent = `#${m.id} · ${how}`;
-    button.append(img, label, score);
-    button.addEventListener("click", () => searchById(m.id, labels));
+    const button = resultTile(m, labels, `Image #${m.id}, ${labels}, ${how}. Show its neighbours.`, `#${m.id} · ${how}`);
     item.appendChild(button);
     row.appendChild(item);
   }
