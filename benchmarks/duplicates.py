@@ -30,7 +30,6 @@ Run: ``OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/duplicates.py``.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
@@ -42,7 +41,7 @@ from typing import Any
 import faiss
 import numpy as np
 import torch
-from PIL import Image, ImageEnhance
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -62,32 +61,6 @@ NEIGHBOURS = 64
 BATCH = 512
 
 
-def _jpeg(img: Image.Image, quality: int) -> Image.Image:
-    buffer = io.BytesIO()
-    img.save(buffer, format="JPEG", quality=quality)
-    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
-
-
-def _crop(img: Image.Image, share: float) -> Image.Image:
-    w, h = img.size
-    dx, dy = round(w * share / 2), round(h * share / 2)
-    return img.crop((dx, dy, w - dx, h - dy))
-
-
-AUGMENTATIONS: dict[str, Any] = {
-    "jpeg90": lambda im: _jpeg(im, 90),
-    "jpeg70": lambda im: _jpeg(im, 70),
-    "jpeg50": lambda im: _jpeg(im, 50),
-    "resize_up_2x": lambda im: im.resize((im.width * 2, im.height * 2), Image.Resampling.BICUBIC),
-    "resize_down_0.75x": lambda im: im.resize(
-        (round(im.width * 0.75), round(im.height * 0.75)), Image.Resampling.LANCZOS
-    ),
-    "crop_10pct": lambda im: _crop(im, 0.10),
-    "hflip": lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
-    "colour": lambda im: ImageEnhance.Color(ImageEnhance.Brightness(im).enhance(1.08)).enhance(1.1),
-}
-
-
 def pixel_descriptor(img: Image.Image) -> np.ndarray:
     """The comparison baseline (not used by the service): 16x16 grey levels, averaged with their mirror image (flip
     invariant), mean removed (brightness invariant), L2-normalised."""
@@ -103,7 +76,7 @@ def embed_sources(
     """Embeddings, pixel baselines and copy descriptors of every image and its copies: ``(vectors [S*(1+A), D],
     pixels, copies, source, kind, seconds spent on copy descriptors)``; kind 0 is the original, ``1 + a`` the
     a-th augmentation."""
-    kinds = 1 + len(AUGMENTATIONS)
+    kinds = 1 + len(copy_descriptor.COPIES)
     vectors = np.zeros((len(files) * kinds, embedder.dim), np.float32)
     pixels: list[np.ndarray] = []
     copies: list[np.ndarray] = []
@@ -115,7 +88,7 @@ def embed_sources(
         for path in files:
             with Image.open(path) as raw:
                 img = raw.convert("RGB")
-            for im in [img, *(fn(img) for fn in AUGMENTATIONS.values())]:
+            for im in [img, *(fn(img) for fn in copy_descriptor.COPIES.values())]:
                 batch.append(to_uint8(im, embedder.spec))
                 pixels.append(pixel_descriptor(im))
                 started = time.perf_counter()
@@ -184,7 +157,7 @@ def evaluate(x: np.ndarray, source: np.ndarray, kind: np.ndarray, threshold: flo
         members, _ = groups.members(g)
         pure += int(len(np.unique(source[members])) == 1)
     per_kind = {}
-    for a, name in enumerate(AUGMENTATIONS, 1):
+    for a, name in enumerate(copy_descriptor.COPIES, 1):
         rows = kind == a
         per_kind[name] = {
             "linked_to_original": round(float(direct[rows].mean()), 4),
@@ -275,8 +248,8 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         f"Written by `benchmarks/duplicates.py` on {result['date']}. Device: {result['device']}; load average "
         f"{result['load_start']} at the start, {result['load_end']} at the end; {result['threads']} thread.",
         "",
-        f"{result['sources']} CIFAR-10 test images, each with {len(AUGMENTATIONS)} copies "
-        f"({', '.join(AUGMENTATIONS)}); "
+        f"{result['sources']} CIFAR-10 test images, each with {len(copy_descriptor.COPIES)} copies "
+        f"({', '.join(copy_descriptor.COPIES)}); "
         f"threshold calibrated on {result['calibration']['sources']} sources ({result['calibration_rule']}), measured "
         f"on the other {result['evaluation']['sources']}. The service groups the copy descriptor (first column: "
         f"ours, `models/copy_descriptor.py` {result['descriptor_version']}, {result['descriptor_dim']} floats, its "
@@ -352,7 +325,7 @@ def main() -> None:
         "descriptor_fit": "benchmarks/fit_copy_descriptor.py on CIFAR-10 training images",
         "checkpoint": str(CHECKPOINT.relative_to(REPO)),
         "sources": len(files),
-        "augmentations": list(AUGMENTATIONS),
+        "augmentations": list(copy_descriptor.COPIES),
         "embed_seconds": round(embed_s, 1),
         "copy_descriptor_ms_per_image": round(1000 * copy_s / len(copies), 3),
         "calibrated_threshold": measured["copy_descriptor"]["calibrated_threshold"],

@@ -1,6 +1,6 @@
 """Fit the copy descriptor's learned map (``models/copy_descriptor.npz``) on CIFAR-10 *training* images.
 
-For ``--images`` training images (seeded choice) and the copies :data:`benchmarks.duplicates.AUGMENTATIONS` makes of
+For ``--images`` training images (seeded choice) and the copies :data:`models.copy_descriptor.COPIES` makes of
 each (JPEG re-encodes, resizes, a 10 % crop, a flip, a colour change), the raw features of
 :mod:`models.copy_descriptor` are computed and :func:`models.copy_descriptor.fit_projection` learns the whitening
 by copy-minus-original differences and the principal directions of the whitened originals. The test images that
@@ -28,7 +28,6 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.duplicates import AUGMENTATIONS  # noqa: E402
 from benchmarks.index_throughput import ensure_dataset  # noqa: E402
 from models import copy_descriptor as cd  # noqa: E402
 
@@ -47,11 +46,11 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     files = [files[i] for i in np.sort(rng.choice(len(files), size=min(args.images, len(files)), replace=False))]
     started = time.perf_counter()
-    small = np.zeros((len(files), 1 + len(AUGMENTATIONS), cd.SIDE, cd.SIDE, 3), np.uint8)
+    small = np.zeros((len(files), 1 + len(cd.COPIES), cd.SIDE, cd.SIDE, 3), np.uint8)
     for i, path in enumerate(files):
         with Image.open(path) as raw:
             img = raw.convert("RGB")
-        for j, im in enumerate([img, *(fn(img) for fn in AUGMENTATIONS.values())]):
+        for j, im in enumerate([img, *(fn(img) for fn in cd.COPIES.values())]):
             small[i, j] = cd.small_rgb(im)
     raw_features = cd.raw_features(small)
     mean, projection = cd.fit_projection(raw_features[:, 0], raw_features[:, 1:])
@@ -64,7 +63,7 @@ def main() -> None:
         "data": "CIFAR-10 training images (never the test images benchmarks/duplicates.py measures)",
         "images": len(files),
         "seed": args.seed,
-        "augmentations": list(AUGMENTATIONS),
+        "augmentations": list(cd.COPIES),
         "raw_dim": cd.RAW_DIM,
         "dim": cd.DIM,
         "seconds": round(time.perf_counter() - started, 1),

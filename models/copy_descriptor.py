@@ -21,11 +21,13 @@ The map lives in ``copy_descriptor.npz`` beside this file (arrays ``mean`` and `
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 from models.preprocessing import to_mode
 
@@ -37,6 +39,35 @@ DIM = 64
 PROJECTION_FILE = Path(__file__).with_name("copy_descriptor.npz")
 VERSION = "copy-v1"  # changes whenever the features or the fitted map change (stored descriptors are then stale)
 GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def jpeg_copy(img: Image.Image, quality: int) -> Image.Image:
+    buffer = io.BytesIO()
+    img.save(buffer, format="JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def centre_crop(img: Image.Image, share: float) -> Image.Image:
+    """``share`` of the width and height cut off, half on each side."""
+    w, h = img.size
+    dx, dy = round(w * share / 2), round(h * share / 2)
+    return img.crop((dx, dy, w - dx, h - dy))
+
+
+# The copies a user calls duplicates of a photo: what the map is fitted to ignore (benchmarks/fit_copy_descriptor.py)
+# and what the threshold is calibrated and measured on (benchmarks/duplicates.py).
+COPIES: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "jpeg90": lambda im: jpeg_copy(im, 90),
+    "jpeg70": lambda im: jpeg_copy(im, 70),
+    "jpeg50": lambda im: jpeg_copy(im, 50),
+    "resize_up_2x": lambda im: im.resize((im.width * 2, im.height * 2), Image.Resampling.BICUBIC),
+    "resize_down_0.75x": lambda im: im.resize(
+        (round(im.width * 0.75), round(im.height * 0.75)), Image.Resampling.LANCZOS
+    ),
+    "crop_10pct": lambda im: centre_crop(im, 0.10),
+    "hflip": lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+    "colour": lambda im: ImageEnhance.Color(ImageEnhance.Brightness(im).enhance(1.08)).enhance(1.1),
+}
 
 
 def small_rgb(img: Image.Image) -> np.ndarray:
