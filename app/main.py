@@ -28,9 +28,10 @@ from app.deps import single_values
 from app.errors import install_error_handlers
 from app.limits import AdmissionMiddleware, BodyLimitMiddleware
 from app.openapi import install_openapi
+from app.query_images import sample_image
 from app.routes import classify, collection, explanations, feedback_search, health, images, near_duplicates, search
 from app.routes import map as map_route
-from app.service import Service, sample_image
+from app.service import Service
 from app.settings import Settings
 from app.telemetry import Metrics, MetricsMiddleware
 from indexer import Collection

@@ -9,8 +9,6 @@ batcher's own thread.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import time
 from collections.abc import Callable
@@ -28,6 +26,7 @@ from fastapi import UploadFile
 from app.batching import DirectEmbedder, MicroBatcher
 from app.derived import DerivedCache
 from app.errors import ApiError
+from app.query_images import Prepared, decode_error, prepare_image, sample_image
 from app.settings import Settings
 from app.shaping import neighbour, split_labels
 from app.sqltiming import SqlTimer
@@ -36,7 +35,7 @@ from app.thumbnails import ThumbnailCache
 from indexer import Collection, CollectionError, Hit, RerankConfig
 from indexer.metadata.queries import UNLABELLED
 from indexer.predict import knn_vote
-from models import ImageDecodeError, ImageTooLargeError, PreprocessSpec, UnsupportedImageError, open_image, to_uint8
+from models import ImageDecodeError
 from models.similarity_maps import Explainer
 from msir_core.retrieval.calibration import Calibration, CalibrationError, calibration_path, load_calibration
 from msir_core.retrieval.probabilities import top_classes
@@ -64,27 +63,6 @@ STATS_MIN_AGE_S = 1.0
 WARMUP_PASSES = 3
 
 
-@dataclass
-class Prepared:
-    """A query image ready for the model, with the time each step took."""
-
-    array: np.ndarray  # uint8 [C, H, W]
-    sha256: str
-    started: float  # perf_counter when the worker thread picked the job up
-    decode_s: float
-    preprocess_s: float
-
-
-def _prepare(data: bytes, spec: PreprocessSpec, max_pixels: int, name: str) -> Prepared:
-    started = time.perf_counter()
-    # Large JPEGs are decoded at a reduced DCT scale, never below the model's input size (as the indexer does).
-    image = open_image(data, max_pixels=max_pixels, name=name, min_size=max(spec.image_size))
-    sha = hashlib.sha256(data).hexdigest()
-    decoded = time.perf_counter()
-    array = to_uint8(image, spec)
-    return Prepared(array, sha, started, decoded - started, time.perf_counter() - decoded)
-
-
 def find_calibration(weights: Path, weights_sha256: str) -> Calibration | None:
     """The checkpoint's ``NAME.calibration.json`` when there is one for these weights; a missing file is normal, an
     unusable one is logged and ignored (search still works, without probabilities)."""
@@ -98,17 +76,6 @@ def find_calibration(weights: Path, weights_sha256: str) -> Calibration | None:
         return None
     logger.info("calibration: %s (%d steps)", path.name, len(calibration.scores))
     return calibration
-
-
-def sample_image(fmt: str, size: tuple[int, int] | list[int]) -> bytes:
-    """A small encoded image (a gradient) in ``fmt``, for the warm-up's decodes and its search."""
-    from PIL import Image
-
-    h, w = (int(v) for v in size)
-    pixels = np.linspace(0, 255, h * w * 3, dtype=np.float32).reshape(h, w, 3).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=fmt)
-    return buffer.getvalue()
 
 
 @dataclass(frozen=True)
@@ -144,16 +111,6 @@ class StageTimer:
         out = {k: round(v, 3) for k, v in self.stages.items()}
         out["total"] = round((time.perf_counter() - self.started) * 1000.0, 3)
         return out
-
-
-def decode_error(exc: ImageDecodeError, field_name: str) -> ApiError:
-    """415 for formats Pillow cannot read, 413 for too many pixels, 422 for empty/corrupt/truncated images."""
-    message = f"form field '{field_name}': {exc}"
-    if isinstance(exc, UnsupportedImageError):
-        return ApiError(415, "unsupported_image", message)
-    if isinstance(exc, ImageTooLargeError):
-        return ApiError(413, "image_too_large", message)
-    return ApiError(422, "invalid_image", message)
 
 
 class Service:
@@ -210,7 +167,7 @@ class Service:
         for fmt in ("JPEG", "PNG", "WEBP"):
             try:
                 data = sample_image(fmt, self.spec.image_size)
-                _prepare(data, self.spec, self.settings.max_pixels, f"warm-up.{fmt}")
+                prepare_image(data, self.spec, self.settings.max_pixels, f"warm-up.{fmt}")
             except (ImageDecodeError, OSError, KeyError) as exc:  # a Pillow built without that codec
                 logger.debug("warm-up decode of %s skipped: %s", fmt, exc)
         blank = np.zeros((1, self.spec.channels, *self.spec.image_size), dtype=np.uint8)
@@ -254,7 +211,7 @@ class Service:
         data = await self.read_upload(upload, field_name)
         filename = upload.filename or field_name
         try:
-            prepared = await self.blocking(_prepare, data, self.spec, self.settings.max_pixels, filename)
+            prepared = await self.blocking(prepare_image, data, self.spec, self.settings.max_pixels, filename)
         except ImageDecodeError as exc:
             raise decode_error(exc, field_name) from exc
         timer.add("decode", prepared.decode_s + (prepared.started - started))
@@ -329,7 +286,7 @@ class Service:
         self, data: bytes, filename: str, search: SearchArgs | None
     ) -> tuple[QueryResult, float, float, float]:
         """The whole query in the calling worker thread: (result, forward s, search s, database s)."""
-        prepared = _prepare(data, self.spec, self.settings.max_pixels, filename)
+        prepared = prepare_image(data, self.spec, self.settings.max_pixels, filename)
         started = time.perf_counter()
         embeddings, logits = self._forward(prepared.array[None])
         forward_s = time.perf_counter() - started
@@ -368,7 +325,7 @@ class Service:
         prepared: list[Prepared] = []
         for i, (data, filename) in enumerate(files):
             try:
-                prepared.append(_prepare(data, self.spec, self.settings.max_pixels, filename))
+                prepared.append(prepare_image(data, self.spec, self.settings.max_pixels, filename))
             except ImageDecodeError as exc:
                 raise decode_error(exc, f"{field_name}[{i}]") from exc
         started = time.perf_counter()

@@ -12,9 +12,10 @@ from pydantic import Field
 
 from app.deps import ServiceDep, require_read_key
 from app.errors import ApiError
+from app.query_images import prepare_image
 from app.routes import errors
 from app.routes.images import MAX_ID, ImageId, fetch_record, stored_file
-from app.service import Service, StageTimer, _prepare
+from app.service import Service, StageTimer
 from models import ImageDecodeError
 from models.similarity_maps import ExplainUnsupportedError, PairMaps
 from msir_schemas.api import ExplainResponse, Explanation, HeatMap, Timings
@@ -33,7 +34,7 @@ async def stored_input(service: Service, image_id: int, field_name: str) -> np.n
     path = await service.blocking(stored_file, service, record)
     data = await service.blocking(path.read_bytes)
     try:
-        prepared = await service.blocking(_prepare, data, service.spec, service.settings.max_pixels, field_name)
+        prepared = await service.blocking(prepare_image, data, service.spec, service.settings.max_pixels, field_name)
     except ImageDecodeError as exc:
         raise ApiError(404, "file_unreadable", f"{field_name}: the file of image {image_id} cannot be decoded") from exc
     return prepared.array

@@ -40,6 +40,14 @@ def test_prefilled_rows_are_served_at_their_tag_only() -> None:
     assert cache.get_many([3], (6, 0)) == {3: "fetched3"}  # rows of an older tag are never kept
 
 
+def _follow(col: Collection) -> None:
+    """Follow the change feed and wait until the follower confirmed the head (the rows' cache is then served)."""
+    col.start_following(0.05)
+    deadline = time.monotonic() + 10
+    while col.confirmed_head() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def _collection(tmp_path: Path, checkpoint: Path) -> Collection:
     images = write_images(tmp_path / "images", 12)
     col = Collection.create(tmp_path / "col", checkpoint, device="cpu")
@@ -50,10 +58,7 @@ def _collection(tmp_path: Path, checkpoint: Path) -> Collection:
 def test_a_followed_search_reads_no_rows_again(tmp_path: Path, checkpoint: Path) -> None:
     col = _collection(tmp_path, checkpoint)
     try:
-        col.start_following(0.05)
-        deadline = time.monotonic() + 10
-        while col.confirmed_head() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _follow(col)
         query = col.vector(1)[None]
         first = col.search(query, 5)[0]
         misses = col._rows.misses
@@ -77,10 +82,7 @@ def test_a_followed_search_reads_no_rows_again(tmp_path: Path, checkpoint: Path)
 def test_warmed_rows_answer_the_first_search_without_sql(tmp_path: Path, checkpoint: Path) -> None:
     col = _collection(tmp_path, checkpoint)
     try:
-        col.start_following(0.05)
-        deadline = time.monotonic() + 10
-        while col.confirmed_head() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _follow(col)
         assert col.warm_rows(page=5) == 12  # three pages
         hits = col.search(col.vector(7)[None], 10)[0]
         assert len(hits) == 10 and col._rows.misses == 0
