@@ -35,13 +35,18 @@ def add_copy(client: TestClient, fixture: Fixture) -> tuple[int, int]:
     return original, copy
 
 
+def cosine(ids: np.ndarray, x: np.ndarray, a: int, b: int) -> float:
+    """The cosine of the stored vectors of images ``a`` and ``b``."""
+    row = {int(i): r for r, i in enumerate(ids)}
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return float(unit[row[a]] @ unit[row[b]])
+
+
 def test_groups_paging_caching_and_refusals(make_client: Callable[..., TestClient], sqlite_collection: Fixture) -> None:
     client = make_client()
     original, copy = add_copy(client, sqlite_collection)
     ids, x = stored_vectors(client)
-    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
-    row = {int(i): r for r, i in enumerate(ids)}
-    threshold = round(float(unit[row[original]] @ unit[row[copy]]) - 1e-4, 6)
+    threshold = round(cosine(ids, x, original, copy) - 1e-4, 6)
     expected = brute_groups(ids, x, threshold)
 
     everything = client.get("/v1/duplicates", params={"threshold": threshold, "limit": 100})
@@ -78,9 +83,7 @@ def test_search_collapses_duplicates(make_client: Callable[..., TestClient], sql
     writer = make_client()
     original, copy = add_copy(writer, sqlite_collection)
     ids, x = stored_vectors(writer)
-    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
-    row = {int(i): r for r, i in enumerate(ids)}
-    threshold = float(unit[row[original]] @ unit[row[copy]]) - 1e-4
+    threshold = cosine(ids, x, original, copy) - 1e-4
     client = make_client(duplicate_threshold=threshold)
     query = sqlite_collection.image_paths["red"][2].read_bytes()
     files = {"image": ("q.png", query, "image/png")}
